@@ -1,0 +1,693 @@
+// SPDX-License-Identifier: GPL-2.0
+/* plaintap kernel capture: TCP connections and the bytes on them, from tracepoints only.
+ *
+ * This kernel has no kprobes and refuses fentry, so everything here hangs off stable
+ * tracepoints: syscall enter/exit for connect/accept/close and the data syscalls,
+ * sock/inet_sock_set_state for TCP state, sched exec/exit for process attribution.
+ *
+ * BPF copies, Python thinks: a connection is tracked (conns map, keyed by tgid+fd) only
+ * once it passes the loopback/direction filters; every data syscall bails out on the
+ * first map miss, so untraced processes and sockets cost one hash lookup. Tracked data is
+ * copied in DATA_CHUNK pieces with its per-flow byte offset, so user space reassembles
+ * exactly and sees any loss as an explicit gap.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "events.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define EINPROGRESS 115
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define TCP_ESTABLISHED 1
+#define TCP_CLOSE 7
+#define MAX_IOV 64
+
+struct conn_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+struct conn {
+	__u64 id;
+	__u64 sent;   /* bytes written on the socket */
+	__u64 recv;
+	__u64 sk;     /* struct sock *, to untrack on state change */
+	__u8 role;
+	__u8 direction;
+	__u8 _pad[6];
+};
+
+/* In-flight syscall arguments, saved at enter for the exit program. */
+#define K_READ   1 /* one buffer */
+#define K_WRITE  2
+#define K_READV  3 /* iovec array */
+#define K_WRITEV 4
+#define K_RECVMSG 5 /* msghdr */
+#define K_SENDMSG 6
+#define K_CONNECT 7
+#define K_SENDFILE 8
+
+struct call_args {
+	__u64 ptr;   /* buffer, iovec array or msghdr */
+	__u64 cnt;   /* buffer length or iovec count */
+	__s32 fd;
+	__u32 kind;
+};
+
+struct sk_ref {
+	__u64 conn_id;
+	__u32 tgid;
+	__s32 fd;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 32 * 1024 * 1024); /* user space may resize before load */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct conn_key);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct sk_ref);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct call_args);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+} settings_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} next_conn_id SEC(".maps");
+
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ev_proc_exec);
+} exec_scratch SEC(".maps");
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline struct settings *get_settings(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&settings_map, &zero);
+}
+
+/* True for every process except the agent itself. */
+static __always_inline bool should_trace(__u32 tgid)
+{
+	struct settings *s = get_settings();
+	return s && tgid != s->agent_pid;
+}
+
+static __always_inline struct conn *tracked_conn(__u32 tgid, __s32 fd)
+{
+	struct conn_key k = { .tgid = tgid, .fd = fd };
+	return bpf_map_lookup_elem(&conns, &k);
+}
+
+/* task->files->fdt->fd[fd]->private_data->sk, or NULL when fd is not a socket. */
+static __always_inline struct sock *sock_of_fd(__s32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fdarr = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max_fds = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *f = NULL;
+	if (fd < 0 || (unsigned int)fd >= max_fds)
+		return NULL;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]) || !f)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline bool is_loopback(__u16 family, const __u8 *a)
+{
+	if (family == AF_INET)
+		return a[0] == 127;
+	/* ::1 or ::ffff:127.x.x.x */
+	__u64 hi = 0, lo = 0;
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&lo, a + 8, 8);
+	if (hi != 0)
+		return false;
+	if (lo == 0x0100000000000000ULL) /* ::1, little endian */
+		return true;
+	return a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+}
+
+/* Private, loopback, link-local and CGNAT peers make a connection egress-internal. */
+static __always_inline bool is_internal(__u16 family, const __u8 *a)
+{
+	const __u8 *v4 = a;
+	if (family == AF_INET6) {
+		__u64 hi = 0;
+		__builtin_memcpy(&hi, a, 8);
+		bool mapped = hi == 0 && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff;
+		if (!mapped) {
+			if (is_loopback(family, a))
+				return true;
+			if ((a[0] & 0xfe) == 0xfc) /* fc00::/7 unique local */
+				return true;
+			if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) /* fe80::/10 */
+				return true;
+			return false;
+		}
+		v4 = a + 12;
+	}
+	if (v4[0] == 10 || v4[0] == 127)
+		return true;
+	if (v4[0] == 172 && (v4[1] & 0xf0) == 16)
+		return true;
+	if (v4[0] == 192 && v4[1] == 168)
+		return true;
+	if (v4[0] == 169 && v4[1] == 254)
+		return true;
+	if (v4[0] == 100 && (v4[1] & 0xc0) == 64)
+		return true;
+	return false;
+}
+
+/* Start tracking fd as a TCP connection (role: connect or accept) if the filters allow. */
+static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 role)
+{
+	struct settings *s = get_settings();
+	if (!s)
+		return;
+	struct sock *sk = sock_of_fd(fd);
+	if (!sk)
+		return;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return;
+	if (BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return;
+
+	struct ev_conn_open ev = {};
+	ev.family = family;
+	ev.role = role;
+	ev.local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev.remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO(&ev.local_addr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&ev.remote_addr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&ev.local_addr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&ev.remote_addr, sk, __sk_common.skc_v6_daddr);
+	}
+	if (s->ignore_loopback && is_loopback(family, ev.remote_addr)) {
+		count(CNT_CONNS_FILTERED, 1);
+		return;
+	}
+	if (role == ROLE_SERVER)
+		ev.direction = DIR_INGRESS;
+	else
+		ev.direction = is_internal(family, ev.remote_addr) ? DIR_EGRESS_INTERNAL : DIR_EGRESS_EXTERNAL;
+	if (!(s->direction_mask & ev.direction)) {
+		count(CNT_CONNS_FILTERED, 1);
+		return;
+	}
+
+	__u32 zero = 0;
+	__u64 *idp = bpf_map_lookup_elem(&next_conn_id, &zero);
+	if (!idp)
+		return;
+	__u64 id = __sync_fetch_and_add(idp, 1) + 1;
+
+	struct conn c = { .id = id, .sk = (__u64)sk, .role = role, .direction = ev.direction };
+	struct conn_key k = { .tgid = tgid, .fd = fd };
+	if (bpf_map_update_elem(&conns, &k, &c, BPF_ANY)) {
+		count(CNT_CONN_TABLE_FULL, 1);
+		return;
+	}
+	struct sk_ref ref = { .conn_id = id, .tgid = tgid, .fd = fd };
+	__u64 skey = (__u64)sk;
+	bpf_map_update_elem(&socks, &skey, &ref, BPF_ANY);
+
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	ev.h.type = EV_CONN_OPEN;
+	ev.h.pid = tgid;
+	ev.h.ts_ns = bpf_ktime_get_ns();
+	ev.conn_id = id;
+	ev.tid = (__u32)pid_tgid;
+	ev.fd = fd;
+	ev.uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(CNT_RINGBUF_DROPS, 1);
+}
+
+static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u64 offset, __u64 len,
+				     __u8 flow, __u16 reason)
+{
+	struct ev_gap g = {};
+	g.h.type = EV_GAP;
+	g.h.pid = tgid;
+	g.h.ts_ns = bpf_ktime_get_ns();
+	g.conn_id = conn_id;
+	g.offset = offset;
+	g.len = len;
+	g.flow = flow;
+	g.source = SRC_SOCKET;
+	g.reason = reason;
+	if (bpf_ringbuf_output(&events, &g, sizeof(g), 0))
+		count(CNT_RINGBUF_DROPS, 1);
+}
+
+/* State of one walk over a syscall's buffers, chunk by chunk, inside bpf_loop. */
+struct walk {
+	__u64 iov_ptr;     /* user iovec array, or 0 for a single buffer */
+	__u64 iov_cnt;
+	__u64 iov_idx;
+	__u64 cur_base;    /* current buffer */
+	__u64 cur_len;
+	__u64 cur_pos;
+	__u64 remaining;   /* bytes of the syscall's result not yet emitted */
+	__u64 offset;      /* stream offset of the next byte */
+	__u64 conn_id;
+	__u32 tgid;
+	__s32 fd;
+	__u8 flow;
+	__u8 gap_reason;   /* set when the walk stopped early */
+};
+
+/* Scratch space for one walk and its data event (too big for the 512-byte stack). The
+ * walk state lives in a map value, not on the stack, on purpose: the verifier then treats
+ * it as unknown scalars and the bpf_loop callback converges in a few states. */
+struct data_scratch_t {
+	struct walk w;
+	struct ev_data ev;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct data_scratch_t);
+} data_scratch SEC(".maps");
+
+static long walk_step(__u32 i, void *unused)
+{
+	__u32 zero = 0;
+	struct data_scratch_t *sc = bpf_map_lookup_elem(&data_scratch, &zero);
+	if (!sc)
+		return 1;
+	struct walk *w = &sc->w;
+	struct ev_data *ev = &sc->ev;
+	if (w->remaining == 0)
+		return 1;
+	if (w->cur_pos >= w->cur_len) {
+		/* next iovec */
+		if (!w->iov_ptr || w->iov_idx >= w->iov_cnt || w->iov_idx >= MAX_IOV) {
+			w->gap_reason = GAP_READ_FAULT;
+			return 1;
+		}
+		struct iovec iov = {};
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(w->iov_ptr + w->iov_idx * sizeof(iov)))) {
+			w->gap_reason = GAP_READ_FAULT;
+			return 1;
+		}
+		w->iov_idx++;
+		w->cur_base = (__u64)iov.iov_base;
+		w->cur_len = iov.iov_len;
+		w->cur_pos = 0;
+		return 0;
+	}
+	__u64 n = w->cur_len - w->cur_pos;
+	if (n > w->remaining)
+		n = w->remaining;
+	if (n > DATA_CHUNK)
+		n = DATA_CHUNK;
+	__u32 len = n;
+	asm volatile("" : "+r"(len));
+	if (len > DATA_CHUNK || len == 0)
+		return 1;
+	ev->h.type = EV_DATA;
+	ev->h.pid = w->tgid;
+	ev->h.ts_ns = bpf_ktime_get_ns();
+	ev->conn_id = w->conn_id;
+	ev->offset = w->offset;
+	ev->len = len;
+	ev->flow = w->flow;
+	ev->source = SRC_SOCKET;
+	ev->fd = w->fd;
+	if (bpf_probe_read_user(ev->data, len, (void *)(w->cur_base + w->cur_pos))) {
+		count(CNT_READ_FAULTS, 1);
+		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, GAP_READ_FAULT);
+	} else if (bpf_ringbuf_output(&events, ev, offsetof(struct ev_data, data) + len, 0)) {
+		count(CNT_RINGBUF_DROPS, 1);
+		count(CNT_RINGBUF_DROP_BYTES, len);
+		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, GAP_RINGBUF_FULL);
+	}
+	w->cur_pos += len;
+	w->offset += len;
+	w->remaining -= len;
+	return 0;
+}
+
+/* Emit `total` bytes that a syscall moved, from a buffer or an iovec array. */
+static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8 flow,
+				      __u64 base, __u64 iov_ptr, __u64 iov_cnt, __u64 total)
+{
+	__u64 *ctr = flow == FLOW_SEND ? &c->sent : &c->recv;
+	__u64 offset = __sync_fetch_and_add(ctr, total);
+	struct settings *s = get_settings();
+	if (!s || !s->capture_data)
+		return;
+	__u32 zero = 0;
+	struct data_scratch_t *sc = bpf_map_lookup_elem(&data_scratch, &zero);
+	if (!sc)
+		return;
+	struct walk *w = &sc->w;
+	w->iov_ptr = iov_ptr;
+	w->iov_cnt = iov_cnt;
+	w->iov_idx = 0;
+	w->cur_base = base;
+	w->cur_len = iov_ptr ? 0 : total;
+	w->cur_pos = 0;
+	w->remaining = total;
+	w->offset = offset;
+	w->conn_id = c->id;
+	w->tgid = tgid;
+	w->fd = fd;
+	w->flow = flow;
+	w->gap_reason = 0;
+	__u32 budget = s->max_chunks + (iov_ptr ? MAX_IOV : 0);
+	bpf_loop(budget, walk_step, NULL, 0);
+	if (w->remaining) {
+		if (!w->gap_reason) {
+			w->gap_reason = GAP_CHUNK_BUDGET;
+			count(CNT_CHUNK_BUDGET_GAPS, 1);
+		}
+		emit_gap(c->id, tgid, w->offset, w->remaining, flow, w->gap_reason);
+	}
+}
+
+/* ---- enter: remember the arguments of calls on tracked sockets ---- */
+
+static __always_inline int save_call(__s32 fd, __u32 kind, __u64 ptr, __u64 cnt)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!tracked_conn(tgid, fd))
+		return 0;
+	struct call_args a = { .ptr = ptr, .cnt = cnt, .fd = fd, .kind = kind };
+	bpf_map_update_elem(&inflight, &pid_tgid, &a, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int enter_read(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_READ, ctx->args[1], ctx->args[2]); }
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_READ, ctx->args[1], ctx->args[2]); }
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int enter_write(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_WRITE, ctx->args[1], ctx->args[2]); }
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_WRITE, ctx->args[1], ctx->args[2]); }
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int enter_readv(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_READV, ctx->args[1], ctx->args[2]); }
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int enter_writev(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_WRITEV, ctx->args[1], ctx->args[2]); }
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_RECVMSG, ctx->args[1], 0); }
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_SENDMSG, ctx->args[1], 0); }
+
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int enter_sendfile(struct trace_event_raw_sys_enter *ctx)
+{ return save_call(ctx->args[0], K_SENDFILE, 0, 0); }
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!should_trace(pid_tgid >> 32))
+		return 0;
+	struct call_args a = { .fd = ctx->args[0], .kind = K_CONNECT };
+	bpf_map_update_elem(&inflight, &pid_tgid, &a, BPF_ANY);
+	return 0;
+}
+
+/* ---- exit: emit what the call moved ---- */
+
+static __always_inline int finish_call(long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct call_args *a = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	if (!a)
+		return 0;
+	struct call_args args = *a;
+	bpf_map_delete_elem(&inflight, &pid_tgid);
+	__u32 tgid = pid_tgid >> 32;
+
+	if (args.kind == K_CONNECT) {
+		if (ret == 0 || ret == -EINPROGRESS)
+			track_socket(NULL, tgid, args.fd, ROLE_CLIENT);
+		return 0;
+	}
+	if (ret <= 0)
+		return 0;
+	struct conn *c = tracked_conn(tgid, args.fd);
+	if (!c)
+		return 0;
+	__u64 total = ret;
+	switch (args.kind) {
+	case K_READ:
+		emit_data(c, tgid, args.fd, FLOW_RECV, args.ptr, 0, 0, total);
+		break;
+	case K_WRITE:
+		emit_data(c, tgid, args.fd, FLOW_SEND, args.ptr, 0, 0, total);
+		break;
+	case K_READV:
+		emit_data(c, tgid, args.fd, FLOW_RECV, 0, args.ptr, args.cnt, total);
+		break;
+	case K_WRITEV:
+		emit_data(c, tgid, args.fd, FLOW_SEND, 0, args.ptr, args.cnt, total);
+		break;
+	case K_RECVMSG:
+	case K_SENDMSG: {
+		struct user_msghdr m = {};
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)args.ptr)) {
+			count(CNT_READ_FAULTS, 1);
+			break;
+		}
+		__u8 flow = args.kind == K_RECVMSG ? FLOW_RECV : FLOW_SEND;
+		emit_data(c, tgid, args.fd, flow, 0, (__u64)m.msg_iov, m.msg_iovlen, total);
+		break;
+	}
+	case K_SENDFILE: {
+		/* The bytes come from a file, not user memory: count them, mark them missing. */
+		__u64 off = __sync_fetch_and_add(&c->sent, total);
+		emit_gap(c->id, tgid, off, total, FLOW_SEND, GAP_SENDFILE);
+		break;
+	}
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int exit_read(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_write")
+int exit_write(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int exit_sendto(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_readv")
+int exit_readv(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_writev")
+int exit_writev(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int exit_sendfile(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_connect")
+int exit_connect(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+
+static __always_inline int on_accept(long ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (ret < 0 || !should_trace(tgid))
+		return 0;
+	track_socket(NULL, tgid, ret, ROLE_SERVER);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int exit_accept(struct trace_event_raw_sys_exit *ctx) { return on_accept(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int exit_accept4(struct trace_event_raw_sys_exit *ctx) { return on_accept(ctx->ret); }
+
+static __always_inline void untrack(__u32 tgid, __s32 fd, struct conn *c, __u32 reason)
+{
+	struct ev_conn_close ev = {};
+	ev.h.type = EV_CONN_CLOSE;
+	ev.h.pid = tgid;
+	ev.h.ts_ns = bpf_ktime_get_ns();
+	ev.conn_id = c->id;
+	ev.bytes_sent = c->sent;
+	ev.bytes_recv = c->recv;
+	ev.fd = fd;
+	ev.reason = reason;
+	__u64 skey = c->sk;
+	bpf_map_delete_elem(&socks, &skey);
+	struct conn_key k = { .tgid = tgid, .fd = fd };
+	bpf_map_delete_elem(&conns, &k);
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(CNT_RINGBUF_DROPS, 1);
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__s32 fd = ctx->args[0];
+	struct conn *c = tracked_conn(tgid, fd);
+	if (c)
+		untrack(tgid, fd, c, CLOSE_SYSCALL);
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->newstate != TCP_ESTABLISHED && ctx->newstate != TCP_CLOSE)
+		return 0;
+	__u64 skey = (__u64)ctx->skaddr;
+	struct sk_ref *ref = bpf_map_lookup_elem(&socks, &skey);
+	if (!ref)
+		return 0;
+	struct ev_sock_state ev = {};
+	ev.h.type = EV_SOCK_STATE;
+	ev.h.pid = ref->tgid;
+	ev.h.ts_ns = bpf_ktime_get_ns();
+	ev.conn_id = ref->conn_id;
+	ev.oldstate = ctx->oldstate;
+	ev.newstate = ctx->newstate;
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(CNT_RINGBUF_DROPS, 1);
+	if (ctx->newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&socks, &skey);
+	return 0;
+}
+
+/* ---- processes: exec gives the path and argv even for processes gone in a millisecond ---- */
+
+SEC("tracepoint/sched/sched_process_exec")
+int proc_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!should_trace(tgid))
+		return 0;
+	__u32 zero = 0;
+	struct ev_proc_exec *ev = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!ev)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	ev->h.type = EV_PROC_EXEC;
+	ev->h.pid = tgid;
+	ev->h.ts_ns = bpf_ktime_get_ns();
+	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	unsigned int loc = ctx->__data_loc_filename & 0xFFFF;
+	long n = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), (void *)ctx + loc);
+	ev->filename_len = n > 0 ? n - 1 : 0;
+	unsigned long arg_start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long arg_end = BPF_CORE_READ(task, mm, arg_end);
+	unsigned long alen = arg_end - arg_start;
+	if (alen > EXEC_ARGS_MAX)
+		alen = EXEC_ARGS_MAX;
+	__u32 al = alen;
+	asm volatile("" : "+r"(al));
+	if (al > EXEC_ARGS_MAX)
+		al = 0;
+	if (al && bpf_probe_read_user(ev->args, al, (void *)arg_start))
+		al = 0;
+	ev->args_len = al;
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+		count(CNT_RINGBUF_DROPS, 1);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int proc_exit(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if ((__u32)pid_tgid != tgid || !should_trace(tgid))
+		return 0; /* only the whole process, not each thread */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct ev_proc_exit ev = {};
+	ev.h.type = EV_PROC_EXIT;
+	ev.h.pid = tgid;
+	ev.h.ts_ns = bpf_ktime_get_ns();
+	ev.exit_code = BPF_CORE_READ(task, exit_code);
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(CNT_RINGBUF_DROPS, 1);
+	return 0;
+}

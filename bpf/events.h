@@ -1,0 +1,154 @@
+/* The one wire contract between the kernel programs and user space.
+ *
+ * Every struct that crosses the ring buffer is defined here, `type` first, with
+ * explicit padding so that C and Python agree byte for byte. The Python mirror lives in
+ * src/plaintap/bpf/abi.py and checks every size and offset at start-up against the
+ * values this header exports through the `abi_layout` section of the object.
+ * Change a struct here and there, together.
+ */
+#ifndef PLAINTAP_EVENTS_H
+#define PLAINTAP_EVENTS_H
+
+#define EV_CONN_OPEN   1
+#define EV_CONN_CLOSE  2
+#define EV_DATA        3
+#define EV_GAP         4
+#define EV_PROC_EXEC   5
+#define EV_PROC_EXIT   6
+#define EV_SOCK_STATE  7
+
+/* connection roles */
+#define ROLE_CLIENT 1 /* connect() */
+#define ROLE_SERVER 2 /* accept()  */
+
+/* direction classes (qtap's): bit flags so that a filter is a mask */
+#define DIR_INGRESS          1
+#define DIR_EGRESS_INTERNAL  2
+#define DIR_EGRESS_EXTERNAL  4
+
+/* data directions, from the local process's point of view */
+#define FLOW_SEND 0
+#define FLOW_RECV 1
+
+/* data sources */
+#define SRC_SOCKET 0 /* bytes on the socket (syscalls) */
+#define SRC_TLS    1 /* plaintext from inside a TLS library */
+
+/* gap reasons */
+#define GAP_RINGBUF_FULL   1
+#define GAP_CHUNK_BUDGET   2
+#define GAP_SENDFILE       3
+#define GAP_READ_FAULT     4
+
+/* Bytes of payload carried by one EV_DATA event at most. A larger read or write is sent
+ * as several events with their offsets; nothing is cut at this size. */
+#define DATA_CHUNK 16384
+
+/* Indexes into the `counters` per-CPU array. Mirrored by name in abi.py. */
+#define CNT_RINGBUF_DROPS        0 /* events that could not be reserved */
+#define CNT_RINGBUF_DROP_BYTES   1 /* payload bytes inside those events */
+#define CNT_CHUNK_BUDGET_GAPS    2 /* syscalls whose data exceeded the chunk budget */
+#define CNT_CONN_TABLE_FULL      3 /* connections not tracked: table full */
+#define CNT_READ_FAULTS          4 /* user memory that could not be read */
+#define CNT_CONNS_FILTERED       5 /* connections skipped by loopback/direction filters */
+#define CNT__MAX                 8
+
+struct ev_header {
+	__u32 type;
+	__u32 pid;      /* tgid */
+	__u64 ts_ns;    /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+};                      /* 16 */
+
+struct ev_conn_open {
+	struct ev_header h;     /* 0 */
+	__u64 conn_id;          /* 16: unique per agent run, never reused */
+	__u32 tid;              /* 24 */
+	__s32 fd;               /* 28 */
+	__u32 uid;              /* 32 */
+	__u16 family;           /* 36: AF_INET | AF_INET6 */
+	__u8  role;             /* 38: ROLE_* */
+	__u8  direction;        /* 39: DIR_* */
+	__u16 local_port;       /* 40: host order */
+	__u16 remote_port;      /* 42: host order */
+	__u32 _pad0;            /* 44 */
+	__u8  local_addr[16];   /* 48: v4 in the first 4 bytes */
+	__u8  remote_addr[16];  /* 64 */
+	char  comm[16];         /* 80 */
+};                              /* 96 */
+
+#define CLOSE_SYSCALL 1
+#define CLOSE_UNTRACK 2
+
+struct ev_conn_close {
+	struct ev_header h;     /* 0 */
+	__u64 conn_id;          /* 16 */
+	__u64 bytes_sent;       /* 24: all bytes written to the socket */
+	__u64 bytes_recv;       /* 32 */
+	__s32 fd;               /* 40 */
+	__u32 reason;           /* 44: CLOSE_* */
+};                              /* 48 */
+
+struct ev_data {
+	struct ev_header h;     /* 0 */
+	__u64 conn_id;          /* 16 */
+	__u64 offset;           /* 24: stream offset of data[0] in this flow+source */
+	__u32 len;              /* 32: bytes in data[] */
+	__u8  flow;             /* 36: FLOW_* */
+	__u8  source;           /* 37: SRC_* */
+	__u16 _pad0;            /* 38 */
+	__s32 fd;               /* 40 */
+	__u32 _pad1;            /* 44 */
+	__u8  data[DATA_CHUNK]; /* 48 */
+};
+
+struct ev_gap {
+	struct ev_header h;     /* 0 */
+	__u64 conn_id;          /* 16 */
+	__u64 offset;           /* 24: first missing byte */
+	__u64 len;              /* 32: missing bytes */
+	__u8  flow;             /* 40 */
+	__u8  source;           /* 41 */
+	__u16 reason;           /* 42: GAP_* */
+	__u32 _pad0;            /* 44 */
+};                              /* 48 */
+
+#define EXEC_FILENAME_MAX 256
+#define EXEC_ARGS_MAX 512
+
+struct ev_proc_exec {
+	struct ev_header h;     /* 0 */
+	__u32 ppid;             /* 16 */
+	__u32 uid;              /* 20 */
+	__u16 filename_len;     /* 24 */
+	__u16 args_len;         /* 26: NUL-separated argv, possibly cut */
+	__u32 _pad0;            /* 28 */
+	char  filename[EXEC_FILENAME_MAX]; /* 32 */
+	char  args[EXEC_ARGS_MAX];         /* 288 */
+};                                         /* 800 */
+
+struct ev_proc_exit {
+	struct ev_header h;     /* 0 */
+	__s32 exit_code;        /* 16 */
+	__u32 _pad0;            /* 20 */
+};                              /* 24 */
+
+struct ev_sock_state {
+	struct ev_header h;     /* 0 */
+	__u64 conn_id;          /* 16 */
+	__s32 oldstate;         /* 24 */
+	__s32 newstate;         /* 28 */
+};                              /* 32 */
+
+/* Settings: one entry of the `settings` array map, written by user space after load
+ * and before attach. */
+struct settings {
+	__u32 agent_pid;        /* 0: never traced */
+	__u8  ignore_loopback;  /* 4 */
+	__u8  direction_mask;   /* 5: DIR_* bits that are tracked */
+	__u8  capture_data;     /* 6: stream payload bytes (else count only) */
+	__u8  _pad0;            /* 7 */
+	__u32 max_chunks;       /* 8: per syscall; past it, a gap event */
+	__u32 _pad1;            /* 12 */
+};                              /* 16 */
+
+#endif
