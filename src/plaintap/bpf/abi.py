@@ -1,0 +1,140 @@
+"""Python mirror of bpf/events.h, the one wire contract with the kernel programs.
+
+Each struct is declared once as an ordered list of (field, struct-format) pairs; the
+`struct.Struct` used to decode it and its field offsets are derived from that list. At
+start-up `check_layout()` compares every size and offset with `obj/abi.json`, which the
+BPF build writes from the C compiler's own view of events.h, so a mismatch is caught
+before the first event is misread.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from importlib import resources
+
+EV_CONN_OPEN = 1
+EV_CONN_CLOSE = 2
+EV_DATA = 3
+EV_GAP = 4
+EV_PROC_EXEC = 5
+EV_PROC_EXIT = 6
+EV_SOCK_STATE = 7
+
+ROLE_CLIENT = 1
+ROLE_SERVER = 2
+
+DIR_INGRESS = 1
+DIR_EGRESS_INTERNAL = 2
+DIR_EGRESS_EXTERNAL = 4
+DIRECTION_NAMES = {
+    DIR_INGRESS: "ingress",
+    DIR_EGRESS_INTERNAL: "egress-internal",
+    DIR_EGRESS_EXTERNAL: "egress-external",
+}
+
+FLOW_SEND = 0
+FLOW_RECV = 1
+SRC_SOCKET = 0
+SRC_TLS = 1
+
+GAP_REASONS = {1: "ringbuf_full", 2: "chunk_budget", 3: "sendfile", 4: "read_fault"}
+
+# Index → name of the kernel's per-CPU `counters` map (CNT_* in events.h).
+KERNEL_COUNTERS = {
+    0: "ringbuf_drops",
+    1: "ringbuf_drop_bytes",
+    2: "chunk_budget_gaps",
+    3: "conn_table_full",
+    4: "read_faults",
+    5: "conns_filtered",
+}
+KERNEL_COUNTER_SLOTS = 8
+
+DATA_CHUNK = 16384
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    fields: tuple[tuple[str, str], ...]
+
+    @property
+    def fmt(self) -> str:
+        return "<" + "".join(f for _, f in self.fields)
+
+    @property
+    def struct(self) -> struct.Struct:
+        return struct.Struct(self.fmt)
+
+    def offsets(self) -> dict[str, int]:
+        out, fmt = {}, "<"
+        for name, f in self.fields:
+            out[name] = struct.calcsize(fmt)
+            fmt += f
+        return out
+
+
+_HDR = (("type", "I"), ("pid", "I"), ("ts_ns", "Q"))
+
+HEADER = Layout("ev_header", _HDR)
+CONN_OPEN = Layout("ev_conn_open", _HDR + (
+    ("conn_id", "Q"), ("tid", "I"), ("fd", "i"), ("uid", "I"), ("family", "H"),
+    ("role", "B"), ("direction", "B"), ("local_port", "H"), ("remote_port", "H"),
+    ("_pad0", "I"), ("local_addr", "16s"), ("remote_addr", "16s"), ("comm", "16s")))
+CONN_CLOSE = Layout("ev_conn_close", _HDR + (
+    ("conn_id", "Q"), ("bytes_sent", "Q"), ("bytes_recv", "Q"), ("fd", "i"), ("reason", "I")))
+DATA = Layout("ev_data", _HDR + (
+    ("conn_id", "Q"), ("offset", "Q"), ("len", "I"), ("flow", "B"), ("source", "B"),
+    ("_pad0", "H"), ("fd", "i"), ("_pad1", "I")))  # payload follows at `data`
+GAP = Layout("ev_gap", _HDR + (
+    ("conn_id", "Q"), ("offset", "Q"), ("len", "Q"), ("flow", "B"), ("source", "B"),
+    ("reason", "H"), ("_pad0", "I")))
+PROC_EXEC = Layout("ev_proc_exec", _HDR + (
+    ("ppid", "I"), ("uid", "I"), ("filename_len", "H"), ("args_len", "H"), ("_pad0", "I"),
+    ("filename", "256s"), ("args", "512s")))
+PROC_EXIT = Layout("ev_proc_exit", _HDR + (("exit_code", "i"), ("_pad0", "I")))
+SOCK_STATE = Layout("ev_sock_state", _HDR + (("conn_id", "Q"), ("oldstate", "i"), ("newstate", "i")))
+SETTINGS = Layout("settings", (
+    ("agent_pid", "I"), ("ignore_loopback", "B"), ("direction_mask", "B"),
+    ("capture_data", "B"), ("_pad0", "B"), ("max_chunks", "I"), ("_pad1", "I")))
+
+LAYOUTS = (HEADER, CONN_OPEN, CONN_CLOSE, DATA, GAP, PROC_EXEC, PROC_EXIT, SOCK_STATE, SETTINGS)
+DATA_PAYLOAD_OFFSET = DATA.struct.size
+
+
+class AbiMismatch(RuntimeError):
+    """The Python mirror and the compiled events.h disagree."""
+
+
+def load_compiled_layout() -> dict:
+    return json.loads(resources.files("plaintap.bpf").joinpath("obj/abi.json").read_text())
+
+
+def check_layout(compiled: dict | None = None) -> None:
+    """Compare every mirrored struct with the compiler's layout; raise AbiMismatch."""
+    compiled = compiled if compiled is not None else load_compiled_layout()
+    problems = []
+    for lay in LAYOUTS:
+        c = compiled.get(lay.name)
+        if c is None:
+            problems.append(f"{lay.name} missing from abi.json")
+            continue
+        size = lay.struct.size if lay is not DATA else DATA_PAYLOAD_OFFSET + compiled["DATA_CHUNK"]
+        if size != c["size"]:
+            problems.append(f"{lay.name}: size {size} != {c['size']}")
+        offs = lay.offsets()
+        for field, off in c.items():
+            if field == "size":
+                continue
+            if field == "data":
+                if off != DATA_PAYLOAD_OFFSET:
+                    problems.append(f"ev_data.data at {off}, mirror says {DATA_PAYLOAD_OFFSET}")
+                continue
+            if offs.get(field) != off:
+                problems.append(f"{lay.name}.{field} at {off}, mirror says {offs.get(field)}")
+    if compiled.get("DATA_CHUNK") != DATA_CHUNK:
+        problems.append(f"DATA_CHUNK {compiled.get('DATA_CHUNK')} != {DATA_CHUNK}")
+    if problems:
+        raise AbiMismatch("BPF object and Python mirror disagree (rebuild with `make -C bpf`): "
+                          + "; ".join(problems))

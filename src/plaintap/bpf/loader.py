@@ -1,0 +1,248 @@
+"""Load, configure and attach the capture BPF object; drain its ring buffer in batches.
+
+`KernelCapture` is the agent's whole view of the kernel side:
+
+    cap = KernelCapture(settings)        # checks privileges, BTF, ABI; nothing loaded yet
+    cap.open_and_load()                  # BpfError with one clear line on failure
+    cap.attach()                         # every tracepoint program; mounts tracefs if needed
+    batch = cap.poll(timeout_ms)         # list[bytes], one per ring-buffer record
+    cap.counters()                       # kernel drop counters, summed over CPUs
+    cap.close()                          # idempotent: detaches and frees everything
+
+Records are copied out of the ring buffer inside one libbpf callback per record and
+handed up as a list per poll, so Python-level work above this layer is per batch.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import struct
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+
+from . import abi
+from .libbpf import BpfError, ObjectOpenOpts, RINGBUF_SAMPLE_FN, UprobeOpts, lib
+
+log = logging.getLogger("plaintap.bpf")
+
+TRACEFS = "/sys/kernel/tracing"
+DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
+
+
+@dataclass
+class KernelSettings:
+    """What the kernel programs need to know; compiled from the config by the pipeline."""
+
+    agent_pid: int
+    ignore_loopback: bool = True
+    direction_mask: int = abi.DIR_EGRESS_EXTERNAL
+    capture_data: bool = True
+    max_chunks: int = 2048          # per syscall: 2048 × 16 KiB = 32 MiB before a gap
+    ring_bytes: int = 64 << 20      # ring buffer size (power of two, ≥ page size)
+    btf_path: str | None = None     # custom BTF for kernels without /sys/kernel/btf
+
+
+def object_path(name: str = "capture") -> str:
+    """Path of a packaged BPF object; BpfError when the build has not been run."""
+    p = resources.files("plaintap.bpf").joinpath(f"obj/{name}.bpf.o")
+    if not p.is_file():
+        raise BpfError(f"BPF object {name}.bpf.o is not built: run `make -C bpf` (or ./run, which builds it)")
+    return str(p)
+
+
+def _effective_caps() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def check_privileges() -> None:
+    """Raise BpfError unless this process may load tracing BPF programs."""
+    caps = _effective_caps()
+    needed = {21: "CAP_SYS_ADMIN"}  # tracepoint/uprobe attach and bpf_probe_read need it here
+    if os.geteuid() != 0 and any(not (caps >> bit) & 1 for bit in needed):
+        raise BpfError("plaintap must run as root (it loads eBPF programs): try `sudo plaintap ...`")
+
+
+def check_btf(btf_path: str | None) -> None:
+    path = btf_path or DEFAULT_BTF
+    if not os.path.exists(path):
+        if btf_path:
+            raise BpfError(f"BTF file {btf_path} does not exist: pass a valid --btf file or omit --btf")
+        raise BpfError("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built "
+                       "with CONFIG_DEBUG_INFO_BTF=y, or pass --btf FILE with a BTF file for this kernel")
+
+
+def ensure_tracefs() -> None:
+    """libbpf needs tracefs to resolve tracepoint ids; a fresh machine may not mount it."""
+    if os.path.isdir(os.path.join(TRACEFS, "events")):
+        return
+    r = subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], capture_output=True, text=True)
+    if r.returncode != 0 and not os.path.isdir(os.path.join(TRACEFS, "events")):
+        raise BpfError(f"cannot mount tracefs on {TRACEFS} ({r.stderr.strip() or 'mount failed'}): "
+                       f"mount it with `mount -t tracefs nodev {TRACEFS}`")
+    log.info("mounted tracefs on %s", TRACEFS)
+
+
+class KernelCapture:
+    def __init__(self, settings: KernelSettings, obj_name: str = "capture") -> None:
+        self.settings = settings
+        self.obj_name = obj_name
+        self._obj = None
+        self._links: list[int] = []
+        self._ring = None
+        self._batch: list[bytes] = []
+        self._cb = RINGBUF_SAMPLE_FN(self._on_sample)
+        self._map_fds: dict[str, int] = {}
+        self.attached_programs: list[str] = []
+
+    # ---- set-up ----
+
+    def open_and_load(self) -> None:
+        check_privileges()
+        check_btf(self.settings.btf_path)
+        abi.check_layout()
+        path = object_path(self.obj_name)
+        opts = ObjectOpenOpts()
+        opts.sz = ctypes.sizeof(ObjectOpenOpts)
+        if self.settings.btf_path:
+            opts.btf_custom_path = self.settings.btf_path.encode()
+        obj = lib.bpf_object__open_file(path.encode(), ctypes.byref(opts))
+        if not obj:
+            raise BpfError(f"cannot open BPF object {path}: {os.strerror(lib.errno())}")
+        self._obj = obj
+        ring = lib.bpf_object__find_map_by_name(obj, b"events")
+        ring_bytes = _pow2_at_least(max(self.settings.ring_bytes, 1 << 16))
+        if lib.bpf_map__set_max_entries(ring, ring_bytes) < 0:
+            raise BpfError(f"cannot size the ring buffer to {ring_bytes} bytes")
+        lib.recent_messages.clear()
+        ret = lib.bpf_object__load(obj)
+        if ret < 0:
+            reason = _verifier_summary(lib.recent_messages)
+            raise BpfError(f"the kernel refused plaintap's BPF programs ({os.strerror(-ret)}{reason}): "
+                           "run `plaintap doctor` to see what this kernel supports")
+        self._write_settings()
+        log.debug("BPF object %s loaded", path)
+
+    def _map_fd(self, name: str) -> int:
+        fd = self._map_fds.get(name)
+        if fd is None:
+            m = lib.bpf_object__find_map_by_name(self._obj, name.encode())
+            if not m:
+                raise BpfError(f"BPF map {name} not found in the object (rebuild with `make -C bpf`)")
+            fd = lib.bpf_map__fd(m)
+            self._map_fds[name] = fd
+        return fd
+
+    def _write_settings(self) -> None:
+        s = self.settings
+        blob = abi.SETTINGS.struct.pack(s.agent_pid, int(s.ignore_loopback), s.direction_mask,
+                                        int(s.capture_data), 0, s.max_chunks, 0)
+        key = ctypes.c_uint32(0)
+        val = ctypes.create_string_buffer(blob, len(blob))
+        if lib.bpf_map_update_elem(self._map_fd("settings_map"), ctypes.byref(key), val, 0) < 0:
+            raise BpfError(f"cannot write BPF settings: {os.strerror(lib.errno())}")
+
+    def attach(self) -> None:
+        """Attach every auto-loaded program by its section name (tracepoints)."""
+        ensure_tracefs()
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            name = lib.bpf_program__name(prog).decode()
+            if lib.bpf_program__autoload(prog):
+                link = lib.bpf_program__attach(prog)
+                if not link:
+                    err = lib.errno()
+                    sec = lib.bpf_program__section_name(prog).decode()
+                    raise BpfError(f"cannot attach {name} ({sec}): {os.strerror(err)}; "
+                                   "run `plaintap doctor` to see what this kernel supports")
+                self._links.append(link)
+                self.attached_programs.append(name)
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        self._ring = lib.ring_buffer__new(self._map_fd("events"), self._cb, None, None)
+        if not self._ring:
+            raise BpfError(f"cannot open the BPF ring buffer: {os.strerror(lib.errno())}")
+        log.info("attached %d BPF programs", len(self._links))
+
+    def attach_uprobe(self, prog_name: str, binary: str, offset: int, retprobe: bool = False,
+                      pid: int = -1) -> int:
+        """Attach a (non auto-loaded) program as a uprobe at a file offset; returns a link handle."""
+        prog = lib.bpf_object__find_program_by_name(self._obj, prog_name.encode())
+        if not prog:
+            raise BpfError(f"BPF program {prog_name} not found")
+        opts = UprobeOpts()
+        opts.sz = ctypes.sizeof(UprobeOpts)
+        opts.retprobe = retprobe
+        link = lib.bpf_program__attach_uprobe_opts(prog, pid, binary.encode(), offset, ctypes.byref(opts))
+        if not link:
+            raise BpfError(f"cannot attach uprobe {prog_name} at {binary}+{offset:#x}: {os.strerror(lib.errno())}")
+        self._links.append(link)
+        return link
+
+    # ---- running ----
+
+    def _on_sample(self, _ctx, data, size) -> int:
+        self._batch.append(ctypes.string_at(data, size))
+        return 0
+
+    def poll(self, timeout_ms: int = 100) -> list[bytes]:
+        """Wait up to timeout_ms for records; return all available ones (maybe [])."""
+        self._batch = []
+        if self._ring is None:
+            return []
+        ret = lib.ring_buffer__poll(self._ring, timeout_ms)
+        if ret < 0 and -ret != 4:  # EINTR is a normal wake-up (signals)
+            raise BpfError(f"reading the BPF ring buffer failed: {os.strerror(-ret)}")
+        return self._batch
+
+    def counters(self) -> dict[str, int]:
+        """Kernel-side counters (drops, filters), summed over CPUs."""
+        ncpu = lib.libbpf_num_possible_cpus()
+        fd = self._map_fd("counters")
+        out = {}
+        buf = ctypes.create_string_buffer(8 * ncpu)
+        for idx, name in abi.KERNEL_COUNTERS.items():
+            key = ctypes.c_uint32(idx)
+            if lib.bpf_map_lookup_elem(fd, ctypes.byref(key), buf) == 0:
+                out[name] = sum(struct.unpack(f"<{ncpu}Q", buf.raw))
+        return out
+
+    def forget_connection(self, tgid: int, fd: int) -> None:
+        """Drop the kernel's entry for a connection whose process exited without close()."""
+        key = ctypes.create_string_buffer(struct.pack("<Ii", tgid, fd), 8)
+        lib.bpf_map_delete_elem(self._map_fd("conns"), key)
+
+    def close(self) -> None:
+        if self._ring:
+            lib.ring_buffer__free(self._ring)
+            self._ring = None
+        for link in self._links:
+            lib.bpf_link__destroy(link)
+        self._links = []
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+        self._map_fds = {}
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+def _verifier_summary(lines: list[str]) -> str:
+    """The most telling line of a failed load (the verifier's last complaint)."""
+    for line in reversed(lines):
+        s = line.strip()
+        if s and not s.startswith(("libbpf:", "--", ";", "processed")) and ":" not in s[:6]:
+            return f"; verifier: {s[:160]}"
+    return ""
