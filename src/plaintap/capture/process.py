@@ -1,0 +1,124 @@
+"""Who a pid is: executable, command line, user, container.
+
+Facts come from two places: the kernel's exec event (path and argv captured at exec, so
+a process that connects and exits within a millisecond is still attributed) and /proc
+(for processes that started before the agent, and for the resolved executable path).
+Exited processes are kept for a grace period because their connections are finalised
+after the exit event.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+_CONTAINER_ID = re.compile(r"(?:docker-|cri-containerd-|crio-|libpod-|/docker/|/containerd/|/crio/)?([0-9a-f]{64})")
+
+
+@dataclass(slots=True)
+class ProcessInfo:
+    pid: int
+    exe: str = ""
+    cmdline: str = ""
+    uid: int | None = None
+    comm: str = ""
+    container_id: str = ""
+    exited: bool = False
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def exe_name(self) -> str:
+        return os.path.basename(self.exe) if self.exe else self.comm
+
+
+def container_id_from_cgroup(text: str) -> str:
+    """The 64-hex container id in a /proc/<pid>/cgroup text, or ''."""
+    for line in text.splitlines():
+        path = line.rsplit(":", 1)[-1]
+        for part in reversed(path.split("/")):
+            m = _CONTAINER_ID.search(part)
+            if m:
+                return m.group(1)
+    return ""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def read_proc(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
+    """ProcessInfo from /proc, or None when the process is gone."""
+    base = f"{proc_root}/{pid}"
+    status = _read(f"{base}/status")
+    if status is None:
+        return None
+    info = ProcessInfo(pid)
+    try:
+        info.exe = os.readlink(f"{base}/exe").removesuffix(" (deleted)")
+    except OSError:
+        pass
+    cmd = _read(f"{base}/cmdline")
+    if cmd:
+        info.cmdline = " ".join(a for a in cmd.split("\0") if a)
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            info.uid = int(line.split()[1])
+        elif line.startswith("Name:"):
+            info.comm = line.split(None, 1)[1] if len(line.split()) > 1 else ""
+    info.container_id = container_id_from_cgroup(_read(f"{base}/cgroup") or "")
+    return info
+
+
+class ProcessTable:
+    """pid → ProcessInfo, fed by exec/exit events and lazily from /proc."""
+
+    def __init__(self, proc_root: str = "/proc", keep_exited: int = 4096) -> None:
+        self.proc_root = proc_root
+        self._live: dict[int, ProcessInfo] = {}
+        self._exited: OrderedDict[int, ProcessInfo] = OrderedDict()
+        self.keep_exited = keep_exited
+
+    def on_exec(self, pid: int, filename: str, argv: list[str], uid: int) -> ProcessInfo:
+        info = read_proc(pid, self.proc_root)
+        if info is None:  # already gone: the kernel's facts are all there is
+            info = ProcessInfo(pid, uid=uid)
+        # /proc/<pid>/exe is the resolved path (and right inside containers); the exec
+        # event's filename is the fallback for a process already gone.
+        if not info.exe:
+            info.exe = filename
+        if argv:
+            info.cmdline = " ".join(argv)
+        if info.uid is None:
+            info.uid = uid
+        if not info.comm:
+            info.comm = os.path.basename(filename)[:15]
+        self._exited.pop(pid, None)
+        self._live[pid] = info
+        return info
+
+    def on_exit(self, pid: int) -> None:
+        info = self._live.pop(pid, None)
+        if info is None:
+            return
+        info.exited = True
+        self._exited[pid] = info
+        while len(self._exited) > self.keep_exited:
+            self._exited.popitem(last=False)
+
+    def get(self, pid: int, comm: str = "", uid: int | None = None) -> ProcessInfo:
+        """Known info for pid, else read /proc, else a stub with the kernel's comm/uid."""
+        info = self._live.get(pid) or self._exited.get(pid)
+        if info is not None:
+            return info
+        info = read_proc(pid, self.proc_root) or ProcessInfo(pid, comm=comm, uid=uid)
+        if not info.comm:
+            info.comm = comm
+        if info.uid is None:
+            info.uid = uid
+        self._live[pid] = info
+        return info

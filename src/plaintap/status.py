@@ -1,0 +1,75 @@
+"""Status endpoints: GET /readyz, /healthz and /metrics on --httpd-listen.
+
+/readyz answers 503 until capture is attached (and again once the agent is stopping),
+then 200; /healthz answers 200 while the process-wide loop is alive; /metrics is the
+Prometheus exposition of plaintap.metrics.REGISTRY.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .metrics import REGISTRY
+
+log = logging.getLogger("plaintap.status")
+
+
+class StatusServer:
+    def __init__(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.host = host.strip("[]") or "0.0.0.0"
+        self.port = int(port)
+        self.ready = threading.Event()
+        self.healthy = threading.Event()
+        self.healthy.set()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        status = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/readyz":
+                    ok = status.ready.is_set()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                elif path == "/healthz":
+                    ok = status.healthy.is_set()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+                elif path == "/metrics":
+                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b"not found: try /readyz, /healthz or /metrics\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt, *args):  # keep the agent's log clean
+                log.debug("status: " + fmt, *args)
+
+        family_host = self.host
+        ThreadingHTTPServer.allow_reuse_address = True
+        if ":" in family_host:
+            import socket
+
+            class V6Server(ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+            self._server = V6Server((family_host, self.port), Handler)
+        else:
+            self._server = ThreadingHTTPServer((family_host, self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="status-http", daemon=True).start()
+        log.info("status endpoints on http://%s:%d (/readyz /healthz /metrics)", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
