@@ -133,6 +133,7 @@ class Agent:
         self._stop.set()
 
     def run(self) -> int:
+        self.kernel.preflight()  # fail with one line before anything starts
         self.status.start()
         if self.event_sink is not None:
             self.event_sink.start()

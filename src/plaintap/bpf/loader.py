@@ -64,11 +64,18 @@ def _effective_caps() -> int:
 
 
 def check_privileges() -> None:
-    """Raise BpfError unless this process may load tracing BPF programs."""
+    """Raise BpfError unless this process may load and attach tracing BPF programs.
+
+    Root normally has everything; a non-root user, or root with its capabilities
+    dropped (containers without --privileged), does not.
+    """
     caps = _effective_caps()
-    needed = {21: "CAP_SYS_ADMIN"}  # tracepoint/uprobe attach and bpf_probe_read need it here
-    if os.geteuid() != 0 and any(not (caps >> bit) & 1 for bit in needed):
-        raise BpfError("plaintap must run as root (it loads eBPF programs): try `sudo plaintap ...`")
+    has = lambda bit: bool((caps >> bit) & 1)  # noqa: E731
+    cap_sys_admin, cap_perfmon, cap_bpf = 21, 38, 39
+    if not (has(cap_sys_admin) or (has(cap_bpf) and has(cap_perfmon))):
+        who = "root without capabilities" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+        raise BpfError(f"plaintap needs root privileges to load eBPF programs (running as {who}): "
+                       "run it as root, e.g. `sudo plaintap`, or with --privileged in a container")
 
 
 def check_btf(btf_path: str | None) -> None:
@@ -105,10 +112,15 @@ class KernelCapture:
 
     # ---- set-up ----
 
-    def open_and_load(self) -> None:
+    def preflight(self) -> None:
+        """Everything that can be checked before loading: privileges, BTF, ABI, build."""
         check_privileges()
         check_btf(self.settings.btf_path)
         abi.check_layout()
+        object_path(self.obj_name)
+
+    def open_and_load(self) -> None:
+        self.preflight()
         path = object_path(self.obj_name)
         opts = ObjectOpenOpts()
         opts.sz = ctypes.sizeof(ObjectOpenOpts)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Brings a fresh Debian machine (root, Python 3.11) to a working plaintap checkout:
+# apt packages, a .venv with the pinned Python packages, the BPF build. Idempotent and
+# quick when everything is already there. Usage: scripts/bootstrap.sh [--test]
+#   --test   also installs what the test suite uses (nginx, curl, Go, nghttp2, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
+
+pkgs=(clang llvm libbpf-dev libbpf1 bpftool make gcc libc6-dev ca-certificates)
+if [ "$want_test" = 1 ]; then
+  pkgs+=(nginx-light curl golang-go nghttp2-client openssl wrk iproute2 util-linux procps)
+  command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing apt packages (${missing[*]}): rerun as root, or apt-get install them"
+  say "installing apt packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+    || die "apt-get install failed for: ${missing[*]}"
+  # nginx-light's package starts a system nginx on :80; tests run their own.
+  if [ "$want_test" = 1 ] && command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
+fi
+
+PY=${PYTHON:-python3}
+req=requirements.txt
+[ "$want_test" = 1 ] && req=requirements-test.txt
+stamp=".venv/.stamp-$(cat requirements.txt "$req" pyproject.toml | sha256sum | cut -c1-16)-$want_test"
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv 2>/dev/null || {
+    [ "$(id -u)" = 0 ] && apt-get install -y -qq python3-venv >&2 && "$PY" -m venv .venv; } \
+    || die "cannot create a virtualenv with $PY: install python3-venv"
+fi
+if [ ! -f "$stamp" ]; then
+  say "installing pinned Python packages ($req)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req" >&2 \
+    || die "pip install -r $req failed (is PyPI reachable?)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . >&2 2>/dev/null \
+    || die "pip install -e . failed"
+  rm -f .venv/.stamp-*; touch "$stamp"
+fi
+
+# The BPF objects are built against this kernel's BTF (CO-RE): cheap when up to date.
+make -s -C bpf >&2 || die "BPF build failed (make -C bpf): see the compiler output above"

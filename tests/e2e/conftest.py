@@ -1,0 +1,158 @@
+"""End-to-end fixtures: the real agent (as a user runs it) against real programs on loopback.
+
+Kernel tests need root and BTF. Outside CI they skip with the reason when those are
+missing; in CI (CI=true) a missing prerequisite is a failure, never a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAINTAP = ROOT / ".venv" / "bin" / "plaintap"
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+def kernel_ready() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "needs kernel BTF"
+    if not (ROOT / "src/plaintap/bpf/obj/capture.bpf.o").exists():
+        return "BPF objects not built (run ./test)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    why = kernel_ready()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"kernel end-to-end tests cannot run in CI: {why}")
+        pytest.skip(why)
+
+
+def free_port(family=socket.AF_INET) -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningAgent:
+    def __init__(self, proc: subprocess.Popen, out: Path, err: Path, status_port: int, dump: Path):
+        self.proc = proc
+        self.out = out
+        self.err = err
+        self.status_port = status_port
+        self.dump = dump
+        self.records: list[dict] = []
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        key = f"{name}{{{labels}}}" if labels else name
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(key + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, timeout: float = 30) -> list[dict]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"agent did not stop within {timeout}s; stderr:\n{self.stderr()[-3000:]}")
+        self.records = [json.loads(line) for line in self.out.read_text().splitlines() if line.startswith("{")]
+        return self.records
+
+    def stderr(self) -> str:
+        return self.err.read_text() if self.err.exists() else ""
+
+    def connections(self, **match) -> list[dict]:
+        """Connection records (attributes) whose attributes equal every given key=value."""
+        out = []
+        for r in self.records:
+            a = r["attributes"]
+            if a.get("event.type") != "connection":
+                continue
+            if all(a.get(k.replace("__", ".")) == v for k, v in match.items()):
+                out.append(a)
+        return out
+
+
+@pytest.fixture
+def start_agent(kernel, tmp_path):
+    """start_agent(config_yaml_text, *extra_args) → RunningAgent, ready (/readyz 200)."""
+    agents: list[RunningAgent] = []
+
+    def _start(config: str, *args: str, ready_timeout: float = 60) -> RunningAgent:
+        n = len(agents)
+        cfg = tmp_path / f"qtap{n}.yaml"
+        cfg.write_text(config)
+        out, err = tmp_path / f"agent{n}.out", tmp_path / f"agent{n}.err"
+        dump = tmp_path / f"dump{n}"
+        port = free_port()
+        cmd = [str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{port}",
+               "--dump-streams", str(dump), "--log-level", "info", *args]
+        proc = subprocess.Popen(cmd, stdout=out.open("wb"), stderr=err.open("wb"), cwd=tmp_path)
+        agent = RunningAgent(proc, out, err, port, dump)
+        agents.append(agent)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"agent exited with {proc.returncode}: {agent.stderr()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return agent
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"agent not ready within {ready_timeout}s: {agent.stderr()[-3000:]}")
+
+    yield _start
+    for a in agents:
+        if a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()
+
+
+def run_helper(name: str, *args: str, timeout: float = 120) -> dict:
+    """Run a helper script from tests/e2e/helpers and return the JSON it prints last."""
+    r = subprocess.run([sys.executable, str(HELPERS / name), *args], capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, f"{name} failed: {r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+ALL_LOOPBACK = """
+version: 2
+services:
+  event_stores:
+    - type: stdout
+  object_stores:
+    - type: stdout
+stacks: {}
+tap:
+  direction: all
+  ignore_loopback: false
+"""
