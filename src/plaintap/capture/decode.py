@@ -142,9 +142,8 @@ def decode(raw: bytes) -> Event | None:
             return Gap(pid, ts, cid, off, n, flow, src, abi.GAP_REASONS.get(reason, "unknown"))
         if t == abi.EV_PROC_EXEC:
             (_, pid, ts, ppid, uid, flen, alen, _p, fname, args) = _EXEC.unpack_from(raw)
-            argv = [a.decode("utf-8", "replace") for a in args[:alen].split(b"\0")]
-            if argv and argv[-1] == "":
-                argv.pop()
+            raw_args = args[:alen].rstrip(b"\0")
+            argv = [a.decode("utf-8", "replace") for a in raw_args.split(b"\0")] if raw_args else []
             return ProcExec(pid, ts, ppid, uid, fname[:flen].decode("utf-8", "replace"), argv)
         if t == abi.EV_PROC_EXIT:
             (_, pid, ts, code, _p) = _EXIT.unpack_from(raw)
