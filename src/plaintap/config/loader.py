@@ -1,0 +1,248 @@
+"""Reading a `qtap.yaml` from a file, a URL or text into a checked `Config`.
+
+Loading goes: bytes (file, or `http(s)://` fetched with urllib) → YAML document (safe
+loader, duplicate keys reported with their line) → `Config` validated with a
+`LoadContext` built from the document itself (defined stack names, macro texts, the
+environment) → `Config`, or a `ConfigError` listing every problem found, one line each.
+Nothing here prints or logs; the command line decides how to show the error.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .. import __version__
+from .errors import ConfigError, describe, problems_from_validation_error
+from .model import Config, LoadContext
+
+__all__ = [
+    "load_config",
+    "load_config_text",
+    "config_from_document",
+    "default_config",
+    "validate_file",
+    "DEFAULT_CONFIG_YAML",
+    "FETCH_TIMEOUT_SECONDS",
+]
+
+FETCH_TIMEOUT_SECONDS = 10
+MAX_CONFIG_BYTES = 4 << 20  # a config is a few KiB; refuse to read a runaway response
+
+# qtap's built-in configuration, used when no --config is given.
+DEFAULT_CONFIG_YAML = """\
+version: 2
+services:
+  event_stores:
+    - type: stdout
+  object_stores:
+    - type: stdout
+stacks:
+  basic_reporting:
+    plugins:
+      - type: access_logs
+        config:
+          mode: details
+          format: console
+      - type: report_usage
+tap:
+  direction: egress-external
+  ignore_loopback: true
+  audit_include_dns: false
+  http:
+    stack: basic_reporting
+"""
+
+
+def load_config(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration at a file path or an http(s):// URL.
+
+    `env` replaces the process environment for `{{ VAR }}` substitution (tests).
+    Raises ConfigError when it cannot be read or is not a valid configuration.
+    """
+    text, source = _read(location)
+    return load_config_text(text, source=source, env=env)
+
+
+def load_config_text(text: str, source: str = "<config>", *, env: Mapping[str, str] | None = None) -> Config:
+    """Load a configuration from YAML text; `source` names it in messages.
+
+    Raises ConfigError.
+    """
+    return config_from_document(_parse_yaml(text, source), source=source, env=env)
+
+
+def config_from_document(document: Any, source: str = "<config>", *, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document (None, as for an empty file, is `{}`).
+
+    Raises ConfigError listing every problem.
+    """
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            [f"expected a mapping of settings (version, services, stacks, tap) at the top level, got {describe(document)}"],
+            source,
+        )
+    context = LoadContext(
+        env=os.environ if env is None else env,
+        stack_names=_stack_names(document),
+        macros=_macro_texts(document),
+    )
+    try:
+        return Config.model_validate(document, context=context)
+    except ValidationError as err:
+        raise ConfigError(problems_from_validation_error(err, document), source) from None
+
+
+def default_config() -> Config:
+    """qtap's built-in configuration: stdout stores, access logs for egress-external HTTP."""
+    return load_config_text(DEFAULT_CONFIG_YAML, source="<built-in default>")
+
+
+def validate_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> list[str]:
+    """The problems with the configuration at `location`; [] when it is valid.
+
+    Never raises for configuration problems, including an unreadable file or URL.
+    """
+    try:
+        load_config(location, env=env)
+    except ConfigError as err:
+        return err.problems
+    return []
+
+
+# --------------------------------------------------------------------------------------
+
+
+def _stack_names(document: dict[str, Any]) -> frozenset[str] | None:
+    stacks = document.get("stacks")
+    if stacks is None:
+        return frozenset()
+    if isinstance(stacks, dict):
+        return frozenset(str(name) for name in stacks)
+    return None  # malformed; that is reported, and references are not checked against it
+
+
+def _macro_texts(document: dict[str, Any]) -> dict[str, str]:
+    rulekit = document.get("rulekit")
+    macros = rulekit.get("macros") if isinstance(rulekit, dict) else None
+    texts: dict[str, str] = {}
+    for macro in macros if isinstance(macros, list) else []:
+        if not isinstance(macro, dict) or not isinstance(macro.get("expr"), str):
+            continue
+        name = macro.get("name")
+        if isinstance(name, str) and name.isidentifier():  # a bad name is reported by the model
+            texts.setdefault(name, macro["expr"])
+    return texts
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting keys written twice in one mapping (the last would win)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in first_line:
+                self.duplicates.append(
+                    f"line {line}, column {key_node.start_mark.column + 1}: duplicate key {key_node.value!r} "
+                    f"(first at line {first_line[key_node.value]})"
+                )
+            else:
+                first_line[key_node.value] = line
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    loader = _Loader(text)
+    try:
+        document = loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = err.problem or err.context or "unreadable"
+        if err.context and err.problem and err.problem.startswith("but "):
+            what = f"{err.context} {err.problem}"  # "expected a single document ... but found another"
+        raise ConfigError([f"{where}YAML syntax error: {what}"], source) from None
+    except yaml.YAMLError as err:
+        raise ConfigError([f"YAML syntax error: {err}"], source) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(loader.duplicates, source)
+    return document
+
+
+def _read(location: str | os.PathLike[str]) -> tuple[str, str]:
+    """The text at `location` and a name for it in messages. Raises ConfigError."""
+    where = os.fspath(location)
+    if where.lower().startswith(("http://", "https://")):
+        source = _without_credentials(where)
+        data = _fetch(where, source)
+    else:
+        source = where
+        try:
+            data = Path(where).read_bytes()
+        except OSError as err:
+            raise ConfigError([f"cannot read {where}: {err.strerror or err}"], source) from None
+    try:
+        return data.decode("utf-8-sig"), source
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{source} is not UTF-8 text (byte {err.start})"], source) from None
+
+
+def _fetch(url: str, source: str) -> bytes:
+    """The body at `url`; user:password@ in it is sent as HTTP basic authentication."""
+    headers = {"User-Agent": f"plaintap/{__version__}"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request = urllib.request.Request(source, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
+            data = response.read(MAX_CONFIG_BYTES + 1)
+    except urllib.error.HTTPError as err:
+        raise ConfigError([f"cannot fetch {source}: HTTP {err.code} {err.reason}"], source) from None
+    except urllib.error.URLError as err:
+        reason = err.reason
+        text = f"no answer within {FETCH_TIMEOUT_SECONDS}s" if isinstance(reason, TimeoutError) else str(reason)
+        raise ConfigError([f"cannot fetch {source}: {text}"], source) from None
+    except TimeoutError:
+        raise ConfigError([f"cannot fetch {source}: no answer within {FETCH_TIMEOUT_SECONDS}s"], source) from None
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        raise ConfigError([f"cannot fetch {source}: {err}"], source) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"cannot fetch {source}: larger than {MAX_CONFIG_BYTES} bytes"], source)
+    return data
+
+
+def _without_credentials(url: str) -> str:
+    """The URL as it may appear in messages: any user:password@ removed."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
