@@ -35,14 +35,19 @@ struct conn_key {
 	__s32 fd;
 };
 
+#define CONN_TLS_INSPECTED 1 /* plaintext comes from a TLS hook: stop streaming ciphertext */
+
 struct conn {
 	__u64 id;
-	__u64 sent;   /* bytes written on the socket */
+	__u64 sent;     /* bytes written on the socket */
 	__u64 recv;
-	__u64 sk;     /* struct sock *, to untrack on state change */
+	__u64 tls_sent; /* plaintext bytes given to the TLS library */
+	__u64 tls_recv;
+	__u64 sk;       /* struct sock *, to untrack on state change */
 	__u8 role;
 	__u8 direction;
-	__u8 _pad[6];
+	__u8 flags;     /* CONN_* */
+	__u8 _pad[5];
 };
 
 /* In-flight syscall arguments, saved at enter for the exit program. */
@@ -122,6 +127,83 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ev_proc_exec);
 } exec_scratch SEC(".maps");
+
+/* ---- TLS state ---- */
+
+/* A TLS library call in progress on a thread (SSL_read/SSL_write and the _ex variants). */
+struct tls_call {
+	__u64 ssl;
+	__u64 buf;
+	__u64 ex_len_ptr;  /* size_t * for the _ex variants, else 0 */
+	__s32 fd;          /* learned from the syscall nested in the call, -1 until then */
+	__u8 flow;
+	__u8 is_ex;
+	__u8 depth;        /* nested hooked calls (SSL_read inside SSL_read_ex) are not captured twice */
+	__u8 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+struct ssl_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 ssl;
+};
+
+/* Last socket an SSL* used: serves reads answered from the library's buffer (no syscall). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, __s32);
+} ssl_fds SEC(".maps");
+
+struct thread_fd_t {
+	__u64 ts_ns;
+	__s32 fd;
+	__u32 _pad;
+};
+
+/* Last tracked socket a thread read from: event-loop runtimes (Node) feed the TLS library
+ * from memory right after reading the socket, with no syscall inside SSL_read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct thread_fd_t);
+} thread_fd SEC(".maps");
+
+struct go_read_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 g;           /* the goroutine (R14 under Go's register ABI): stable across thread moves */
+};
+
+struct go_read_call {
+	__u64 conn;
+	__u64 buf;
+	__u32 offsets_idx;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct go_read_key);
+	__type(value, struct go_read_call);
+} go_reads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct go_offsets);
+} go_offsets_map SEC(".maps");
 
 static __always_inline void count(__u32 idx, __u64 n)
 {
@@ -286,7 +368,7 @@ static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 r
 }
 
 static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u64 offset, __u64 len,
-				     __u8 flow, __u16 reason)
+				     __u8 flow, __u8 source, __u16 reason)
 {
 	struct ev_gap g = {};
 	g.h.type = EV_GAP;
@@ -296,7 +378,7 @@ static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u64 offset, __
 	g.offset = offset;
 	g.len = len;
 	g.flow = flow;
-	g.source = SRC_SOCKET;
+	g.source = source;
 	g.reason = reason;
 	if (bpf_ringbuf_output(&events, &g, sizeof(g), 0))
 		count(CNT_RINGBUF_DROPS, 1);
@@ -316,6 +398,7 @@ struct walk {
 	__u32 tgid;
 	__s32 fd;
 	__u8 flow;
+	__u8 source;
 	__u8 gap_reason;   /* set when the walk stopped early */
 };
 
@@ -377,15 +460,15 @@ static long walk_step(__u32 i, void *unused)
 	ev->offset = w->offset;
 	ev->len = len;
 	ev->flow = w->flow;
-	ev->source = SRC_SOCKET;
+	ev->source = w->source;
 	ev->fd = w->fd;
 	if (bpf_probe_read_user(ev->data, len, (void *)(w->cur_base + w->cur_pos))) {
 		count(CNT_READ_FAULTS, 1);
-		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, GAP_READ_FAULT);
+		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, w->source, GAP_READ_FAULT);
 	} else if (bpf_ringbuf_output(&events, ev, offsetof(struct ev_data, data) + len, 0)) {
 		count(CNT_RINGBUF_DROPS, 1);
 		count(CNT_RINGBUF_DROP_BYTES, len);
-		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, GAP_RINGBUF_FULL);
+		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, w->source, GAP_RINGBUF_FULL);
 	}
 	w->cur_pos += len;
 	w->offset += len;
@@ -394,10 +477,14 @@ static long walk_step(__u32 i, void *unused)
 }
 
 /* Emit `total` bytes that a syscall moved, from a buffer or an iovec array. */
-static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8 flow,
+static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8 flow, __u8 source,
 				      __u64 base, __u64 iov_ptr, __u64 iov_cnt, __u64 total)
 {
-	__u64 *ctr = flow == FLOW_SEND ? &c->sent : &c->recv;
+	__u64 *ctr;
+	if (source == SRC_TLS)
+		ctr = flow == FLOW_SEND ? &c->tls_sent : &c->tls_recv;
+	else
+		ctr = flow == FLOW_SEND ? &c->sent : &c->recv;
 	__u64 offset = __sync_fetch_and_add(ctr, total);
 	struct settings *s = get_settings();
 	if (!s || !s->capture_data)
@@ -419,6 +506,7 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 	w->tgid = tgid;
 	w->fd = fd;
 	w->flow = flow;
+	w->source = source;
 	w->gap_reason = 0;
 	__u32 budget = s->max_chunks + (iov_ptr ? MAX_IOV : 0);
 	bpf_loop(budget, walk_step, NULL, 0);
@@ -427,7 +515,7 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 			w->gap_reason = GAP_CHUNK_BUDGET;
 			count(CNT_CHUNK_BUDGET_GAPS, 1);
 		}
-		emit_gap(c->id, tgid, w->offset, w->remaining, flow, w->gap_reason);
+		emit_gap(c->id, tgid, w->offset, w->remaining, flow, source, w->gap_reason);
 	}
 }
 
@@ -437,8 +525,19 @@ static __always_inline int save_call(__s32 fd, __u32 kind, __u64 ptr, __u64 cnt)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
-	if (!tracked_conn(tgid, fd))
+	struct conn *c = tracked_conn(tgid, fd);
+	if (!c)
 		return 0;
+	if (kind != K_SENDFILE) {
+		/* A syscall inside a TLS library call names the call's socket. */
+		struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+		if (tc && tc->fd < 0) {
+			tc->fd = fd;
+			c->flags |= CONN_TLS_INSPECTED;
+			struct ssl_key sk = { .tgid = tgid, .ssl = tc->ssl };
+			bpf_map_update_elem(&ssl_fds, &sk, &fd, BPF_ANY);
+		}
+	}
 	struct call_args a = { .ptr = ptr, .cnt = cnt, .fd = fd, .kind = kind };
 	bpf_map_update_elem(&inflight, &pid_tgid, &a, BPF_ANY);
 	return 0;
@@ -514,18 +613,31 @@ static __always_inline int finish_call(long ret)
 	if (!c)
 		return 0;
 	__u64 total = ret;
+	bool recv = args.kind == K_READ || args.kind == K_READV || args.kind == K_RECVMSG;
+	if (recv) {
+		struct thread_fd_t t = { .ts_ns = bpf_ktime_get_ns(), .fd = args.fd };
+		bpf_map_update_elem(&thread_fd, &pid_tgid, &t, BPF_ANY);
+	}
+	if (c->flags & CONN_TLS_INSPECTED) {
+		/* Plaintext comes from the TLS hooks: only count the ciphertext. */
+		if (recv)
+			__sync_fetch_and_add(&c->recv, total);
+		else
+			__sync_fetch_and_add(&c->sent, total);
+		return 0;
+	}
 	switch (args.kind) {
 	case K_READ:
-		emit_data(c, tgid, args.fd, FLOW_RECV, args.ptr, 0, 0, total);
+		emit_data(c, tgid, args.fd, FLOW_RECV, SRC_SOCKET, args.ptr, 0, 0, total);
 		break;
 	case K_WRITE:
-		emit_data(c, tgid, args.fd, FLOW_SEND, args.ptr, 0, 0, total);
+		emit_data(c, tgid, args.fd, FLOW_SEND, SRC_SOCKET, args.ptr, 0, 0, total);
 		break;
 	case K_READV:
-		emit_data(c, tgid, args.fd, FLOW_RECV, 0, args.ptr, args.cnt, total);
+		emit_data(c, tgid, args.fd, FLOW_RECV, SRC_SOCKET, 0, args.ptr, args.cnt, total);
 		break;
 	case K_WRITEV:
-		emit_data(c, tgid, args.fd, FLOW_SEND, 0, args.ptr, args.cnt, total);
+		emit_data(c, tgid, args.fd, FLOW_SEND, SRC_SOCKET, 0, args.ptr, args.cnt, total);
 		break;
 	case K_RECVMSG:
 	case K_SENDMSG: {
@@ -535,13 +647,13 @@ static __always_inline int finish_call(long ret)
 			break;
 		}
 		__u8 flow = args.kind == K_RECVMSG ? FLOW_RECV : FLOW_SEND;
-		emit_data(c, tgid, args.fd, flow, 0, (__u64)m.msg_iov, m.msg_iovlen, total);
+		emit_data(c, tgid, args.fd, flow, SRC_SOCKET, 0, (__u64)m.msg_iov, m.msg_iovlen, total);
 		break;
 	}
 	case K_SENDFILE: {
 		/* The bytes come from a file, not user memory: count them, mark them missing. */
 		__u64 off = __sync_fetch_and_add(&c->sent, total);
-		emit_gap(c->id, tgid, off, total, FLOW_SEND, GAP_SENDFILE);
+		emit_gap(c->id, tgid, off, total, FLOW_SEND, SRC_SOCKET, GAP_SENDFILE);
 		break;
 	}
 	}
@@ -689,5 +801,171 @@ int proc_exit(void *ctx)
 	ev.exit_code = BPF_CORE_READ(task, exit_code);
 	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
 		count(CNT_RINGBUF_DROPS, 1);
+	return 0;
+}
+
+/* ---- TLS plaintext: OpenSSL-compatible libraries (libssl, Node's static OpenSSL) ----
+ * Entry saves the call by thread; the nested read/write syscall (save_call) names the
+ * socket; the return emits the plaintext. Cookie bit 0: the _ex variant, whose byte count
+ * is written through its 4th argument. Attached by user space per library file. */
+
+#define THREAD_FD_FRESH_NS 5000000ULL /* a socket read this recent fed the TLS library */
+
+static __always_inline int ssl_enter(struct pt_regs *ctx, __u8 flow)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!should_trace(pid_tgid >> 32))
+		return 0;
+	struct tls_call *cur = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	if (cur) {
+		cur->depth++;
+		return 0;
+	}
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct tls_call tc = {
+		.ssl = PT_REGS_PARM1(ctx), .buf = PT_REGS_PARM2(ctx),
+		.ex_len_ptr = (cookie & 1) ? PT_REGS_PARM4(ctx) : 0,
+		.fd = -1, .flow = flow, .is_ex = cookie & 1,
+	};
+	bpf_map_update_elem(&tls_calls, &pid_tgid, &tc, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int ssl_exit(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_call *cur = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
+	if (!cur)
+		return 0;
+	if (cur->depth) {
+		cur->depth--;
+		return 0;
+	}
+	struct tls_call tc = *cur;
+	bpf_map_delete_elem(&tls_calls, &pid_tgid);
+	__u32 tgid = pid_tgid >> 32;
+	long rc = PT_REGS_RC(ctx);
+	__u64 n = 0;
+	if (tc.is_ex) {
+		if (rc != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)tc.ex_len_ptr))
+			n = 0;
+	} else if (rc > 0) {
+		n = rc;
+	}
+	struct ssl_key sk = { .tgid = tgid, .ssl = tc.ssl };
+	__s32 fd = tc.fd;
+	if (fd < 0) {
+		__s32 *known = bpf_map_lookup_elem(&ssl_fds, &sk);
+		if (known) {
+			fd = *known;
+		} else if (tc.flow == FLOW_RECV) {
+			struct thread_fd_t *t = bpf_map_lookup_elem(&thread_fd, &pid_tgid);
+			if (t && bpf_ktime_get_ns() - t->ts_ns < THREAD_FD_FRESH_NS) {
+				fd = t->fd;
+				bpf_map_update_elem(&ssl_fds, &sk, &fd, BPF_ANY);
+			}
+		}
+	}
+	if (n == 0)
+		return 0;
+	if (fd < 0) {
+		count(CNT_TLS_NO_FD, 1);
+		return 0;
+	}
+	struct conn *c = tracked_conn(tgid, fd);
+	if (!c) {
+		count(CNT_TLS_UNTRACKED, 1);
+		return 0;
+	}
+	c->flags |= CONN_TLS_INSPECTED;
+	emit_data(c, tgid, fd, tc.flow, SRC_TLS, tc.buf, 0, 0, n);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_write_enter) { return ssl_enter(ctx, FLOW_SEND); }
+
+SEC("uprobe")
+int BPF_KPROBE(ssl_read_enter) { return ssl_enter(ctx, FLOW_RECV); }
+
+SEC("uretprobe")
+int BPF_KRETPROBE(ssl_exit_probe) { return ssl_exit(ctx); }
+
+/* ---- TLS plaintext: Go crypto/tls ----
+ * Register ABI (Go >= 1.17): receiver in RAX, the []byte in RBX (ptr) and RCX (len),
+ * results in RAX (n). (*Conn).Write is captured at entry (it writes all or fails);
+ * (*Conn).Read at entry (buffer, keyed by goroutine) and at each RET instruction, never
+ * with uretprobes, which break Go's moving stacks. The cookie indexes go_offsets_map. */
+
+static __always_inline __s32 go_conn_fd(__u64 conn, __u32 idx)
+{
+	struct go_offsets *o = bpf_map_lookup_elem(&go_offsets_map, &idx);
+	if (!o)
+		return -1;
+	__u64 data = 0, netfd = 0;
+	__s64 sysfd = -1;
+	if (bpf_probe_read_user(&data, sizeof(data), (void *)(conn + o->conn_iface_data)) || !data)
+		return -1;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(data + o->tcpconn_fd)) || !netfd)
+		return -1;
+	if (bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + o->netfd_sysfd)))
+		return -1;
+	return (__s32)sysfd;
+}
+
+static __always_inline void go_emit(__u32 tgid, __u64 conn, __u32 idx, __u8 flow, __u64 buf, __u64 n)
+{
+	__s32 fd = go_conn_fd(conn, idx);
+	if (fd < 0) {
+		count(CNT_TLS_NO_FD, 1);
+		return;
+	}
+	struct conn *c = tracked_conn(tgid, fd);
+	if (!c) {
+		count(CNT_TLS_UNTRACKED, 1);
+		return;
+	}
+	c->flags |= CONN_TLS_INSPECTED;
+	emit_data(c, tgid, fd, flow, SRC_TLS, buf, 0, 0, n);
+}
+
+SEC("uprobe")
+int go_write_enter(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!should_trace(tgid))
+		return 0;
+	__u64 n = ctx->cx;
+	if ((__s64)n <= 0)
+		return 0;
+	go_emit(tgid, ctx->ax, (__u32)bpf_get_attach_cookie(ctx), FLOW_SEND, ctx->bx, n);
+	return 0;
+}
+
+SEC("uprobe")
+int go_read_enter(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!should_trace(tgid))
+		return 0;
+	struct go_read_key k = { .tgid = tgid, .g = ctx->r14 };
+	struct go_read_call v = { .conn = ctx->ax, .buf = ctx->bx, .offsets_idx = (__u32)bpf_get_attach_cookie(ctx) };
+	bpf_map_update_elem(&go_reads, &k, &v, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_read_return(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct go_read_key k = { .tgid = tgid, .g = ctx->r14 };
+	struct go_read_call *v = bpf_map_lookup_elem(&go_reads, &k);
+	if (!v)
+		return 0;
+	struct go_read_call call = *v;
+	bpf_map_delete_elem(&go_reads, &k);
+	__s64 n = ctx->ax;
+	if (n > 0)
+		go_emit(tgid, call.conn, call.offsets_idx, FLOW_RECV, call.buf, n);
 	return 0;
 }

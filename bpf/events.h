@@ -51,6 +51,8 @@
 #define CNT_CONN_TABLE_FULL      3 /* connections not tracked: table full */
 #define CNT_READ_FAULTS          4 /* user memory that could not be read */
 #define CNT_CONNS_FILTERED       5 /* connections skipped by loopback/direction filters */
+#define CNT_TLS_NO_FD            6 /* TLS library calls whose socket could not be found */
+#define CNT_TLS_UNTRACKED        7 /* TLS library calls on sockets not tracked (filtered) */
 #define CNT__MAX                 8
 
 struct ev_header {
@@ -149,6 +151,15 @@ struct settings {
 	__u8  _pad0;            /* 7 */
 	__u32 max_chunks;       /* 8: per syscall; past it, a gap event */
 	__u32 _pad1;            /* 12 */
+};                              /* 16 */
+
+/* Per Go binary: how to get from a *crypto/tls.Conn to its socket fd (an entry of the
+ * `go_offsets` array map; the uprobe's bpf cookie is the index). */
+struct go_offsets {
+	__u32 conn_iface_data;  /* 0: tls.Conn.conn interface's data word */
+	__u32 tcpconn_fd;       /* 4: net.TCPConn (net.conn).fd *netFD */
+	__u32 netfd_sysfd;      /* 8: netFD.pfd.Sysfd */
+	__u32 _pad0;            /* 12 */
 };                              /* 16 */
 
 #endif
