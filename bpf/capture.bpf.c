@@ -844,7 +844,7 @@ static __always_inline int ssl_exit(struct pt_regs *ctx)
 	struct tls_call tc = *cur;
 	bpf_map_delete_elem(&tls_calls, &pid_tgid);
 	__u32 tgid = pid_tgid >> 32;
-	long rc = PT_REGS_RC(ctx);
+	int rc = (int)PT_REGS_RC(ctx); /* SSL_read/SSL_write(_ex) return int: RAX's upper half is garbage */
 	__u64 n = 0;
 	if (tc.is_ex) {
 		if (rc != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)tc.ex_len_ptr))

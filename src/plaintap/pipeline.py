@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from . import metrics
 from .bpf import abi
 from .bpf.loader import KernelCapture, KernelSettings
-from .capture.decode import decode
+from .capture.decode import ProcExec, decode
 from .capture.process import ProcessTable
+from .capture.tls_attach import TlsAttacher
 from .conn.dump import StreamDumper
 from .conn.tracker import ConnectionTracker
 from .records.connection import connection_record
@@ -111,6 +112,7 @@ class Agent:
             self.procs, self._on_report, consumers,
             forget_kernel_entry=self.kernel.forget_connection,
             run_id=secrets.token_hex(4))
+        self.tls = TlsAttacher(self.kernel, opts.tls_probes)
         self._pending: list[Record] = []
         self._stop = threading.Event()
 
@@ -141,6 +143,7 @@ class Agent:
             self.kernel.open_and_load()
             metrics.register_kernel_counters(self.kernel.counters)
             self.kernel.attach()
+            self.tls.start(monotonic_ns())
             self.status.ready.set()
             log.info("plaintap capturing (direction=%s, ignore_loopback=%s)",
                      self.cfg.tap.direction, self.cfg.tap.ignore_loopback)
@@ -160,6 +163,8 @@ class Agent:
                 continue
             t = raw[0]
             counted[t] = counted.get(t, 0) + 1
+            if t == abi.EV_PROC_EXEC:
+                self.tls.on_exec(ev.pid, ev.ts_ns)
             try:
                 handle(ev)
             except Exception:  # bad input must not kill the agent or other connections
@@ -172,7 +177,9 @@ class Agent:
             batch = self.kernel.poll(100)
             if batch:
                 self._process(batch)
-            self.tracker.tick(monotonic_ns())
+            now = monotonic_ns()
+            self.tracker.tick(now)
+            self.tls.tick(now)
             self._flush_records()
 
     def _shutdown(self) -> None:

@@ -48,6 +48,8 @@ KERNEL_COUNTERS = {
     3: "conn_table_full",
     4: "read_faults",
     5: "conns_filtered",
+    6: "tls_no_fd",
+    7: "tls_untracked",
 }
 KERNEL_COUNTER_SLOTS = 8
 

@@ -163,12 +163,14 @@ class KernelCapture:
             raise BpfError(f"cannot write BPF settings: {os.strerror(lib.errno())}")
 
     def attach(self) -> None:
-        """Attach every auto-loaded program by its section name (tracepoints)."""
+        """Attach every tracepoint program by its section name; uprobes are attached
+        later, per library file, with attach_uprobe."""
         ensure_tracefs()
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog:
             name = lib.bpf_program__name(prog).decode()
-            if lib.bpf_program__autoload(prog):
+            sec = lib.bpf_program__section_name(prog).decode()
+            if sec.startswith("tracepoint/"):
                 link = lib.bpf_program__attach(prog)
                 if not link:
                     err = lib.errno()
@@ -184,14 +186,17 @@ class KernelCapture:
         log.info("attached %d BPF programs", len(self._links))
 
     def attach_uprobe(self, prog_name: str, binary: str, offset: int, retprobe: bool = False,
-                      pid: int = -1) -> int:
-        """Attach a (non auto-loaded) program as a uprobe at a file offset; returns a link handle."""
+                      cookie: int = 0, pid: int = -1) -> int:
+        """Attach a uprobe program at a file offset of `binary` (all processes mapping
+        that file when pid is -1); `cookie` reaches the program via bpf_get_attach_cookie.
+        Returns a link handle; raises BpfError."""
         prog = lib.bpf_object__find_program_by_name(self._obj, prog_name.encode())
         if not prog:
             raise BpfError(f"BPF program {prog_name} not found")
         opts = UprobeOpts()
         opts.sz = ctypes.sizeof(UprobeOpts)
         opts.retprobe = retprobe
+        opts.bpf_cookie = cookie
         link = lib.bpf_program__attach_uprobe_opts(prog, pid, binary.encode(), offset, ctypes.byref(opts))
         if not link:
             raise BpfError(f"cannot attach uprobe {prog_name} at {binary}+{offset:#x}: {os.strerror(lib.errno())}")
@@ -225,6 +230,13 @@ class KernelCapture:
             if lib.bpf_map_lookup_elem(fd, ctypes.byref(key), buf) == 0:
                 out[name] = sum(struct.unpack(f"<{ncpu}Q", buf.raw))
         return out
+
+    def set_go_offsets(self, slot: int, conn_iface_data: int, tcpconn_fd: int, netfd_sysfd: int) -> None:
+        """Write one entry of go_offsets_map (struct go_offsets in events.h)."""
+        key = ctypes.c_uint32(slot)
+        val = ctypes.create_string_buffer(struct.pack("<IIII", conn_iface_data, tcpconn_fd, netfd_sysfd, 0), 16)
+        if lib.bpf_map_update_elem(self._map_fd("go_offsets_map"), ctypes.byref(key), val, 0) < 0:
+            raise BpfError(f"cannot write Go offsets slot {slot}: {os.strerror(lib.errno())}")
 
     def forget_connection(self, tgid: int, fd: int) -> None:
         """Drop the kernel's entry for a connection whose process exited without close()."""

@@ -151,6 +151,8 @@ class ConnectionTracker:
                     conn.bytes_sent = end
             elif end > conn.bytes_recv:
                 conn.bytes_recv = end
+        else:
+            conn.tls_inspected = conn.tls_enabled = True
         pieces: list = []
         conn.stream(ev.flow, ev.source).add(ev.offset, ev.data, pieces)
         if pieces:
