@@ -77,6 +77,7 @@ class ElfImage:
 
     def __init__(self, path: str):
         self.path = path
+        self._tables: dict[str, tuple[bytes, bytes, int] | None] = {}
         self._file = open(path, "rb")
         try:
             size = os.fstat(self._file.fileno()).st_size
@@ -182,23 +183,31 @@ class ElfImage:
                 found.setdefault(sym.name, sym)
         return found
 
-    def defines_any(self, names: Iterable[str], tables: Iterable[str] = SYMBOL_TABLES) -> bool:
-        return bool(self.find_symbols(names, tables))
+    def _table_bytes(self, table: str) -> tuple[bytes, bytes, int] | None:
+        """(symbol table, its string table, entry size), read once per ElfImage."""
+        cache = self._tables
+        if table in cache:
+            return cache[table]
+        result = None
+        symsec = self.sections.get(table)
+        if symsec is not None and symsec.type in ("SHT_SYMTAB", "SHT_DYNSYM"):
+            try:
+                elf_sec = self.elf.get_section_by_name(table)
+                strhdr = self.elf.get_section(elf_sec["sh_link"])
+                strtab = self._mm[strhdr["sh_offset"] : strhdr["sh_offset"] + strhdr["sh_size"]]
+                symtab = self._mm[symsec.offset : symsec.offset + symsec.size]
+                result = (symtab, strtab, elf_sec["sh_entsize"])
+            except Exception:
+                result = None
+        cache[table] = result
+        return result
 
     def _lookup_in_table(self, table: str, names: list[str]) -> list[Symbol]:
-        symsec = self.sections.get(table)
-        if symsec is None or symsec.type not in ("SHT_SYMTAB", "SHT_DYNSYM"):
+        tables = self._table_bytes(table)
+        if tables is None:
             return []
-        elf_sec = self.elf.get_section_by_name(table)
-        strsec_index = elf_sec["sh_link"]
-        entsize = elf_sec["sh_entsize"]
-        try:
-            strhdr = self.elf.get_section(strsec_index)
-        except Exception:
-            return []
-        strtab = self._mm[strhdr["sh_offset"] : strhdr["sh_offset"] + strhdr["sh_size"]]
-        symtab = self._mm[symsec.offset : symsec.offset + symsec.size]
-        fmt, i_name, i_info, i_shndx, i_value, i_size = self._sym_format()
+        symtab, strtab, entsize = tables
+        fmt, _i_name, i_info, i_shndx, i_value, i_size = self._sym_format()
         if entsize != fmt.size:
             return []
         e = "<" if self.little_endian else ">"
@@ -231,7 +240,8 @@ class ElfImage:
                     ):
                         full = _cstring(strtab, str_index)
                         # prefer global over local, default version ("@@"/plain) over "@"
-                        rank = (0 if info >> 4 != STB_LOCAL else 2) + (1 if "@" in full and "@@" not in full else 0)
+                        non_default_version = "@" in full and "@@" not in full
+                        rank = (0 if info >> 4 != STB_LOCAL else 2) + (1 if non_default_version else 0)
                         try:
                             off = self.vaddr_to_offset(ent[i_value])
                         except ValueError:
@@ -247,14 +257,8 @@ class ElfImage:
     def string_table_contains(self, needle: bytes, table: str = ".dynsym") -> bool:
         """True if the string table linked to `table` contains `needle` (e.g. a
         symbol-version name such as b"OPENSSL_3.0.0")."""
-        sec = self.sections.get(table)
-        if sec is None:
-            return False
-        try:
-            strhdr = self.elf.get_section(self.elf.get_section_by_name(table)["sh_link"])
-        except Exception:
-            return False
-        return self._mm.find(needle, strhdr["sh_offset"], strhdr["sh_offset"] + strhdr["sh_size"]) != -1
+        tables = self._table_bytes(table)
+        return tables is not None and needle in tables[1]
 
     def soname(self) -> str | None:
         dyn = self.elf.get_section_by_name(".dynamic")
