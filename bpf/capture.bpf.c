@@ -547,9 +547,17 @@ SEC("tracepoint/syscalls/sys_enter_read")
 int enter_read(struct trace_event_raw_sys_enter *ctx)
 { return save_call(ctx->args[0], K_READ, ctx->args[1], ctx->args[2]); }
 
+/* MSG_PEEK reads leave the bytes in the socket: the real read comes later and is the one
+ * that counts (nginx peeks one byte to tell TLS from plain HTTP). */
+#define MSG_PEEK 2
+
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_READ, ctx->args[1], ctx->args[2]); }
+{
+	if (ctx->args[3] & MSG_PEEK)
+		return 0;
+	return save_call(ctx->args[0], K_READ, ctx->args[1], ctx->args[2]);
+}
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int enter_write(struct trace_event_raw_sys_enter *ctx)
@@ -569,7 +577,11 @@ int enter_writev(struct trace_event_raw_sys_enter *ctx)
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_RECVMSG, ctx->args[1], 0); }
+{
+	if (ctx->args[2] & MSG_PEEK)
+		return 0;
+	return save_call(ctx->args[0], K_RECVMSG, ctx->args[1], 0);
+}
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)

@@ -27,6 +27,7 @@ from .bpf.loader import KernelCapture, KernelSettings
 from .capture.decode import ProcExec, decode
 from .capture.process import ProcessTable
 from .capture.tls_attach import TlsAttacher
+from .conn.classify import ProtocolClassifier
 from .conn.dump import StreamDumper
 from .conn.tracker import ConnectionTracker
 from .records.connection import connection_record
@@ -104,7 +105,7 @@ class Agent:
             ring_bytes=opts.ring_buffer_size,
             btf_path=opts.btf,
         ))
-        consumers = []
+        consumers = [ProtocolClassifier()]
         if opts.dump_streams:
             consumers.append(StreamDumper(opts.dump_streams))
         self.procs = ProcessTable()

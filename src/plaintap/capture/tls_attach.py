@@ -3,10 +3,10 @@
 Targets (files with their uprobe offsets) come from `tls_targets`; this module decides
 when to look and attaches each file once, by (device, inode): a uprobe on a file covers
 every process that maps it, now and later. Looking happens
-  * at start-up: all processes, plus the system's own libssl (so a client that starts
-    later and links it is covered before its first byte);
-  * after each exec (at +30 ms, +300 ms, +2 s: libraries are mapped by the loader, or
-    dlopen'ed later);
+  * at start-up: all processes, plus the system's own libssl and the `node` on PATH (so
+    a client that starts later and uses them is covered before its first byte);
+  * after each exec (at once for the executable itself — Go binaries, Node — then at
+    +50 ms, +300 ms, +2 s: libraries are mapped by the loader, or dlopen'ed later);
   * every 30 s over all processes (containers with their own copies).
 Analysis is cached per file; scans run on the pipeline thread between ring polls.
 """
@@ -16,6 +16,7 @@ import glob
 import heapq
 import logging
 import os
+import shutil
 
 from ..bpf.libbpf import BpfError
 from .tls_targets import GoTlsTarget, OpenSSLTarget, TlsTarget, analyze_file, discover, scan_process
@@ -23,7 +24,7 @@ from .tls_targets import GoTlsTarget, OpenSSLTarget, TlsTarget, analyze_file, di
 log = logging.getLogger("plaintap.tls")
 
 MS = 1_000_000
-EXEC_RESCANS_NS = (30 * MS, 300 * MS, 2000 * MS)
+EXEC_RESCANS_NS = (0, 50 * MS, 300 * MS, 2000 * MS)
 FULL_RESCAN_NS = 30_000 * MS
 SYSTEM_LIBSSL_GLOBS = ("/usr/lib/*/libssl.so.*", "/lib/*/libssl.so.*", "/usr/lib/libssl.so.*",
                        "/usr/lib64/libssl.so.*", "/usr/local/lib*/libssl.so.*")
@@ -33,23 +34,30 @@ OPENSSL_HOOKS = (("SSL_write", "ssl_write_enter", 0), ("SSL_write_ex", "ssl_writ
                  ("SSL_read", "ssl_read_enter", 0), ("SSL_read_ex", "ssl_read_enter", 1))
 
 
-def system_libssl_targets() -> list[OpenSSLTarget]:
-    """OpenSSL targets for the system's libssl files, whether or not anything maps them."""
+def system_tls_targets(families: frozenset) -> list[OpenSSLTarget]:
+    """Targets for the system's libssl files and the node on PATH, mapped or not."""
     out, seen = [], set()
-    for pattern in SYSTEM_LIBSSL_GLOBS:
-        for path in sorted(glob.glob(pattern)):
-            try:
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-                info = analyze_file(path).openssl
-            except Exception as e:  # unreadable or odd file: not a target
-                log.debug("skipping %s: %s", path, e)
+    paths = []
+    if "openssl" in families:
+        for pattern in SYSTEM_LIBSSL_GLOBS:
+            paths += sorted(glob.glob(pattern))
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node and "nodetls" in families:
+        paths.append(os.path.realpath(node))
+    for path in paths:
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
                 continue
-            if info is not None:
-                out.append(OpenSSLTarget("openssl", path, st.st_dev, st.st_ino, 0, path,
-                                         symbols=info.symbols, flavour=info.flavour))
+            seen.add((st.st_dev, st.st_ino))
+            info = analyze_file(path).openssl
+        except Exception as e:  # unreadable or odd file: not a target
+            log.debug("skipping %s: %s", path, e)
+            continue
+        if info is not None:
+            family = "nodetls" if info.node_exports else "openssl"
+            out.append(OpenSSLTarget(family, path, st.st_dev, st.st_ino, 0, path,
+                                     symbols=info.symbols, flavour=info.flavour))
     return out
 
 
@@ -70,9 +78,8 @@ class TlsAttacher:
     def start(self, now_ns: int) -> None:
         if not self.families:
             return
-        if "openssl" in self.families:
-            for t in system_libssl_targets():
-                self._attach(t)
+        for t in system_tls_targets(self.families):
+            self._attach(t)
         self._scan_all()
         self.next_full_ns = now_ns + FULL_RESCAN_NS
 
@@ -123,8 +130,8 @@ class TlsAttacher:
             log.warning("TLS hooks not attached to %s (%s): %s", t.maps_path or t.path, t.family, e)
             return
         self.attached[t.key] = t
-        log.info("TLS hooks attached: %s %s (%d probes, seen in pid %d)", t.family,
-                 t.maps_path or t.path, n, t.pid_seen)
+        log.info("TLS hooks attached: %s %s (%d probes, opened as %s, seen in pid %d)", t.family,
+                 t.maps_path or t.path, n, t.path, t.pid_seen)
 
     def _attach_openssl(self, t: OpenSSLTarget) -> int:
         n = 0

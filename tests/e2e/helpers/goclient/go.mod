@@ -1,0 +1,3 @@
+module plaintap.test/goclient
+
+go 1.19
