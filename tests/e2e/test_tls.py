@@ -231,3 +231,26 @@ def test_unhooked_library_reports_tls_facts_not_plaintext(start_agent, nginx, tm
     assert c["connection.protocol"] == "tcp", "ciphertext must never be parsed as a protocol"
     assert not (agent.dump / f"{c['connection.id']}.tls.send").exists()
     assert token.encode() not in read(agent.dump / f"{c['connection.id']}.send")
+
+
+def test_one_mebibyte_tls_write_arrives_whole(start_agent, tmp_path):
+    from tlsenv import make_cert
+    cert, key = make_cert(tmp_path)
+    agent = start_agent(ALL_LOOPBACK)
+    srv = subprocess.Popen([sys.executable, str(HELPERS / "tlsbulk.py"), "server", str(cert), str(key)],
+                           stdout=subprocess.PIPE, text=True)
+    port = int(srv.stdout.readline().split()[1])
+    cl = subprocess.run([sys.executable, str(HELPERS / "tlsbulk.py"), "client", str(port)],
+                        capture_output=True, text=True, timeout=60)
+    assert cl.returncode == 0, cl.stderr
+    c = json.loads(cl.stdout)
+    s = json.loads(srv.communicate(timeout=30)[0].strip().splitlines()[-1])
+    assert_no_losses(agent)
+    agent.stop()
+    for pid, want in ((c["pid"], c), (s["pid"], s)):
+        conns = [a for a in agent.connections(**{"process.pid": pid}) if a["connection.finalized"]]
+        assert len(conns) == 1 and conns[0]["tls.inspected"] is True
+        cid = conns[0]["connection.id"]
+        assert sha(read(agent.dump / f"{cid}.tls.send")) == want["sent"], "1 MiB write not captured whole"
+        assert sha(read(agent.dump / f"{cid}.tls.recv")) == want["recv"]
+        assert not (agent.dump / f"{cid}.gaps").exists()
