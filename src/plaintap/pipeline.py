@@ -13,13 +13,16 @@ the ring, finalise connections, flush sinks (deadline), detach.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import metrics
 from .bpf import abi
@@ -29,11 +32,14 @@ from .capture.process import ProcessTable
 from .capture.tls_attach import TlsAttacher
 from .conn.classify import ProtocolClassifier
 from .conn.dump import StreamDumper
+from .conn.http import HttpConsumer
+from .plugins import PluginStacks
+from .records.transaction import make_transaction_id
 from .conn.tracker import ConnectionTracker
 from .records.connection import connection_record
 from .records.model import Record
 from .sinks.base import QueuedSink
-from .sinks.stdout import JsonLinesSink
+from .sinks.stdout import STDOUT_LOCK, JsonLinesSink
 from .status import StatusServer
 
 log = logging.getLogger("plaintap")
@@ -78,15 +84,44 @@ class WallClock:
 
 
 def build_event_sink(cfg) -> QueuedSink | None:
-    stores = list(cfg.services.event_stores or [])
-    store = stores[0] if stores else None
-    kind = getattr(store, "type", "stdout") if store is not None else "stdout"
-    if kind == "disabled":
+    """The sink for events (connections, artifact_record), or None when disabled."""
+    store = cfg.services.event_store
+    if store.type == "disabled":
         return None
-    if kind == "stdout":
+    if store.type == "stdout":
         return QueuedSink(JsonLinesSink("events-stdout"))
-    raise ConfigUnsupported(f"services.event_stores[0].type: '{kind}' is not available in this build yet "
+    raise ConfigUnsupported(f"services.event_stores[0].type: '{store.type}' is not available in this build yet "
                             "(use stdout or disabled)")
+
+
+def build_object_sink(cfg) -> tuple[QueuedSink | None, Callable[[str], str | None] | None]:
+    """The sink for objects and the function giving an object's URL from its digest
+    (None when objects are not stored at all)."""
+    store = cfg.services.object_store
+    if store.type == "disabled":
+        return None, None
+    if store.type == "stdout":
+        return QueuedSink(JsonLinesSink("objects-stdout")), (lambda digest: None)
+    raise ConfigUnsupported(f"services.object_stores[0].type: '{store.type}' is not available in this build yet "
+                            "(use stdout or disabled)")
+
+
+class ConsoleLines:
+    """Human-readable lines (access_logs console/json) to stdout, behind a QueuedSink."""
+
+    name = "access-logs"
+
+    def export(self, lines) -> None:
+        text = "".join(line + "\n" for line in lines)
+        with STDOUT_LOCK:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def force_flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
 
 
 class Agent:
@@ -96,6 +131,9 @@ class Agent:
         self.clock = WallClock()
         self.status = StatusServer(opts.httpd_listen)
         self.event_sink = build_event_sink(cfg)
+        self.object_sink, self.object_url = build_object_sink(cfg)
+        self.console = QueuedSink(ConsoleLines())
+        self.stacks = PluginStacks(cfg, color=sys.stdout.isatty())
         tap = cfg.tap
         self.kernel = KernelCapture(KernelSettings(
             agent_pid=os.getpid(),
@@ -106,6 +144,8 @@ class Agent:
             btf_path=opts.btf,
         ))
         consumers = [ProtocolClassifier()]
+        if self.stacks.active:  # no plugin wants HTTP: do not parse it
+            consumers.append(HttpConsumer(self._on_transaction, opts.http_buffer_size))
         if opts.dump_streams:
             consumers.append(StreamDumper(opts.dump_streams))
         self.procs = ProcessTable()
@@ -115,6 +155,8 @@ class Agent:
             run_id=secrets.token_hex(4))
         self.tls = TlsAttacher(self.kernel, opts.tls_probes)
         self._pending: list[Record] = []
+        self._pending_objects: list[Record] = []
+        self._pending_lines: list[str] = []
         self._stop = threading.Event()
 
     # ---- records ----
@@ -124,11 +166,40 @@ class Agent:
             return
         self._pending.append(connection_record(conn, part, finalized, self.clock))
 
+    def _on_transaction(self, conn, tx) -> None:
+        # Connection facts learned from HTTP: gRPC, and the domain when no SNI named it.
+        if tx.grpc is not None:
+            conn.protocol = "grpc"
+        if not conn.domain:
+            host = _host_name(tx.host)
+            if host and not _is_ip(host):
+                conn.domain = host
+        seq = conn.state.get("tx_seq", 0)
+        conn.state["tx_seq"] = seq + 1
+        out = self.stacks.handle(conn, tx, make_transaction_id(conn.id, seq), wall_ns=self.clock,
+                                 object_url=self.object_url)
+        if out.events and self.event_sink is not None:
+            self._pending.extend(out.events)
+        if out.objects and self.object_sink is not None:
+            self._pending_objects.extend(out.objects)
+        if out.access_log_lines:
+            self._pending_lines.extend(out.access_log_lines)
+
     def _flush_records(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
             metrics.records.labels("plaintap.events").inc(len(batch))
             self.event_sink.export(batch)
+        if self._pending_objects:
+            batch, self._pending_objects = self._pending_objects, []
+            metrics.records.labels("plaintap.objects").inc(len(batch))
+            self.object_sink.export(batch)
+        if self._pending_lines:
+            lines, self._pending_lines = self._pending_lines, []
+            self.console.export(lines)
+
+    def _sinks(self) -> list[QueuedSink]:
+        return [s for s in (self.event_sink, self.object_sink, self.console) if s is not None]
 
     # ---- lifecycle ----
 
@@ -138,8 +209,8 @@ class Agent:
     def run(self) -> int:
         self.kernel.preflight()  # fail with one line before anything starts
         self.status.start()
-        if self.event_sink is not None:
-            self.event_sink.start()
+        for sink in self._sinks():
+            sink.start()
         try:
             self.kernel.open_and_load()
             metrics.register_kernel_counters(self.kernel.counters)
@@ -198,9 +269,9 @@ class Agent:
         lost = {k: v for k, v in (self._safe_counters()).items() if k.startswith("ringbuf") and v}
         if lost:
             log.warning("kernel ring buffer lost %s during this run (raise --ring-buffer-size)", lost)
-        if self.event_sink is not None:
-            self.event_sink.force_flush(10)
-            self.event_sink.shutdown()
+        for sink in self._sinks():
+            sink.force_flush(10)
+            sink.shutdown()
         self.kernel.close()
         self.status.stop()
 
@@ -209,6 +280,23 @@ class Agent:
             return self.kernel.counters()
         except Exception:
             return {}
+
+
+def _host_name(host: str | None) -> str:
+    """Host without port or IPv6 brackets."""
+    if not host:
+        return ""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def install_signal_handlers(agent: Agent) -> None:

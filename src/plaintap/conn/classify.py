@@ -21,7 +21,7 @@ _KEY = "classify"
 
 class _State:
     __slots__ = ("sock", "plain", "client_hello_done", "server_hello_done", "alpn_offers", "decided_sock",
-                 "decided_plain", "stopped")
+                 "decided_plain", "stopped", "midstream")
 
     def __init__(self) -> None:
         self.sock = {abi.FLOW_SEND: bytearray(), abi.FLOW_RECV: bytearray()}
@@ -32,6 +32,7 @@ class _State:
         self.decided_sock = False     # socket stream classified (tls or a plaintext protocol)
         self.decided_plain = False    # TLS plaintext classified
         self.stopped: set[int] = set()  # socket flows with a gap in their prefix: not looked at
+        self.midstream = False           # the application bytes did not start at a message boundary
 
 
 def client_flow(conn) -> int:
@@ -75,6 +76,7 @@ class ProtocolClassifier:
                 conn.tls_enabled = True
             elif not conn.tls_inspected:
                 conn.protocol = d.protocol
+                st.midstream = d.midstream
         if not conn.tls_enabled:
             return
         if is_client_flow and not st.client_hello_done:
@@ -107,6 +109,7 @@ class ProtocolClassifier:
         proto = d.protocol if d is not None else "tcp"
         if proto in ("http1", "http2"):
             conn.protocol = proto
+            st.midstream = d.midstream
             if not conn.tls_alpn:
                 wanted = "h2" if proto == "http2" else "http/1.1"
                 if wanted in st.alpn_offers:

@@ -1,8 +1,11 @@
 """Which parser a connection needs, from the first bytes of one direction.
 
 `detect` looks only at the start of the data and answers as soon as it can: None means
-"not decided yet, call again with more bytes" (the answer never flips once given). The
-checks, in order:
+"not decided yet, call again with more bytes". More bytes never change an answer once
+given, with one deliberate exception: binary data shorter than an HTTP/2 frame header
+(9 bytes) is called tcp at once rather than left waiting, because a binary protocol whose
+client sends a few bytes and waits would otherwise never be classified. The checks, in
+order:
 
 * ALPN from the TLS handshake, when known, decides for TLS plaintext (`h2` → http2,
   `http/1.x` → http1);
@@ -11,7 +14,8 @@ checks, in order:
 * an HTTP/1 request line (known method, SP, target, SP, HTTP/1.x, CRLF) → http1;
 * an HTTP/1 status line → http1 with ``midstream=True`` (the server spoke first in our
   view: we joined after the request);
-* two consecutive plausible HTTP/2 frame headers → http2 with ``midstream=True``;
+* two consecutive plausible HTTP/2 frame headers → http2 with ``midstream=True`` (one
+  plausible header waits for the next; binary data shorter than a frame header is tcp);
 * anything else → tcp.
 
 `Detected.midstream` is the value to pass to `new_parser(..., midstream=...)`.
@@ -21,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .http1 import MAX_REQUEST_LINE, METHODS, REQUEST_LINE_RE, STATUS_LINE_RE
-from .http2 import PREFACE, frame_chain_verdict
+from .http2 import PREFACE, frame_chain_verdict, plausible_frame_header
 from .model import Side
 
 PROTOCOLS = ("http1", "http2", "tls", "tcp")
@@ -54,7 +58,7 @@ def _detect(data: bytes, alpn: str | None) -> Detected | None:
             if not data:
                 return Detected("http1")
             head = _http1(data)
-            return Detected("http1", midstream=head is None or head.midstream)
+            return Detected("http1", midstream=not isinstance(head, Detected) or head.midstream)
     if not data:
         return None
     n = min(len(data), len(PREFACE))
@@ -66,8 +70,10 @@ def _detect(data: bytes, alpn: str | None) -> Detected | None:
         if tls is not False:
             return tls
     head = _http1(data)
+    if head is _MORE:
+        return None
     if head is not None:
-        return head if head.protocol != "undecided" else None
+        return head
     verdict = frame_chain_verdict(data, 0, len(data), Side.SERVER) or \
         frame_chain_verdict(data, 0, len(data), Side.CLIENT)
     if verdict:
@@ -94,13 +100,11 @@ def _tls(data: bytes):
     return Detected("tls")
 
 
-class _Undecided:
-    protocol = "undecided"
-    midstream = False
+_MORE = object()   # "may still become a start line": wait for more bytes
 
 
 def _http1(data: bytes):
-    """Detected for a request/status line, _Undecided if it may still become one, None."""
+    """Detected for a request/status line, _MORE if it may still become one, else None."""
     if REQUEST_LINE_RE.match(data):
         return Detected("http1")
     if STATUS_LINE_RE.match(data):
@@ -108,7 +112,7 @@ def _http1(data: bytes):
     if b"\n" in data[:MAX_REQUEST_LINE] or len(data) > MAX_REQUEST_LINE:
         return None
     if _could_be_request_line(data) or _could_be_status_line(data):
-        return _Undecided()
+        return _MORE
     return None
 
 
@@ -160,7 +164,6 @@ def _h2_midstream(data: bytes) -> bool:
 
 
 def _h2_header_plausible(data: bytes) -> bool:
-    from .http2 import plausible_frame_header
     if len(data) < 9:
         return False
     return (plausible_frame_header(data, 0, Side.SERVER) is not None

@@ -18,14 +18,26 @@ impossible in practice: a response can only answer a request whose first byte wa
 later than the response's first byte (kernel timestamps, one clock). A response that
 violates it — an unsolicited 408, or the answer to a request lost in a capture gap or
 before a mid-stream join — is dropped (counted) and the server side hunts for the next
-status line. Server bytes that arrive before any request is pending are held (bounded)
-until one is.
+status line. Data is stamped when its syscall returns, so a client that writes and reads
+on different threads can, rarely, have an answer stamped a little before its own request;
+while both sides are in sync the rule therefore allows `clock_slack_ns` (1 ms). Where the
+rule is what keeps pairing right — the first request after a resynchronisation, and a
+server side hunting for a status line — it is applied strictly. Server bytes that arrive
+before any request is pending are held (bounded) until one is.
 
 Mid-stream join (``midstream=True``) and lost sync (capture gap outside a body of known
 length, malformed header section) put a side into HUNT: bytes are discarded until a
 request line (client) or a status line that can be paired (server). A server-side loss
 also gives up on every pending request that was sent before the loss, since its answer
 may have been in the missing bytes (they are emitted with ``response=None``).
+
+The timing rule is exact for clients that wait for each answer before sending the next
+request. A client that pipelines can have an answer to a *lost* request arrive after the
+next request we did see, so when bytes are lost on a connection that has pipelined (a
+request seen while an earlier one was unanswered), the parser stops pairing: requests
+already pending keep their answers if the server side is still in sync, and everything
+after is reported with ``response=None`` (a ParseError says so, `stats["pairing_lost"]`
+counts it) rather than risk a wrong pairing.
 
 After a 101 (Upgrade, WebSocket) or a 2xx answer to CONNECT the transaction ends at the
 switch and later bytes on both sides are counted in `stats`, not parsed. The client side
@@ -59,15 +71,16 @@ TRAILERS = "trailers"        # after the last chunk: trailer fields, then CRLF
 BODY_EOF = "body_eof"        # response body delimited by connection close
 BLOCKED = "blocked"          # client: waiting for the answer to Upgrade/CONNECT
 SWITCHED = "switched"        # protocol switched: count, do not parse
+IGNORE = "ignore"            # server: pairing lost for good, responses are discarded
 CLOSED = "closed"
 
 STATES = (HUNT, IDLE, BODY_LENGTH, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, BODY_EOF,
-          BLOCKED, SWITCHED, CLOSED)
+          BLOCKED, SWITCHED, IGNORE, CLOSED)
 
 INPUTS = ("sync", "head_no_body", "head_length", "head_chunked", "head_eof", "head_switch",
           "block", "body_done", "chunk_size", "last_chunk", "chunk_data_done", "chunk_end",
           "trailers_done", "error", "unpaired", "overflow", "gap_kept", "gap_lost",
-          "resume", "switch", "close")
+          "resume", "switch", "pairing_lost", "close")
 
 H1_TABLE: dict[tuple[str, str], str] = {
     (HUNT, "sync"): IDLE,
@@ -103,11 +116,14 @@ H1_TABLE: dict[tuple[str, str], str] = {
     (BLOCKED, "resume"): IDLE,
     (BLOCKED, "overflow"): HUNT,
     (SWITCHED, "gap_kept"): SWITCHED,
+    (IGNORE, "gap_kept"): IGNORE,
 }
-# A switch (101 / CONNECT 2xx seen on the server side) and close apply from any live state.
+# A switch (101 / CONNECT 2xx seen on the server side), giving up on pairing, and close
+# apply from any live state.
 for _s in STATES:
-    if _s not in (CLOSED, SWITCHED):
+    if _s not in (CLOSED, SWITCHED, IGNORE):
         H1_TABLE[(_s, "switch")] = SWITCHED
+        H1_TABLE[(_s, "pairing_lost")] = IGNORE
     H1_TABLE[(_s, "close")] = CLOSED
 
 
@@ -139,6 +155,7 @@ STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9](?: [^\r\n]{0,1024})?
 MAX_STATUS_LINE = 1100
 _HEX_RE = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _NO_BODY_STATUSES = (204, 304)
+PAIRING_LOST = "response pairing lost after capture loss"
 
 
 class _HeadCollector:
@@ -169,7 +186,7 @@ class _Exchange:
     """One request and (once seen) its response, in request order."""
 
     __slots__ = ("request", "response", "req_done", "resp_done", "method", "wants_switch",
-                 "upgraded", "error", "response_lost")
+                 "upgraded", "error", "response_lost", "end_ns", "strict")
 
     def __init__(self, request: Message, method: str, wants_switch: bool) -> None:
         self.request = request
@@ -181,13 +198,15 @@ class _Exchange:
         self.upgraded = False
         self.error: str | None = None
         self.response_lost = False
+        self.end_ns = 0          # when it ended without a response (close, capture loss)
+        self.strict = False      # first request after a resync: no clock slack in pairing
 
 
 class _Side:
     """Framing state of one direction."""
 
     __slots__ = ("side", "is_req", "inp", "state", "msg", "body", "remaining", "scan_abs",
-                 "exch")
+                 "exch", "lost", "resynced")
 
     def __init__(self, side: Side, state: str) -> None:
         self.side = side
@@ -199,13 +218,15 @@ class _Side:
         self.remaining = 0                     # body / chunk bytes left
         self.scan_abs = 0                      # stream offset to resume the CRLFCRLF search
         self.exch: _Exchange | None = None     # exchange of the message being read
+        self.lost = False                      # in HUNT because sync was lost (not a join)
+        self.resynced = False                  # found a start line by hunting
 
 
 _STAT_NAMES = ("parse_errors", "abandoned_requests", "abandoned_responses",
                "unpaired_responses", "responses_lost", "discarded_bytes",
                "upgraded_bytes_client", "upgraded_bytes_server", "informational_responses",
                "held_bytes_dropped", "bytes_after_close", "gaps", "gap_bytes",
-               "internal_errors")
+               "pairing_lost", "internal_errors")
 
 
 class Http1Parser:
@@ -214,8 +235,10 @@ class Http1Parser:
     protocol = "http1"
 
     def __init__(self, body_limit: int = 2 * 1024 * 1024, midstream: bool = False,
-                 max_header_bytes: int = 64 * 1024, max_held_bytes: int = 256 * 1024) -> None:
+                 max_header_bytes: int = 64 * 1024, max_held_bytes: int = 256 * 1024,
+                 clock_slack_ns: int = 1_000_000) -> None:
         start = HUNT if midstream else IDLE
+        self.clock_slack_ns = clock_slack_ns
         self._sides = (_Side(Side.CLIENT, start), _Side(Side.SERVER, start))
         self.body_limit = body_limit
         self.max_header_bytes = max_header_bytes
@@ -225,13 +248,16 @@ class Http1Parser:
         self._awaiting: deque[_Exchange] = deque()  # no final response started yet
         self._closed = False
         self._broken = False
+        self._pipelined = False       # a request was seen while an earlier one was unanswered
+        self._pairing_lost = False
         self.upgraded = False
         self.stats: dict[str, int] = dict.fromkeys(_STAT_NAMES, 0)
         self._handlers = {
             HUNT: self._hunt, IDLE: self._idle, BODY_LENGTH: self._body_length,
             CHUNK_SIZE: self._chunk_size, CHUNK_DATA: self._chunk_data,
             CHUNK_END: self._chunk_end, TRAILERS: self._trailers, BODY_EOF: self._body_eof,
-            BLOCKED: self._blocked, SWITCHED: self._switched, CLOSED: self._closed_state,
+            BLOCKED: self._blocked, SWITCHED: self._switched, IGNORE: self._ignore,
+            CLOSED: self._closed_state,
         }
 
     # -- public API ----------------------------------------------------------------------
@@ -321,7 +347,10 @@ class Http1Parser:
         return inp.pop_gap()
 
     def _go(self, s: _Side, event: str) -> None:
-        s.state = h1_next_state(s.state, event)
+        old = s.state
+        s.state = h1_next_state(old, event)
+        if s.state == HUNT and old != HUNT:
+            s.lost = True
 
     # -- handlers: each returns PROGRESS, NEED or WAIT -------------------------------------
 
@@ -338,9 +367,20 @@ class Http1Parser:
                 inp.pos = m.start()
                 s.scan_abs = inp.base + inp.pos
                 self._go(s, "sync")
+                s.resynced = True
+                if s.lost:
+                    s.lost = False
+                    # Requests were lost. Their answers are told apart from this request's
+                    # only by time, which fails if the client does not wait for answers.
+                    if self._pipelined or self._outstanding():
+                        self._lose_pairing("client bytes lost on a pipelining connection",
+                                           drain=True, ts=inp.ts_at(inp.pos))
                 return PROGRESS
             keep = MAX_REQUEST_LINE
         else:
+            if not self._awaiting and self._pairing_lost:
+                self._go(s, "pairing_lost")
+                return PROGRESS
             if not self._awaiting:
                 # Cannot judge a status line before a request is pending: hold (bounded).
                 if limit - pos > self.max_held_bytes:
@@ -388,6 +428,9 @@ class Http1Parser:
             s.scan_abs = inp.base + pos
             return PROGRESS
         if not s.is_req and not self._awaiting:
+            if self._pairing_lost:
+                self._go(s, "pairing_lost")
+                return PROGRESS
             if limit - pos > self.max_held_bytes:
                 self.stats["held_bytes_dropped"] += limit - pos
                 inp.pos = limit
@@ -421,7 +464,11 @@ class Http1Parser:
         except HttpParserUpgrade:
             pass
         except HttpParserError as exc:
-            return None, None, f"malformed {'request' if s.is_req else 'response'} head: {exc}"
+            # Only the header section is fed, so nothing after on_headers_complete can be
+            # wrong; llhttp still "errors" with a pause on some 101/CONNECT shapes.
+            if not col.done:
+                return None, None, (f"malformed {'request' if s.is_req else 'response'} "
+                                    f"head: {exc}")
         if not col.done:
             return None, None, "malformed header section"
         version = parser.get_http_version()
@@ -448,14 +495,24 @@ class Http1Parser:
             elif n == "transfer-encoding":
                 te = value if te is None else f"{te}, {value}"
         method = parser.get_method().decode("ascii", "replace")
+        if not self._pipelined and self._outstanding():
+            self._pipelined = True
         msg = Message(headers=headers, method=method, target=col.url.decode("latin-1"),
                       authority=host, version=version, first_ns=first_ns)
         framing, size = _body_framing(te, length)
         if framing == "error":
             return self._error(s, f"cannot frame request body ({size})", pos + 1, first_ns)
         ex = _Exchange(msg, method, parser.should_upgrade() or method == "CONNECT")
+        if s.resynced:
+            ex.strict = True
+            s.resynced = False
         self._order.append(ex)
-        self._awaiting.append(ex)
+        if self._pairing_lost:
+            ex.response_lost = True
+            ex.wants_switch = False
+            ex.error = PAIRING_LOST
+        else:
+            self._awaiting.append(ex)
         inp.pos = block_end
         s.scan_abs = inp.base + block_end
         s.exch = ex
@@ -476,7 +533,8 @@ class Http1Parser:
     def _response_head(self, s: _Side, pos: int, block_end: int, first_ns: int) -> int:
         inp = s.inp
         ex = self._awaiting[0]
-        if first_ns < ex.request.first_ns:
+        slack = 0 if ex.strict else self.clock_slack_ns
+        if first_ns + slack < ex.request.first_ns:
             # Began before the oldest pending request did: it answers something we did
             # not see (or nothing). Drop it and find a response that can be paired.
             self.stats["unpaired_responses"] += 1
@@ -671,6 +729,14 @@ class Http1Parser:
         inp.pos = limit
         return PROGRESS
 
+    def _ignore(self, s: _Side, limit: int) -> int:
+        inp = s.inp
+        if limit <= inp.pos:
+            return NEED
+        self.stats["discarded_bytes"] += limit - inp.pos
+        inp.pos = limit
+        return PROGRESS
+
     def _closed_state(self, s: _Side, limit: int) -> int:
         inp = s.inp
         if limit > inp.pos:
@@ -755,7 +821,7 @@ class Http1Parser:
         if resp is not None:
             end_ns = resp.last_ns
         else:
-            end_ns = req.last_ns
+            end_ns = max(req.last_ns, ex.end_ns)
         self._events.append(Transaction(
             protocol="http1", version=req.version, stream_id=None, request=req,
             response=resp, start_ns=req.first_ns, end_ns=end_ns, upgraded=ex.upgraded,
@@ -788,16 +854,55 @@ class Http1Parser:
             self._lost_sync(s, ts)
         return PROGRESS
 
+    def _outstanding(self) -> bool:
+        """Is an earlier request still waiting for (the end of) its answer?"""
+        for ex in self._order:
+            if not ex.resp_done and not ex.response_lost:
+                return True
+        return False
+
+    def _lose_pairing(self, why: str, drain: bool, ts: int) -> None:
+        """Pairing can no longer be proven right: requests from now on are reported
+        without responses and the server side is discarded (never a wrong pairing).
+
+        With `drain`, the server side is still in sync and the requests already pending
+        come before anything that was lost, so their answers are still paired first."""
+        if self._pairing_lost:
+            return
+        self._pairing_lost = True
+        self.stats["pairing_lost"] += 1
+        server = self._sides[Side.SERVER]
+        self._events.append(ParseError(Side.SERVER, f"response pairing lost: {why}", ts))
+        if drain and server.state not in (HUNT, IGNORE, CLOSED):
+            return    # the server side moves to IGNORE once the pending ones are answered
+        if server.msg is not None:
+            self._finish_partial(server, PAIRING_LOST)
+        for ex in self._awaiting:
+            ex.response_lost = True
+            ex.error = PAIRING_LOST
+        self._awaiting.clear()
+        if server.state not in (SWITCHED, CLOSED, IGNORE):
+            self._go(server, "pairing_lost")
+        client = self._sides[Side.CLIENT]
+        if client.state == BLOCKED:
+            self._go(client, "resume")
+        self._flush()
+
     def _lost_sync(self, s: _Side, ts: int) -> None:
         """The server side lost track of message boundaries at `ts`: any pending request
         sent by then may have had its answer in the lost bytes, so it cannot be paired."""
         if s.is_req:
+            return
+        if self._pipelined:
+            self._lose_pairing("server bytes lost on a pipelining connection", drain=False,
+                               ts=ts)
             return
         awaiting = self._awaiting
         lost = False
         while awaiting and awaiting[0].request.first_ns <= ts:
             ex = awaiting.popleft()
             ex.response_lost = True
+            ex.end_ns = ts
             ex.error = "response not captured"
             self.stats["responses_lost"] += 1
             lost = True
@@ -845,6 +950,9 @@ class Http1Parser:
             self.stats["upgraded_bytes_client" if s.is_req else "upgraded_bytes_server"] += nbytes
             self._go(s, "gap_kept")
             return
+        if st == IGNORE:
+            self._go(s, "gap_kept")
+            return
         if st == CLOSED:
             return
         if st == HUNT:
@@ -877,6 +985,7 @@ class Http1Parser:
             self.stats["abandoned_requests"] += 1
         for ex in self._awaiting:
             ex.response_lost = True
+            ex.end_ns = ts
             if ex.error is None:
                 ex.error = "connection closed before response"
         self._awaiting.clear()

@@ -20,7 +20,10 @@ what the endpoints accepted.
 Streams follow `H2_STREAM_TABLE`, an observer's view of RFC 9113 §5.1 that also knows
 whether response headers were seen (so DATA before HEADERS, or a second non-final HEADERS,
 is an error). An input not in the table is a stream error: a ParseError, the stream is
-dropped, and no transaction is emitted for it. A transaction is emitted when both ends
+dropped, and no transaction is emitted for it. Frames for a stream that is not tracked
+(never opened in our view, already finished, or begun before a mid-stream join) are
+counted in `stats["orphan_frames"]`, not reported as errors: after a join or a reset they
+are expected. A transaction is emitted when both ends
 have ended the stream, on RST_STREAM, for streams refused by GOAWAY, and at close.
 
 Mid-stream join (``midstream=True``) or lost sync (capture gap across frame boundaries,
@@ -46,7 +49,7 @@ from hpack.exceptions import HPACKError
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import Frame
 
-from ._stream import NEED, PROGRESS, WAIT, BodyBuffer, GrpcFramer, StreamInput
+from ._stream import NEED, PROGRESS, BodyBuffer, GrpcFramer, StreamInput
 from .hpack_partial import PartialHpackDecoder
 from .model import GrpcInfo, Message, ParseError, Side, Transaction
 
@@ -62,7 +65,10 @@ FLAG_PRIORITY = 0x20
 MAX_HEADER_LIST = 1 << 20
 MAX_HEADER_BLOCK = 1 << 20
 MIN_FRAME_LIMIT = 1 << 20      # non-DATA frames are buffered whole up to this (or more if advertised)
-MAX_HUNT_FRAME = 1 << 20       # a frame header claiming more is not a plausible sync point
+# When hunting for a frame boundary, a header claiming a frame longer than the default
+# SETTINGS_MAX_FRAME_SIZE, or a stream id no real connection reaches, is not believed.
+MAX_HUNT_FRAME = 16384
+MAX_HUNT_STREAM_ID = 1 << 24
 
 ERROR_CODES = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR",
                3: "FLOW_CONTROL_ERROR", 4: "SETTINGS_TIMEOUT", 5: "STREAM_CLOSED",
@@ -144,8 +150,9 @@ R_SKIP = "skip"
 R_HUNT = "hunt"
 R_CLOSED = "closed"
 
-# Zero-width match where a frame header could start: length < 1 MiB, type 0..9, R bit 0.
-_FRAME_CANDIDATE_RE = re.compile(rb"(?=[\x00-\x0f][\x00-\xff]{2}[\x00-\x09][\x00-\xff][\x00-\x7f])",
+# Zero-width match where a frame header could start: length <= 16 KiB, type 0..9, stream
+# id < 2**24 (first byte 0).
+_FRAME_CANDIDATE_RE = re.compile(rb"(?=\x00[\x00-\x40][\x00-\xff][\x00-\x09][\x00-\xff]\x00)",
                                  re.S)
 _DEFINED_FLAGS = (0x09, 0x2D, 0x00, 0x00, 0x01, 0x0C, 0x01, 0x00, 0x00, 0x04)
 _NEEDS_STREAM = (True, True, True, True, False, True, False, False, None, True)
@@ -163,6 +170,8 @@ def plausible_frame_header(buf, p: int, side: Side) -> tuple[int, int, int, int]
     if flags & ~_DEFINED_FLAGS[ftype]:
         return None
     sid = ((buf[p + 5] & 0x7F) << 24) | (buf[p + 6] << 16) | (buf[p + 7] << 8) | buf[p + 8]
+    if sid >= MAX_HUNT_STREAM_ID:
+        return None
     needs = _NEEDS_STREAM[ftype]
     if needs is True and not sid or needs is False and sid:
         return None
@@ -274,7 +283,7 @@ class _H2Side:
 _STAT_NAMES = ("parse_errors", "stream_errors", "frame_errors", "hpack_errors",
                "hpack_resets", "orphan_frames", "abandoned_streams", "abandoned_blocks",
                "resyncs", "discarded_bytes", "tunnel_bytes", "gaps", "gap_bytes",
-               "bytes_after_close", "internal_errors")
+               "bytes_after_close", "streams_evicted", "internal_errors")
 
 
 class Http2Parser:
@@ -282,8 +291,10 @@ class Http2Parser:
 
     protocol = "http2"
 
-    def __init__(self, body_limit: int = 2 * 1024 * 1024, midstream: bool = False) -> None:
+    def __init__(self, body_limit: int = 2 * 1024 * 1024, midstream: bool = False,
+                 max_streams: int = 4096) -> None:
         self.body_limit = body_limit
+        self.max_streams = max_streams
         self.midstream = midstream
         self._sides = (
             _H2Side(Side.CLIENT, R_HUNT if midstream else R_PREFACE, midstream),
@@ -291,6 +302,7 @@ class Http2Parser:
         )
         self._streams: dict[int, _H2Stream] = {}
         self._max_client_sid = 0
+        self._max_push_sid = 0
         self._events: deque = deque()
         self._closed = False
         self._broken = False
@@ -745,22 +757,26 @@ class Http2Parser:
         fields, known = self._decode(s, block, sid, first_ns)
         streams = self._streams
         if push:
-            st = streams.get(sid)
-            if fields is None or promised in streams or not promised or promised & 1:
-                if fields is not None:
-                    self._error(s, f"invalid PUSH_PROMISE of stream {promised}", first_ns,
-                                sid)
+            if fields is None:
                 return
-            pushed = _H2Stream(promised)
+            if not promised or promised & 1:
+                self._error(s, f"invalid PUSH_PROMISE of stream {promised}", first_ns, sid)
+                return
+            associated = streams.get(sid)
+            pushed = streams.get(promised)
+            if pushed is None:
+                if promised <= self._max_push_sid:
+                    self.stats["orphan_frames"] += 1     # an id already used and finished
+                    return
+                self._max_push_sid = promised
+                pushed = _H2Stream(promised)
             if not self._advance(s, pushed, "push", first_ns):
                 return
             pushed.request = _request_message(fields, first_ns, last_ns)
-            pushed.req_known = known
+            pushed.req_known = known and (associated is None or associated.req_known)
             pushed.req_ended = True
             pushed.req_body = BodyBuffer(self.body_limit)
-            if st is not None and not (st.req_known and st.resp_known):
-                pushed.req_known = False
-            streams[promised] = pushed
+            self._track(pushed)
             return
         st = streams.get(sid)
         if s.is_client:
@@ -784,7 +800,7 @@ class Http2Parser:
                     st.grpc = (GrpcFramer(), GrpcFramer())
                 st.req_body = BodyBuffer(self.body_limit, st.grpc[0] if grpc else None)
                 st.req_ended = end_stream
-                streams[sid] = st
+                self._track(st)
                 return
             if fields is None:
                 self._drop_stream(st)
@@ -908,6 +924,15 @@ class Http2Parser:
         self.stats["stream_errors"] += 1
         self._error(s, f"stream {st.sid}: {event} in state {st.state}", ts, st.sid)
         self._drop_stream(st)
+
+    def _track(self, st: _H2Stream) -> None:
+        """Start tracking a stream; past `max_streams` the oldest is given up (counted)."""
+        streams = self._streams
+        if len(streams) >= self.max_streams:
+            oldest = streams[next(iter(streams))]
+            self.stats["streams_evicted"] += 1
+            self._finalize(oldest, "too many open streams", oldest.request.last_ns)
+        streams[st.sid] = st
 
     def _drop_stream(self, st: _H2Stream) -> None:
         """Forget a stream without a transaction: what we saw of it cannot be trusted."""
