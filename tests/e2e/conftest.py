@@ -65,10 +65,16 @@ class RunningAgent:
             return r.read().decode()
 
     def metric(self, name: str, labels: str = "") -> float:
-        key = f"{name}{{{labels}}}" if labels else name
+        """Sum of a metric's series; with `labels`, only the series with exactly those labels."""
         total = 0.0
         for line in self.metrics().splitlines():
-            if line.startswith(key + " "):
+            if line.startswith("#"):
+                continue
+            series = line.rsplit(" ", 1)[0]
+            if labels:
+                if series == f"{name}{{{labels}}}":
+                    total += float(line.rsplit(" ", 1)[1])
+            elif series == name or series.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 

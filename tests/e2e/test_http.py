@@ -239,3 +239,70 @@ def test_grpc_over_h2_rpc_attributes(start_agent):
     assert by_status[0]["http.request.body.size"] == 1000 + 5  # one message: 5-byte prefix + payload
     conns = [a for a in agent.connections(**{"process.pid": cl["pid"]}) if a["connection.finalized"]]
     assert conns and conns[0]["connection.protocol"] == "grpc"
+
+
+ABUSE_SERVER = textwrap.dedent("""
+    import socket, threading
+    ls = socket.create_server(("127.0.0.1", 0))
+    print("ready", ls.getsockname()[1], flush=True)
+    def handle(c):
+        c.settimeout(5)
+        buf = b""
+        try:
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                buf += b
+                if buf.startswith(b"GET /fine") and b"\\r\\n\\r\\n" in buf:
+                    body = b"still fine"
+                    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+                    break
+                if len(buf) > 3_000_000:
+                    c.sendall(b"HTTP/1.1 431 Too Large\\r\\nContent-Length: 0\\r\\n\\r\\n")
+                    break
+        except OSError:
+            pass
+        c.close()
+    for _ in range(4):
+        c, _ = ls.accept()
+        threading.Thread(target=handle, args=(c,)).start()
+""")
+
+ABUSE_CLIENT = textwrap.dedent("""
+    import os, socket, sys
+    port = int(sys.argv[1]); kind = sys.argv[2]
+    s = socket.create_connection(("127.0.0.1", port))
+    if kind == "garbage":
+        s.sendall(os.urandom(200_000)); s.shutdown(socket.SHUT_WR); s.recv(10)
+    elif kind == "huge-header":
+        s.sendall(b"GET /x HTTP/1.1\\r\\nHost: a\\r\\nX-Big: " + b"a" * 2_500_000 + b"\\r\\n\\r\\n")
+        s.recv(100)
+    elif kind == "half-then-exit":
+        s.sendall(b"POST /upload HTTP/1.1\\r\\nHost: a\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"z" * 500)
+        os._exit(0)  # exits mid-request, socket still open
+    s.close()
+""")
+
+
+def test_bad_input_never_hurts_the_agent_or_other_connections(start_agent):
+    agent = start_agent(CAPTURE_FULL)
+    srv, port = start_server(ABUSE_SERVER)
+    for kind in ("garbage", "huge-header", "half-then-exit"):
+        r = subprocess.run([sys.executable, "-c", ABUSE_CLIENT, str(port), kind], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    curl = subprocess.Popen([CURL, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/fine"])
+    assert curl.wait(30) == 0
+    srv.wait(60)
+    assert agent.proc.poll() is None, "the agent died"
+    errors = agent.metric("plaintap_parse_errors_total")
+    agent.stop()
+    assert agent.proc.returncode == 0, agent.stderr()[-2000:]
+    assert "Traceback" not in agent.stderr()
+    (tx,) = records(agent, "artifact_record", **{"process.pid": curl.pid})
+    assert tx["url.path"] == "/fine" and tx["http.response.status_code"] == 200
+    assert tx["http.response.body.size"] == len("still fine")
+    assert errors >= 1, "the huge header was not counted as a parse error"
+    # the garbage connection is reported as a connection, never as a transaction
+    garbage = [a for a in agent.connections() if a["server.port"] == port and a["connection.protocol"] == "tcp"]
+    assert garbage, "the garbage connection was not reported"
