@@ -53,6 +53,9 @@ DIRECTION_MASKS = {
 }
 
 
+DROP_CHECK_NS = 5_000_000_000
+
+
 class ConfigUnsupported(RuntimeError):
     """The config asks for something this build cannot do yet; the message says what."""
 
@@ -158,6 +161,7 @@ class Agent:
         self._pending_objects: list[Record] = []
         self._pending_lines: list[str] = []
         self._stop = threading.Event()
+        self._drops_seen = 0
 
     # ---- records ----
 
@@ -245,6 +249,7 @@ class Agent:
             metrics.kernel_events.labels(str(t)).inc(n)
 
     def _loop(self) -> None:
+        next_check = 0
         while not self._stop.is_set():
             batch = self.kernel.poll(100)
             if batch:
@@ -253,6 +258,19 @@ class Agent:
             self.tracker.tick(now)
             self.tls.tick(now)
             self._flush_records()
+            if now >= next_check:
+                next_check = now + DROP_CHECK_NS
+                self._report_kernel_drops()
+
+    def _report_kernel_drops(self) -> None:
+        """Say so (once per burst) when the kernel lost events since the last check."""
+        c = self._safe_counters()
+        drops = c.get("ringbuf_drops", 0)
+        if drops > self._drops_seen:
+            log.warning("kernel ring buffer full: %d events (%d payload bytes) lost so far; they appear as "
+                        "gaps; raise --ring-buffer-size or narrow tap.direction", drops,
+                        c.get("ringbuf_drop_bytes", 0))
+            self._drops_seen = drops
 
     def _shutdown(self) -> None:
         # Drain what the kernel already produced, then finalise and flush.

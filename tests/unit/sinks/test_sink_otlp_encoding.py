@@ -19,7 +19,11 @@ import plaintap
 import requests
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry._logs import LogRecord
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from plaintap.config.errors import ConfigError
 from plaintap.config.model import OtelEventStore
@@ -44,9 +48,8 @@ from plaintap.sinks.retry import SinkExportError
 GOLDEN = Path(__file__).parent / "golden" / "otlp_request.json"
 T0 = 1_764_000_000_000_000_001
 OBSERVED = 1_764_000_001_000_000_000
-RESOURCE = Resource({"service.name": "plaintap", "service.version": "0.1.0",
-                     "deployment.environment.name": "production", "environment": "production",
-                     "host.name": "host-1"})
+RESOURCE = {"service.name": "plaintap", "service.version": "0.1.0",
+            "deployment.environment.name": "production", "environment": "production", "host.name": "host-1"}
 
 
 def records() -> list[Record]:
@@ -73,6 +76,46 @@ def test_request_matches_golden_file():
     if os.environ.get("PLAINTAP_UPDATE_GOLDEN"):
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+def sdk_encoding(batch: list[Record], observed_ns: int) -> ExportLogsServiceRequest:
+    """The same batch through the OpenTelemetry SDK's own encoder (the reference)."""
+    resource = Resource(RESOURCE)
+    readable = [
+        ReadableLogRecord(
+            log_record=LogRecord(timestamp=r.time_ns, observed_timestamp=observed_ns, severity_text=r.severity,
+                                 severity_number=severity_number(r.severity), body=r.body,
+                                 attributes=otlp_attributes(r.attributes)),
+            resource=resource,
+            instrumentation_scope=InstrumentationScope(r.scope, plaintap.__version__),
+        )
+        for r in batch
+    ]
+    return encode_logs(readable)
+
+
+def awkward_records() -> list[Record]:
+    return records() + [
+        Record(SCOPE_OBJECTS, T0 + 9, "b", {
+            "arr": [1, "a", 2.5, True, b"\x01"], "map": {"k": 1, "n": None, "m": {"x": "y"}},
+            "big": 2**64, "neg": -(2**63), "ba": bytearray(b"\x00\xff"), "path": Path("/bin/sh"),
+            "empty": "", "zero": 0, "nan-ish": float("inf")}),
+    ]
+
+
+def test_our_encoder_matches_the_sdk_encoder():
+    ours = encode_request(awkward_records(), RESOURCE, OBSERVED)
+    reference = sdk_encoding(awkward_records(), OBSERVED)
+    assert ours == reference
+    assert ours.SerializeToString(deterministic=True) == reference.SerializeToString(deterministic=True)
+
+
+def test_undecodable_text_is_replaced_not_an_error():
+    rec = Record(SCOPE_EVENTS, T0, "bad \udcff body", {"k": "x\udcffy"})
+    logs = scope_logs(encode_request([rec], RESOURCE, OBSERVED))
+    (lr,) = logs[SCOPE_EVENTS]
+    assert lr.body.string_value == "bad ? body" or "\ufffd" in lr.body.string_value or "?" in lr.body.string_value
+    assert lr.attributes[0].value.string_value.startswith("x")
 
 
 def test_scopes_group_records_and_keep_their_order():
@@ -260,3 +303,13 @@ def test_header_from_an_unset_variable_is_a_config_error(monkeypatch):
         "x-api-key": {"type": "env", "value": "PLAINTAP_NO_SUCH_VAR"}}})
     with pytest.raises(ConfigError, match="PLAINTAP_NO_SUCH_VAR"):
         OtelSink("events-otel", store)
+
+
+@pytest.mark.parametrize("cfg, expected", [
+    ({"endpoint": "collector:4317"}, "otel://collector:4317/sha256:ab"),
+    ({"protocol": "http", "endpoint": "https://otlp.example.com/v1/logs"}, "otel://otlp.example.com/sha256:ab"),
+    ({"protocol": "stdout"}, "otel://stdout/sha256:ab"),
+])
+def test_url_for_objects_sent_over_otlp(cfg, expected):
+    sink = OtelSink("objects-otel", OtelEventStore.model_validate({"type": "otel", **cfg}), kind="objects")
+    assert sink.url_for("sha256:ab") == expected
