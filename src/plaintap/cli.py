@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC's C core prints a line per failed TLS handshake unless told otherwise; our sinks
+    # report failures themselves, once per burst. Must be set before grpc is imported.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         from .config import ConfigError
         if debug:
             logging.getLogger("plaintap").exception("fatal")
-        if isinstance(e, (BpfError, ConfigError)) or type(e).__name__ in ("ConfigUnsupported", "AbiMismatch"):
+        if isinstance(e, (BpfError, ConfigError)) or type(e).__name__ in ("ConfigUnsupported", "AbiMismatch") \
+                or (isinstance(e, ValueError) and args.command != "doctor"):
             print(f"plaintap: {e}", file=sys.stderr)
             return EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_RUNTIME
         print(f"plaintap: unexpected error: {e!r} (rerun with --log-level debug for details)", file=sys.stderr)

@@ -93,8 +93,11 @@ def build_event_sink(cfg) -> QueuedSink | None:
         return None
     if store.type == "stdout":
         return QueuedSink(JsonLinesSink("events-stdout"))
-    raise ConfigUnsupported(f"services.event_stores[0].type: '{store.type}' is not available in this build yet "
-                            "(use stdout or disabled)")
+    if store.type == "otel":
+        from .sinks.otel import OtelSink
+        return QueuedSink(OtelSink("events-otel", store, "events"))
+    raise ConfigUnsupported(f"services.event_stores[0].type: '{store.type}' is not supported (use stdout, otel "
+                            "or disabled)")
 
 
 def build_object_sink(cfg) -> tuple[QueuedSink | None, Callable[[str], str | None] | None]:
@@ -105,8 +108,16 @@ def build_object_sink(cfg) -> tuple[QueuedSink | None, Callable[[str], str | Non
         return None, None
     if store.type == "stdout":
         return QueuedSink(JsonLinesSink("objects-stdout")), (lambda digest: None)
-    raise ConfigUnsupported(f"services.object_stores[0].type: '{store.type}' is not available in this build yet "
-                            "(use stdout or disabled)")
+    if store.type == "otel":
+        from .sinks.otel import OtelSink
+        sink = OtelSink("objects-otel", store, "objects")
+        return QueuedSink(sink), sink.url_for
+    if store.type == "s3":
+        from .sinks.s3 import S3Sink
+        sink = S3Sink("objects-s3", store)
+        return QueuedSink(sink), sink.url_for
+    raise ConfigUnsupported(f"services.object_stores[0].type: '{store.type}' is not supported (use stdout, otel, "
+                            "s3 or disabled)")
 
 
 class ConsoleLines:
@@ -162,6 +173,7 @@ class Agent:
         self._pending_lines: list[str] = []
         self._stop = threading.Event()
         self._drops_seen = 0
+        self._produced = 0
 
     # ---- records ----
 
@@ -193,10 +205,12 @@ class Agent:
         if self._pending:
             batch, self._pending = self._pending, []
             metrics.records.labels("plaintap.events").inc(len(batch))
+            self._produced += len(batch)
             self.event_sink.export(batch)
         if self._pending_objects:
             batch, self._pending_objects = self._pending_objects, []
             metrics.records.labels("plaintap.objects").inc(len(batch))
+            self._produced += len(batch)
             self.object_sink.export(batch)
         if self._pending_lines:
             lines, self._pending_lines = self._pending_lines, []
@@ -290,6 +304,11 @@ class Agent:
         for sink in self._sinks():
             sink.force_flush(10)
             sink.shutdown()
+        record_sinks = [s for s in (self.event_sink, self.object_sink) if s is not None]
+        if record_sinks:
+            log.info("record accounting: produced=%d exported=%d dropped=%d (%s)", self._produced,
+                     sum(s.exported for s in record_sinks), sum(s.dropped for s in record_sinks),
+                     ", ".join(f"{s.name}: {s.exported} exported, {s.dropped} dropped" for s in record_sinks))
         self.kernel.close()
         self.status.stop()
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
 import plaintap
-from backends import OtlpReceiver, Rotel, SeaweedFS, any_value_kind, free_ports, self_signed_cert
 from plaintap import metrics
 from plaintap.config.model import OtelEventStore, OtelObjectStore, S3ObjectStore
 from plaintap.records.model import SCOPE_EVENTS, SCOPE_OBJECTS, Record
@@ -28,6 +26,8 @@ from plaintap.sinks.base import QueuedSink
 from plaintap.sinks.otel import OtelSink
 from plaintap.sinks.retry import NO_RETRY, RetryPolicy, SinkExportError
 from plaintap.sinks.s3 import S3Sink
+
+from backends import OtlpReceiver, Rotel, SeaweedFS, any_value_kind, free_ports, self_signed_cert
 
 BUCKET = "plaintap-objects"
 T0 = 1_764_000_000_123_456_789  # a fixed wall-clock time in ns
@@ -445,3 +445,23 @@ def test_s3_wrong_credentials_or_bucket_is_a_clear_counted_error(problem, messag
     assert time.monotonic() - started < 5  # not retried: retrying cannot fix it
     assert dropped(name) == 6 and exported(name) == 0
     assert any(message in rec.getMessage() for rec in caplog.records)
+
+
+def test_s3_a_large_batch_is_stored_whole(seaweed, monkeypatch):
+    """Many distinct objects in one batch go up in parallel; every one lands, intact."""
+    monkeypatch.setenv("PLAINTAP_TEST_S3_KEY", seaweed.ACCESS_KEY)
+    salt = time.monotonic_ns()
+    recs = [object_record(f"object {salt} {i} ".encode() * (50 + i), "text/plain", i) for i in range(40)]
+    name = unique("s3")
+    sink = S3Sink(name, s3_store(seaweed))
+    queued = QueuedSink(sink)
+    queued.start()
+    queued.export(recs)
+    assert queued.force_flush(30)
+    queued.shutdown()
+    assert exported(name) == 40 and sink.stats["uploaded"] == 40
+    keys = set(seaweed.keys(BUCKET))
+    for rec in recs[::7]:
+        assert rec.attributes["artifact.digest"] in keys
+        assert seaweed.get(BUCKET, rec.attributes["artifact.digest"])[0] == rec.attributes["artifact.data"]
+    assert {r.attributes["artifact.digest"] for r in recs} <= keys

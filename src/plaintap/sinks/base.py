@@ -60,6 +60,13 @@ class QueuedSink:
         self._closed = False
         self._lock = threading.Lock()
         self._burst = BurstLogger()
+        # Plain tallies beside the Prometheus counters, for the shutdown accounting line.
+        self.exported = 0
+        self.dropped = 0
+
+    def _drop(self, n: int, reason: str) -> None:
+        self.dropped += n
+        metrics.sink_dropped.labels(self.name, reason).inc(n)
 
     def start(self) -> None:
         if self._thread is None:
@@ -70,12 +77,12 @@ class QueuedSink:
         if not batch:
             return
         if self._closed:
-            metrics.sink_dropped.labels(self.name, "shutdown").inc(len(batch))
+            self._drop(len(batch), "shutdown")
             return
         try:
             self._q.put_nowait(list(batch))
         except queue.Full:
-            metrics.sink_dropped.labels(self.name, "queue_full").inc(len(batch))
+            self._drop(len(batch), "queue_full")
             self._burst(log, "%s sink: queue full, dropped %d records", self.name, len(batch))
 
     def _run(self) -> None:
@@ -89,9 +96,15 @@ class QueuedSink:
                     continue
                 try:
                     self.inner.export(item)
+                    self.exported += len(item)
                     metrics.sink_exported.labels(self.name).inc(len(item))
                 except Exception as e:  # a sink error never kills the agent
-                    metrics.sink_dropped.labels(self.name, "export_error").inc(len(item))
+                    # A sink may have delivered part of the batch (SinkExportError says how much).
+                    delivered = getattr(e, "delivered", 0)
+                    self.exported += delivered
+                    if delivered:
+                        metrics.sink_exported.labels(self.name).inc(delivered)
+                    self._drop(getattr(e, "failed", len(item) - delivered), "export_error")
                     self._burst(log, "%s sink: export failed, dropped %d records: %s", self.name, len(item), e)
             finally:
                 self._q.task_done()
