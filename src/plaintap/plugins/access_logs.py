@@ -34,7 +34,7 @@ from http import HTTPStatus
 
 from ..config.model import AccessLogsConfig
 from ..records.model import rfc3339_ns
-from ..records.transaction import duration_ms, rpc_protocol, server_endpoint, url_of
+from ..records.transaction import duration_ms, header_map, rpc_protocol, server_endpoint, url_of
 from .base import TransactionContext
 
 __all__ = ["AccessLogs", "console_lines", "json_line", "GRPC_STATUS_NAMES"]
@@ -323,18 +323,10 @@ def console_lines(conn, tx, mode: str, *, transaction_id: str | None = None, col
 # json
 
 
-def _json_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in headers:
-        key = name.lower()
-        out[key] = f"{out[key]}, {value}" if key in out else value
-    return out
-
-
 def _json_message(msg, full: bool) -> dict:
-    out: dict[str, object] = {"start_line": msg.start_line(), "headers": _json_headers(msg.headers)}
+    out: dict[str, object] = {"start_line": msg.start_line(), "headers": header_map(msg.headers)}
     if msg.trailers:
-        out["trailers"] = _json_headers(msg.trailers)
+        out["trailers"] = header_map(msg.trailers)
     if full:
         try:
             out["body"] = msg.body.decode("utf-8")

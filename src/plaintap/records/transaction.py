@@ -327,7 +327,7 @@ def stored_objects(objects: list[Record], object_url: Callable[[str], str | None
 # rule variables
 
 
-def _header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
+def header_map(headers: list[tuple[str, str]]) -> dict[str, str]:
     """Lower-cased name → value; repeated fields joined with ", " (RFC 9110 5.3)."""
     out: dict[str, str] = {}
     for name, value in headers:
@@ -372,13 +372,13 @@ class TransactionVars(Mapping):
 
     def _request_headers(self) -> dict[str, str]:
         if self._req_headers is None:
-            self._req_headers = _header_map(self._tx.request.headers)
+            self._req_headers = header_map(self._tx.request.headers)
         return self._req_headers
 
     def _response_headers(self) -> dict[str, str]:
         if self._res_headers is None:
             resp = self._tx.response
-            self._res_headers = _header_map(resp.headers) if resp is not None else {}
+            self._res_headers = header_map(resp.headers) if resp is not None else {}
         return self._res_headers
 
     def _compute(self, name: str) -> object:
