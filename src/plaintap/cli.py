@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest HTTP body kept whole, e.g. 512kb, 10mb (default 2mb)")
     run.add_argument("--tls-probes", default=_env("tls_probes", "openssl,gotls,nodetls"),
                      help="TLS library families to hook (default openssl,gotls,nodetls)")
-    run.add_argument("--tags", default=_env("tags", ""), help="k:v,... tags added to records")
+    run.add_argument("--tags", default=_env("tags", ""),
+                     help="k:v,... added as resource attributes to OTLP exports")
     run.add_argument("--dump-streams", default=_env("dump_streams"), metavar="DIR",
                      help="also write each connection's reassembled byte streams to DIR (debugging)")
     run.add_argument("--ring-buffer-size", default=_env("ring_buffer_size", "64mb"), metavar="SIZE",
@@ -126,12 +127,13 @@ def _validate(path: str) -> int:
 
 def _run(args) -> int:
     from .config import default_config, load_config, parse_size
-    from .pipeline import Agent, RunOptions, install_signal_handlers
+    from .pipeline import Agent, RunOptions, install_signal_handlers, parse_tags
 
     cfg = load_config(args.config) if args.config else default_config()
     try:
         buf = parse_size(args.http_buffer_size)
         ring = parse_size(args.ring_buffer_size)
+        tags = parse_tags(args.tags)
     except ValueError as e:
         print(f"plaintap: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -142,7 +144,7 @@ def _run(args) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     opts = RunOptions(httpd_listen=args.httpd_listen, http_buffer_size=buf, tls_probes=probes,
-                      btf=args.btf, dump_streams=args.dump_streams, ring_buffer_size=ring)
+                      btf=args.btf, dump_streams=args.dump_streams, ring_buffer_size=ring, tags=tags)
     agent = Agent(cfg, opts)
     install_signal_handlers(agent)
     return agent.run()

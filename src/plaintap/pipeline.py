@@ -68,7 +68,7 @@ class RunOptions:
     btf: str | None = None
     dump_streams: str | None = None
     ring_buffer_size: int = 64 << 20
-    extra: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)   # --tags: resource attributes on OTLP exports
 
 
 def monotonic_ns() -> int:
@@ -86,7 +86,18 @@ class WallClock:
         return mono_ns + self.offset
 
 
-def build_event_sink(cfg) -> QueuedSink | None:
+def parse_tags(text: str) -> dict[str, str]:
+    """`--tags k:v,k2:v2` → {"k": "v", "k2": "v2"}; ValueError names a malformed entry."""
+    tags = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"--tags: '{item}' is not key:value (e.g. --tags team:web,region:eu)")
+        tags[key.strip()] = value.strip()
+    return tags
+
+
+def build_event_sink(cfg, tags: dict | None = None) -> QueuedSink | None:
     """The sink for events (connections, artifact_record), or None when disabled."""
     store = cfg.services.event_store
     if store.type == "disabled":
@@ -95,12 +106,12 @@ def build_event_sink(cfg) -> QueuedSink | None:
         return QueuedSink(JsonLinesSink("events-stdout"))
     if store.type == "otel":
         from .sinks.otel import OtelSink
-        return QueuedSink(OtelSink("events-otel", store, "events"))
+        return QueuedSink(OtelSink("events-otel", store, "events", resource_attrs=tags))
     raise ConfigUnsupported(f"services.event_stores[0].type: '{store.type}' is not supported (use stdout, otel "
                             "or disabled)")
 
 
-def build_object_sink(cfg) -> tuple[QueuedSink | None, Callable[[str], str | None] | None]:
+def build_object_sink(cfg, tags: dict | None = None) -> tuple[QueuedSink | None, Callable[[str], str | None] | None]:
     """The sink for objects and the function giving an object's URL from its digest
     (None when objects are not stored at all)."""
     store = cfg.services.object_store
@@ -110,7 +121,7 @@ def build_object_sink(cfg) -> tuple[QueuedSink | None, Callable[[str], str | Non
         return QueuedSink(JsonLinesSink("objects-stdout")), (lambda digest: None)
     if store.type == "otel":
         from .sinks.otel import OtelSink
-        sink = OtelSink("objects-otel", store, "objects")
+        sink = OtelSink("objects-otel", store, "objects", resource_attrs=tags)
         return QueuedSink(sink), sink.url_for
     if store.type == "s3":
         from .sinks.s3 import S3Sink
@@ -144,8 +155,8 @@ class Agent:
         self.opts = opts
         self.clock = WallClock()
         self.status = StatusServer(opts.httpd_listen)
-        self.event_sink = build_event_sink(cfg)
-        self.object_sink, self.object_url = build_object_sink(cfg)
+        self.event_sink = build_event_sink(cfg, opts.tags)
+        self.object_sink, self.object_url = build_object_sink(cfg, opts.tags)
         self.console = QueuedSink(ConsoleLines())
         self.stacks = PluginStacks(cfg, color=sys.stdout.isatty())
         tap = cfg.tap

@@ -120,19 +120,20 @@ def check_exported(logs, nginx, pid: int, token: str, body: bytes) -> dict:
     assert r["artifact.request.digest"] == req["artifact.digest"]
     assert r["artifact.response.digest"] == resp["artifact.digest"]
     assert isinstance(resp["artifact.data"], bytes), "a binary body must travel as OTLP bytes"
-    return {"conn": ca, "record": r, "request": req, "response": resp}
+    return {"conn": ca, "record": r, "request": req, "response": resp, "resource": c.resource}
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_otlp_through_rotel_collector(start_agent, nginx, tmp_path, protocol):
     with OtlpReceiver() as receiver, Rotel(tmp_path / "rotel", export_to=receiver.grpc_endpoint) as rotel:
         endpoint = rotel.grpc_endpoint if protocol == "grpc" else rotel.http_url
-        agent = start_agent(otel_config(endpoint, protocol))
+        agent = start_agent(otel_config(endpoint, protocol), "--tags", "team:web,region:eu")
         pid, token, body = run_client("curl", nginx, tmp_path)
         agent.stop()
         assert agent.proc.returncode == 0, agent.stderr()[-2000:]
         logs = receiver.wait_for_logs(4, timeout=30)
-        check_exported(logs, nginx, pid, token, body)
+        got = check_exported(logs, nginx, pid, token, body)
+        assert got["resource"]["team"] == "web" and got["resource"]["region"] == "eu"
 
 
 def test_api_key_header_and_tls_skip_verify(start_agent, nginx, tmp_path, monkeypatch):

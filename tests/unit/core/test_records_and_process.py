@@ -55,3 +55,12 @@ def test_container_id_from_cgroup_v1_and_v2():
     assert container_id_from_cgroup(f"0::/system.slice/docker-{cid}.scope\n") == cid
     assert container_id_from_cgroup(f"12:pids:/kubepods/besteffort/pod1/{cid}\n") == cid
     assert container_id_from_cgroup("0::/user.slice/session-1.scope\n") == ""
+
+
+def test_parse_tags():
+    import pytest
+    from plaintap.pipeline import parse_tags
+    assert parse_tags("team:web, region:eu-west:1") == {"team": "web", "region": "eu-west:1"}
+    assert parse_tags("") == {}
+    with pytest.raises(ValueError, match="'oops' is not key:value"):
+        parse_tags("team:web,oops")
