@@ -34,9 +34,9 @@ def nginx(tmp_path):
     n.stop()
 
 
-@pytest.fixture(scope="session")
-def go_client(tmp_path_factory):
-    return build_go_client(tmp_path_factory.mktemp("go"))
+@pytest.fixture(scope="session", params=[False, True], ids=["go", "go-stripped"])
+def go_client(request, tmp_path_factory):
+    return build_go_client(tmp_path_factory.mktemp("go"), stripped=request.param)
 
 
 def sha(b: bytes) -> str:

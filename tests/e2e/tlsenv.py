@@ -91,10 +91,12 @@ http {{
                 self.proc.kill()
 
 
-def build_go_client(dest: Path) -> Path:
-    exe = dest / "goclient"
+def build_go_client(dest: Path, stripped: bool = False) -> Path:
+    """Build the Go client; `stripped` builds with -ldflags='-s -w' (no symbol table, no DWARF)."""
+    exe = dest / ("goclient-stripped" if stripped else "goclient")
     env = dict(os.environ, GOPROXY="off", GOFLAGS="-mod=mod", GOCACHE=str(dest / "gocache"),
                GOPATH=str(dest / "gopath"), CGO_ENABLED="0")
-    subprocess.run(["go", "build", "-o", str(exe), "."], cwd=HELPERS / "goclient", env=env, check=True,
+    flags = ["-ldflags=-s -w"] if stripped else []
+    subprocess.run(["go", "build", *flags, "-o", str(exe), "."], cwd=HELPERS / "goclient", env=env, check=True,
                    capture_output=True)
     return exe
