@@ -28,6 +28,9 @@ int main(void)
 	S(ev_sock_state) F(ev_sock_state, conn_id) F(ev_sock_state, oldstate) F(ev_sock_state, newstate) E()
 	S(settings) F(settings, agent_pid) F(settings, ignore_loopback) F(settings, direction_mask)
 		F(settings, capture_data) F(settings, max_chunks) E()
+	S(conn_key) F(conn_key, tgid) F(conn_key, fd) E()
+	S(conn) F(conn, id) F(conn, sent) F(conn, recv) F(conn, tls_sent) F(conn, tls_recv) F(conn, sk)
+		F(conn, role) F(conn, direction) F(conn, flags) E()
 	printf(", \"DATA_CHUNK\": %d}\n", DATA_CHUNK);
 	return 0;
 }

@@ -30,42 +30,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_CLOSE 7
 #define MAX_IOV 64
 
-struct conn_key {
-	__u32 tgid;
-	__s32 fd;
-};
-
-#define CONN_TLS_INSPECTED 1 /* plaintext comes from a TLS hook: stop streaming ciphertext */
-
-struct conn {
-	__u64 id;
-	__u64 sent;     /* bytes written on the socket */
-	__u64 recv;
-	__u64 tls_sent; /* plaintext bytes given to the TLS library */
-	__u64 tls_recv;
-	__u64 sk;       /* struct sock *, to untrack on state change */
-	__u8 role;
-	__u8 direction;
-	__u8 flags;     /* CONN_* */
-	__u8 _pad[5];
-};
-
-/* In-flight syscall arguments, saved at enter for the exit program. */
-#define K_READ   1 /* one buffer */
-#define K_WRITE  2
-#define K_READV  3 /* iovec array */
-#define K_WRITEV 4
-#define K_RECVMSG 5 /* msghdr */
-#define K_SENDMSG 6
-#define K_CONNECT 7
-#define K_SENDFILE 8
-
-struct call_args {
-	__u64 ptr;   /* buffer, iovec array or msghdr */
-	__u64 cnt;   /* buffer length or iovec count */
-	__s32 fd;
-	__u32 kind;
-};
 
 struct sk_ref {
 	__u64 conn_id;
@@ -91,13 +55,6 @@ struct {
 	__type(key, __u64); /* struct sock * */
 	__type(value, struct sk_ref);
 } socks SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid */
-	__type(value, struct call_args);
-} inflight SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -519,15 +476,43 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 	}
 }
 
-/* ---- enter: remember the arguments of calls on tracked sockets ---- */
+/* ---- data syscalls: one exit tracepoint each ----
+ * The arguments come from the task's saved user registers at exit (bpf_task_pt_regs),
+ * so there is no enter program and no per-call state: one tracepoint hit per call, and a
+ * call already blocked when a connection starts being tracked (a recv in progress when
+ * the agent adopts an existing connection) is still captured. */
 
-static __always_inline int save_call(__s32 fd, __u32 kind, __u64 ptr, __u64 cnt)
+#define K_READ   1 /* one buffer */
+#define K_WRITE  2
+#define K_READV  3 /* iovec array */
+#define K_WRITEV 4
+#define K_RECVMSG 5 /* msghdr */
+#define K_SENDMSG 6
+#define K_SENDFILE 8
+
+/* MSG_PEEK reads leave the bytes in the socket: the real read comes later and is the one
+ * that counts (nginx peeks one byte to tell TLS from plain HTTP). */
+#define MSG_PEEK 2
+
+static __always_inline int on_data_exit(long ret, __u32 kind)
 {
+	if (ret <= 0)
+		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__s32 fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
 	struct conn *c = tracked_conn(tgid, fd);
 	if (!c)
 		return 0;
+	__u64 ptr = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	__u64 cnt = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	if (kind == K_READ && (PT_REGS_PARM4_CORE_SYSCALL(regs) & MSG_PEEK)) /* recvfrom flags; read: r10 unused */
+		return 0;
+	if (kind == K_RECVMSG && (cnt & MSG_PEEK))
+		return 0;
+	__u64 total = ret;
+	bool recv = kind == K_READ || kind == K_READV || kind == K_RECVMSG;
 	if (kind != K_SENDFILE) {
 		/* A syscall inside a TLS library call names the call's socket. */
 		struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
@@ -538,96 +523,8 @@ static __always_inline int save_call(__s32 fd, __u32 kind, __u64 ptr, __u64 cnt)
 			bpf_map_update_elem(&ssl_fds, &sk, &fd, BPF_ANY);
 		}
 	}
-	struct call_args a = { .ptr = ptr, .cnt = cnt, .fd = fd, .kind = kind };
-	bpf_map_update_elem(&inflight, &pid_tgid, &a, BPF_ANY);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_read")
-int enter_read(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_READ, ctx->args[1], ctx->args[2]); }
-
-/* MSG_PEEK reads leave the bytes in the socket: the real read comes later and is the one
- * that counts (nginx peeks one byte to tell TLS from plain HTTP). */
-#define MSG_PEEK 2
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
-{
-	if (ctx->args[3] & MSG_PEEK)
-		return 0;
-	return save_call(ctx->args[0], K_READ, ctx->args[1], ctx->args[2]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_write")
-int enter_write(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_WRITE, ctx->args[1], ctx->args[2]); }
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_WRITE, ctx->args[1], ctx->args[2]); }
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int enter_readv(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_READV, ctx->args[1], ctx->args[2]); }
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int enter_writev(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_WRITEV, ctx->args[1], ctx->args[2]); }
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	if (ctx->args[2] & MSG_PEEK)
-		return 0;
-	return save_call(ctx->args[0], K_RECVMSG, ctx->args[1], 0);
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_SENDMSG, ctx->args[1], 0); }
-
-SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int enter_sendfile(struct trace_event_raw_sys_enter *ctx)
-{ return save_call(ctx->args[0], K_SENDFILE, 0, 0); }
-
-SEC("tracepoint/syscalls/sys_enter_connect")
-int enter_connect(struct trace_event_raw_sys_enter *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!should_trace(pid_tgid >> 32))
-		return 0;
-	struct call_args a = { .fd = ctx->args[0], .kind = K_CONNECT };
-	bpf_map_update_elem(&inflight, &pid_tgid, &a, BPF_ANY);
-	return 0;
-}
-
-/* ---- exit: emit what the call moved ---- */
-
-static __always_inline int finish_call(long ret)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct call_args *a = bpf_map_lookup_elem(&inflight, &pid_tgid);
-	if (!a)
-		return 0;
-	struct call_args args = *a;
-	bpf_map_delete_elem(&inflight, &pid_tgid);
-	__u32 tgid = pid_tgid >> 32;
-
-	if (args.kind == K_CONNECT) {
-		if (ret == 0 || ret == -EINPROGRESS)
-			track_socket(NULL, tgid, args.fd, ROLE_CLIENT);
-		return 0;
-	}
-	if (ret <= 0)
-		return 0;
-	struct conn *c = tracked_conn(tgid, args.fd);
-	if (!c)
-		return 0;
-	__u64 total = ret;
-	bool recv = args.kind == K_READ || args.kind == K_READV || args.kind == K_RECVMSG;
 	if (recv) {
-		struct thread_fd_t t = { .ts_ns = bpf_ktime_get_ns(), .fd = args.fd };
+		struct thread_fd_t t = { .ts_ns = bpf_ktime_get_ns(), .fd = fd };
 		bpf_map_update_elem(&thread_fd, &pid_tgid, &t, BPF_ANY);
 	}
 	if (c->flags & CONN_TLS_INSPECTED) {
@@ -638,28 +535,28 @@ static __always_inline int finish_call(long ret)
 			__sync_fetch_and_add(&c->sent, total);
 		return 0;
 	}
-	switch (args.kind) {
+	switch (kind) {
 	case K_READ:
-		emit_data(c, tgid, args.fd, FLOW_RECV, SRC_SOCKET, args.ptr, 0, 0, total);
+		emit_data(c, tgid, fd, FLOW_RECV, SRC_SOCKET, ptr, 0, 0, total);
 		break;
 	case K_WRITE:
-		emit_data(c, tgid, args.fd, FLOW_SEND, SRC_SOCKET, args.ptr, 0, 0, total);
+		emit_data(c, tgid, fd, FLOW_SEND, SRC_SOCKET, ptr, 0, 0, total);
 		break;
 	case K_READV:
-		emit_data(c, tgid, args.fd, FLOW_RECV, SRC_SOCKET, 0, args.ptr, args.cnt, total);
+		emit_data(c, tgid, fd, FLOW_RECV, SRC_SOCKET, 0, ptr, cnt, total);
 		break;
 	case K_WRITEV:
-		emit_data(c, tgid, args.fd, FLOW_SEND, SRC_SOCKET, 0, args.ptr, args.cnt, total);
+		emit_data(c, tgid, fd, FLOW_SEND, SRC_SOCKET, 0, ptr, cnt, total);
 		break;
 	case K_RECVMSG:
 	case K_SENDMSG: {
 		struct user_msghdr m = {};
-		if (bpf_probe_read_user(&m, sizeof(m), (void *)args.ptr)) {
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)ptr)) {
 			count(CNT_READ_FAULTS, 1);
 			break;
 		}
-		__u8 flow = args.kind == K_RECVMSG ? FLOW_RECV : FLOW_SEND;
-		emit_data(c, tgid, args.fd, flow, SRC_SOCKET, 0, (__u64)m.msg_iov, m.msg_iovlen, total);
+		__u8 flow = kind == K_RECVMSG ? FLOW_RECV : FLOW_SEND;
+		emit_data(c, tgid, fd, flow, SRC_SOCKET, 0, (__u64)m.msg_iov, m.msg_iovlen, total);
 		break;
 	}
 	case K_SENDFILE: {
@@ -673,25 +570,35 @@ static __always_inline int finish_call(long ret)
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int exit_read(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_read(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_READ); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_READ); }
 SEC("tracepoint/syscalls/sys_exit_write")
-int exit_write(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_write(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_sendto(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_readv")
-int exit_readv(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_readv(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_READV); }
 SEC("tracepoint/syscalls/sys_exit_writev")
-int exit_writev(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_writev(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_WRITEV); }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_RECVMSG); }
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_SENDMSG); }
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int exit_sendfile(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_sendfile(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_SENDFILE); }
+
 SEC("tracepoint/syscalls/sys_exit_connect")
-int exit_connect(struct trace_event_raw_sys_exit *ctx) { return finish_call(ctx->ret); }
+int exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	long ret = ctx->ret;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if ((ret != 0 && ret != -EINPROGRESS) || !should_trace(tgid))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	track_socket(NULL, tgid, PT_REGS_PARM1_CORE_SYSCALL(regs), ROLE_CLIENT);
+	return 0;
+}
 
 static __always_inline int on_accept(long ret)
 {

@@ -153,6 +153,32 @@ struct settings {
 	__u32 _pad1;            /* 12 */
 };                              /* 16 */
 
+/* The kernel's connection table (map `conns`): key and value. User space writes entries
+ * too, for connections that were open before the agent started. */
+struct conn_key {
+	__u32 tgid;             /* 0 */
+	__s32 fd;               /* 4 */
+};                              /* 8 */
+
+#define CONN_TLS_INSPECTED 1 /* plaintext comes from a TLS hook: stop streaming ciphertext */
+
+struct conn {
+	__u64 id;               /* 0 */
+	__u64 sent;             /* 8: bytes written on the socket */
+	__u64 recv;             /* 16 */
+	__u64 tls_sent;         /* 24: plaintext bytes given to the TLS library */
+	__u64 tls_recv;         /* 32 */
+	__u64 sk;               /* 40: struct sock *, to untrack on state change (0: unknown) */
+	__u8  role;             /* 48: ROLE_* */
+	__u8  direction;        /* 49: DIR_* */
+	__u8  flags;            /* 50: CONN_* */
+	__u8  _pad[5];          /* 51 */
+};                              /* 56 */
+
+/* Connection ids the kernel hands out count up from 1; user space adopts connections
+ * that predate the agent with ids from here up, so the two never meet. */
+#define ADOPTED_CONN_ID_BASE (1ULL << 62)
+
 /* Per Go binary: how to get from a *crypto/tls.Conn to its socket fd (an entry of the
  * `go_offsets` array map; the uprobe's bpf cookie is the index). */
 struct go_offsets {

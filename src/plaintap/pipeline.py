@@ -27,7 +27,8 @@ from typing import Callable
 from . import metrics
 from .bpf import abi
 from .bpf.loader import KernelCapture, KernelSettings
-from .capture.decode import ProcExec, decode
+from .capture.decode import ConnOpen, decode
+from .capture.existing import find_existing
 from .capture.process import ProcessTable
 from .capture.tls_attach import TlsAttacher
 from .conn.classify import ProtocolClassifier
@@ -245,6 +246,7 @@ class Agent:
             metrics.register_kernel_counters(self.kernel.counters)
             self.kernel.attach()
             self.tls.start(monotonic_ns())
+            self._adopt_existing_connections()
             self.status.ready.set()
             log.info("plaintap capturing (direction=%s, ignore_loopback=%s)",
                      self.cfg.tap.direction, self.cfg.tap.ignore_loopback)
@@ -253,6 +255,28 @@ class Agent:
             self.status.ready.clear()
             self._shutdown()
         return 0
+
+    def _adopt_existing_connections(self) -> None:
+        """Track connections opened before the agent (after attach, so none falls between)."""
+        tap = self.cfg.tap
+        try:
+            found = find_existing({os.getpid()}, DIRECTION_MASKS[tap.direction], bool(tap.ignore_loopback))
+        except OSError as e:
+            log.warning("could not list existing connections: %s", e)
+            return
+        now = monotonic_ns()
+        adopted = 0
+        for i, ec in enumerate(found):
+            conn_id = abi.ADOPTED_CONN_ID_BASE + i
+            if not self.kernel.adopt_connection(ec.pid, ec.fd, conn_id, ec.role, ec.direction):
+                continue
+            proc = self.procs.get(ec.pid)
+            self.tracker.handle(ConnOpen(ec.pid, now, conn_id, ec.pid, ec.fd, proc.uid or 0, ec.role,
+                                         abi.DIRECTION_NAMES[ec.direction], ec.local_addr, ec.local_port,
+                                         ec.remote_addr, ec.remote_port, proc.comm, joined=True))
+            adopted += 1
+        if adopted:
+            log.info("joined %d connections that were open before the agent started", adopted)
 
     def _process(self, batch: list[bytes]) -> None:
         handle = self.tracker.handle

@@ -306,3 +306,57 @@ def test_bad_input_never_hurts_the_agent_or_other_connections(start_agent):
     # the garbage connection is reported as a connection, never as a transaction
     garbage = [a for a in agent.connections() if a["server.port"] == port and a["connection.protocol"] == "tcp"]
     assert garbage, "the garbage connection was not reported"
+
+
+JOIN_SERVER = textwrap.dedent("""
+    import http.server
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            body = ("you asked for " + self.path).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a): pass
+    s = http.server.HTTPServer(("127.0.0.1", 0), H)
+    print("ready", s.server_address[1], flush=True)
+    s.handle_request()   # one connection, any number of keep-alive requests
+""")
+
+JOIN_CLIENT = textwrap.dedent("""
+    import http.client, json, os, sys
+    c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+    c.request("GET", "/before-the-agent"); c.getresponse().read()
+    print("first done", flush=True)
+    sys.stdin.readline()                       # the agent starts meanwhile
+    for p in ("/after-1", "/after-2"):
+        c.request("GET", p); c.getresponse().read()
+    port = c.sock.getsockname()[1]
+    c.close()
+    print(json.dumps({"pid": os.getpid(), "local_port": port}), flush=True)
+""")
+
+
+def test_connection_open_before_the_agent_is_joined_midstream(start_agent):
+    srv, port = start_server(JOIN_SERVER)
+    cl = subprocess.Popen([sys.executable, "-c", JOIN_CLIENT, str(port)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+    assert cl.stdout.readline().strip() == "first done"
+    agent = start_agent(CAPTURE_FULL)          # the keep-alive connection already exists
+    cl.stdin.write("go\n")
+    cl.stdin.flush()
+    res = json.loads(cl.stdout.readline())
+    cl.wait(30)
+    srv.wait(30)
+    agent.stop()
+    assert "joined" in agent.stderr()
+    for pid, direction in ((res["pid"], "egress-internal"), (srv.pid, "ingress")):
+        txs = records(agent, "artifact_record", **{"process.pid": pid})
+        assert sorted(t["url.path"] for t in txs) == ["/after-1", "/after-2"], txs
+        for t in txs:
+            assert t["http.response.status_code"] == 200 and t["connection.direction"] == direction
+            assert t["http.response.body.size"] == len("you asked for " + t["url.path"])
+        conns = [a for a in agent.connections(**{"process.pid": pid}) if a["connection.finalized"]]
+        assert len(conns) == 1 and conns[0]["connection.direction"] == direction
+        assert conns[0]["client.port"] == res["local_port"]

@@ -101,7 +101,13 @@ SETTINGS = Layout("settings", (
     ("agent_pid", "I"), ("ignore_loopback", "B"), ("direction_mask", "B"),
     ("capture_data", "B"), ("_pad0", "B"), ("max_chunks", "I"), ("_pad1", "I")))
 
-LAYOUTS = (HEADER, CONN_OPEN, CONN_CLOSE, DATA, GAP, PROC_EXEC, PROC_EXIT, SOCK_STATE, SETTINGS)
+CONN_KEY = Layout("conn_key", (("tgid", "I"), ("fd", "i")))
+CONN = Layout("conn", (
+    ("id", "Q"), ("sent", "Q"), ("recv", "Q"), ("tls_sent", "Q"), ("tls_recv", "Q"), ("sk", "Q"),
+    ("role", "B"), ("direction", "B"), ("flags", "B"), ("_pad", "5s")))
+ADOPTED_CONN_ID_BASE = 1 << 62
+
+LAYOUTS = (HEADER, CONN_OPEN, CONN_CLOSE, DATA, GAP, PROC_EXEC, PROC_EXIT, SOCK_STATE, SETTINGS, CONN_KEY, CONN)
 DATA_PAYLOAD_OFFSET = DATA.struct.size
 
 

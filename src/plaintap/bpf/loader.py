@@ -240,8 +240,18 @@ class KernelCapture:
 
     def forget_connection(self, tgid: int, fd: int) -> None:
         """Drop the kernel's entry for a connection whose process exited without close()."""
-        key = ctypes.create_string_buffer(struct.pack("<Ii", tgid, fd), 8)
+        key = ctypes.create_string_buffer(abi.CONN_KEY.struct.pack(tgid, fd), 8)
         lib.bpf_map_delete_elem(self._map_fd("conns"), key)
+
+    def adopt_connection(self, tgid: int, fd: int, conn_id: int, role: int, direction: int) -> bool:
+        """Start tracking a connection that was open before the agent. False when the
+        kernel already tracks (tgid, fd) — it saw the connect/accept itself — or the
+        table is full."""
+        key = ctypes.create_string_buffer(abi.CONN_KEY.struct.pack(tgid, fd), abi.CONN_KEY.struct.size)
+        val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, 0, b"")
+        buf = ctypes.create_string_buffer(val, len(val))
+        BPF_NOEXIST = 1
+        return lib.bpf_map_update_elem(self._map_fd("conns"), key, buf, BPF_NOEXIST) == 0
 
     def close(self) -> None:
         if self._ring:

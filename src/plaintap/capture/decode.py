@@ -31,6 +31,7 @@ class ConnOpen:
     remote_addr: str
     remote_port: int
     comm: str
+    joined: bool = False   # open before the agent started: bytes counted from the join
 
 
 @dataclass(slots=True)

@@ -53,6 +53,7 @@ class Connection:
     tls_sni: str = ""
     tls_alpn: str = ""
     established: bool = True
+    joined: bool = False           # adopted at start-up: its start was not seen
     parts: int = 0
     finalized: bool = False
     state: dict = field(default_factory=dict)      # per-consumer state (parsers, files)
@@ -131,7 +132,8 @@ class ConnectionTracker:
         conn = Connection(
             kid=ev.conn_id, id=f"{self.run_id}{ev.conn_id:x}", pid=ev.pid, fd=ev.fd, role=ev.role,
             direction=ev.direction, local_addr=ev.local_addr, local_port=ev.local_port,
-            remote_addr=ev.remote_addr, remote_port=ev.remote_port, open_ns=ev.ts_ns, process=proc)
+            remote_addr=ev.remote_addr, remote_port=ev.remote_port, open_ns=ev.ts_ns, process=proc,
+            joined=ev.joined)
         self.conns[ev.conn_id] = conn
         self.by_pid.setdefault(ev.pid, set()).add(ev.conn_id)
         heapq.heappush(self._due, (ev.ts_ns + self.first_report_ns, ev.conn_id))
