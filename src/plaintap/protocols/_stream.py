@@ -12,10 +12,15 @@ gap it stops storing, so a stored body never has a hole in it.
 
 `GrpcFramer` walks the gRPC length-prefixed message framing incrementally, so message
 counts and sizes are right even past the body limit.
+
+`ParserBase` is the public, never-raising face both parsers share (feed, feed_gap,
+close, next_event): a subclass provides `_consume(side)` and `_close(ts_ns)`.
 """
 from __future__ import annotations
 
 from collections import deque
+
+from .model import ParseError, Side
 
 # Handler results of the per-side state machines.
 PROGRESS = 1   # consumed input or changed state: run again
@@ -197,3 +202,60 @@ class GrpcFramer:
             self.remaining -= n
         else:
             self.in_sync = False
+
+
+class ParserBase:
+    """The public API of both HTTP parsers; it never raises.
+
+    Subclasses set `_sides` (per side, with an `inp` StreamInput), `stats`, `_events`
+    (a deque), `_closed`/`_broken` flags, and implement `_consume(side)` (consume what
+    `side` has buffered) and `_close(ts_ns)` (end of connection). An exception inside
+    them is a bug: it is counted, reported once as a ParseError, and the parser goes
+    quiet for this connection instead of taking the pipeline down.
+    """
+
+    def feed(self, side, data: bytes, ts_ns: int) -> None:
+        """Bytes `side` sent, in stream order. Never raises."""
+        if not data:
+            return
+        if self._closed or self._broken:
+            self.stats["bytes_after_close"] += len(data)
+            return
+        try:
+            self._sides[side].inp.append(data, ts_ns)
+            self._consume(side)
+        except Exception as exc:  # a bug must not take the agent down: count, go quiet
+            self._internal_error(side, exc, ts_ns)
+
+    def feed_gap(self, side, nbytes: int, ts_ns: int) -> None:
+        """`nbytes` bytes that `side` sent were lost by the capture. Never raises."""
+        if nbytes <= 0 or self._closed or self._broken:
+            return
+        try:
+            self.stats["gaps"] += 1
+            self.stats["gap_bytes"] += nbytes
+            self._sides[side].inp.add_gap(nbytes, ts_ns)
+            self._consume(side)
+        except Exception as exc:
+            self._internal_error(side, exc, ts_ns)
+
+    def close(self, ts_ns: int) -> None:
+        """The connection closed: finish what can be finished, give up on the rest."""
+        if self._closed:
+            return
+        try:
+            if not self._broken:
+                self._close(ts_ns)
+        except Exception as exc:
+            self._internal_error(Side.SERVER, exc, ts_ns)
+        self._closed = True
+
+    def next_event(self):
+        """The next Transaction or ParseError, or None when nothing is pending."""
+        events = self._events
+        return events.popleft() if events else None
+
+    def _internal_error(self, side, exc: Exception, ts: int) -> None:
+        self._broken = True
+        self.stats["internal_errors"] += 1
+        self._events.append(ParseError(side, f"internal error: {type(exc).__name__}: {exc}", ts))

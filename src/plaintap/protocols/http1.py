@@ -54,7 +54,7 @@ from collections import deque
 from httptools import HttpRequestParser, HttpResponseParser
 from httptools.parser.errors import HttpParserError, HttpParserUpgrade
 
-from ._stream import NEED, PROGRESS, WAIT, BodyBuffer, StreamInput
+from ._stream import NEED, PROGRESS, WAIT, BodyBuffer, ParserBase, StreamInput
 from .model import Message, ParseError, Side, Transaction
 
 # ---------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ _STAT_NAMES = ("parse_errors", "abandoned_requests", "abandoned_responses",
                "pairing_lost", "internal_errors")
 
 
-class Http1Parser:
+class Http1Parser(ParserBase):
     """Sans-IO HTTP/1.x observer for one connection. See the module docstring."""
 
     protocol = "http1"
@@ -266,46 +266,8 @@ class Http1Parser:
     def upgraded_bytes(self) -> int:
         return self.stats["upgraded_bytes_client"] + self.stats["upgraded_bytes_server"]
 
-    def feed(self, side: Side, data: bytes, ts_ns: int) -> None:
-        """Bytes `side` sent, in stream order. Never raises."""
-        if not data:
-            return
-        if self._closed or self._broken:
-            self.stats["bytes_after_close"] += len(data)
-            return
-        try:
-            self._sides[side].inp.append(data, ts_ns)
-            self._run(side)
-        except Exception as exc:  # a bug must not take the agent down: count, go quiet
-            self._internal_error(side, exc, ts_ns)
-
-    def feed_gap(self, side: Side, nbytes: int, ts_ns: int) -> None:
-        """`nbytes` bytes that `side` sent were lost by the capture. Never raises."""
-        if nbytes <= 0 or self._closed or self._broken:
-            return
-        try:
-            self.stats["gaps"] += 1
-            self.stats["gap_bytes"] += nbytes
-            self._sides[side].inp.add_gap(nbytes, ts_ns)
-            self._run(side)
-        except Exception as exc:
-            self._internal_error(side, exc, ts_ns)
-
-    def close(self, ts_ns: int) -> None:
-        """The connection closed: finish read-until-close bodies, give up on the rest."""
-        if self._closed:
-            return
-        try:
-            if not self._broken:
-                self._close(ts_ns)
-        except Exception as exc:
-            self._internal_error(Side.SERVER, exc, ts_ns)
-        self._closed = True
-
-    def next_event(self) -> Transaction | ParseError | None:
-        """The next transaction or parse error, or None when nothing is pending."""
-        events = self._events
-        return events.popleft() if events else None
+    def _consume(self, side: Side) -> None:
+        self._run(side)
 
     # -- driving -------------------------------------------------------------------------
 
@@ -995,10 +957,6 @@ class Http1Parser:
         for s in (client, server):
             s.state = h1_next_state(s.state, "close")
 
-    def _internal_error(self, side: Side, exc: Exception, ts: int) -> None:
-        self._broken = True
-        self.stats["internal_errors"] += 1
-        self._events.append(ParseError(side, f"internal error: {type(exc).__name__}: {exc}", ts))
 
 
 def _body_framing(te: str | None, length: str | None, response: bool = False):

@@ -49,7 +49,7 @@ from hpack.exceptions import HPACKError
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import Frame
 
-from ._stream import NEED, PROGRESS, BodyBuffer, GrpcFramer, StreamInput
+from ._stream import NEED, PROGRESS, BodyBuffer, GrpcFramer, ParserBase, StreamInput
 from .hpack_partial import PartialHpackDecoder
 from .model import GrpcInfo, Message, ParseError, Side, Transaction
 
@@ -286,7 +286,7 @@ _STAT_NAMES = ("parse_errors", "stream_errors", "frame_errors", "hpack_errors",
                "bytes_after_close", "streams_evicted", "internal_errors")
 
 
-class Http2Parser:
+class Http2Parser(ParserBase):
     """Sans-IO HTTP/2 observer for one connection. See the module docstring."""
 
     protocol = "http2"
@@ -314,54 +314,18 @@ class Http2Parser:
 
     # -- public API ----------------------------------------------------------------------
 
-    def feed(self, side: Side, data: bytes, ts_ns: int) -> None:
-        """Bytes `side` sent, in stream order. Never raises."""
-        if not data:
-            return
-        if self._closed or self._broken:
-            self.stats["bytes_after_close"] += len(data)
-            return
-        try:
-            s = self._sides[side]
-            s.inp.append(data, ts_ns)
-            self._pump(s)
-        except Exception as exc:
-            self._internal_error(side, exc, ts_ns)
+    def _consume(self, side: Side) -> None:
+        self._pump(self._sides[side])
 
-    def feed_gap(self, side: Side, nbytes: int, ts_ns: int) -> None:
-        """`nbytes` bytes that `side` sent were lost by the capture. Never raises."""
-        if nbytes <= 0 or self._closed or self._broken:
-            return
-        try:
-            self.stats["gaps"] += 1
-            self.stats["gap_bytes"] += nbytes
-            s = self._sides[side]
-            s.inp.add_gap(nbytes, ts_ns)
-            self._pump(s)
-        except Exception as exc:
-            self._internal_error(side, exc, ts_ns)
-
-    def close(self, ts_ns: int) -> None:
+    def _close(self, ts_ns: int) -> None:
         """Connection closed: every stream still open ends here."""
-        if self._closed:
-            return
-        try:
-            if not self._broken:
-                for s in self._sides:
-                    if s.block is not None:
-                        self.stats["abandoned_blocks"] += 1
-                        s.block = None
-                    s.state = R_CLOSED
-                for sid in sorted(self._streams):
-                    st = self._streams[sid]
-                    self._finalize(st, "connection closed", ts_ns)
-        except Exception as exc:
-            self._internal_error(Side.SERVER, exc, ts_ns)
-        self._closed = True
-
-    def next_event(self) -> Transaction | ParseError | None:
-        events = self._events
-        return events.popleft() if events else None
+        for s in self._sides:
+            if s.block is not None:
+                self.stats["abandoned_blocks"] += 1
+                s.block = None
+            s.state = R_CLOSED
+        for sid in sorted(self._streams):
+            self._finalize(self._streams[sid], "connection closed", ts_ns)
 
     # -- reader ----------------------------------------------------------------------------
 
@@ -984,10 +948,6 @@ class Http2Parser:
         inp.pos = min(inp.pos + 1, inp.limit())
         self._lose_sync(s)
 
-    def _internal_error(self, side: Side, exc: Exception, ts: int) -> None:
-        self._broken = True
-        self.stats["internal_errors"] += 1
-        self._events.append(ParseError(side, f"internal error: {type(exc).__name__}: {exc}", ts))
 
 
 # ---------------------------------------------------------------------------------------
