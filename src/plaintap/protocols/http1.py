@@ -565,20 +565,27 @@ class Http1Parser(ParserBase):
             self._go(s, "head_eof")
         return PROGRESS
 
-    def _body_length(self, s: _Side, limit: int) -> int:
+    @staticmethod
+    def _take_body(s: _Side, limit: int) -> bool:
+        """Move up to `s.remaining` buffered body bytes (below `limit`) into the body.
+        False when there was nothing to take."""
         inp = s.inp
         pos = inp.pos
         n = limit - pos
         if n <= 0:
-            return NEED
+            return False
         if n > s.remaining:
             n = s.remaining
         s.body.add(inp.buf[pos:pos + n])
-        pos += n
-        inp.pos = pos
+        inp.pos = pos + n
         s.remaining -= n
+        return True
+
+    def _body_length(self, s: _Side, limit: int) -> int:
+        if not self._take_body(s, limit):
+            return NEED
         if not s.remaining:
-            s.msg.last_ns = inp.ts_at(pos - 1)
+            s.msg.last_ns = s.inp.ts_at(s.inp.pos - 1)
             self._go(s, "body_done")
             self._message_done(s)
         return PROGRESS
@@ -606,16 +613,8 @@ class Http1Parser(ParserBase):
         return PROGRESS
 
     def _chunk_data(self, s: _Side, limit: int) -> int:
-        inp = s.inp
-        pos = inp.pos
-        n = limit - pos
-        if n <= 0:
+        if not self._take_body(s, limit):
             return NEED
-        if n > s.remaining:
-            n = s.remaining
-        s.body.add(inp.buf[pos:pos + n])
-        inp.pos = pos + n
-        s.remaining -= n
         if not s.remaining:
             self._go(s, "chunk_data_done")
         return PROGRESS
