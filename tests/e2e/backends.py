@@ -224,7 +224,7 @@ class OtlpReceiver:
     # -- life cycle
     def start(self) -> OtlpReceiver:
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                                 options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+                                 options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)])
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), self._grpc)
         if self.tls:
             creds = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
@@ -355,7 +355,12 @@ class Rotel:
             "--otlp-exporter-protocol", "grpc",
             "--otlp-exporter-retry-initial-backoff", "100ms",
             "--otlp-exporter-retry-max-backoff", "1s",
-            "--batch-timeout", "50ms",
+            # rotel batches by record count (default 8192) and objects carry whole bodies,
+            # so its batches can outgrow any message limit; a batch size below the
+            # incoming request's record count makes it drop ("too many batch items
+            # split"). plaintap already sends requests of at most 4 MiB: forward them as
+            # they come.
+            "--disable-batching",
             "--pid-file", str(self.workdir / "rotel.pid"),
             "--log-file", str(self.workdir / "rotel-agent.log"),
         ]
