@@ -112,6 +112,14 @@ struct ssl_key {
 	__u64 ssl;
 };
 
+/* tap.filters, per process (PF_* bits); user space writes, process exit deletes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} proc_filters SEC(".maps");
+
 /* Last socket an SSL* used: serves reads answered from the library's buffer (no syscall). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -180,6 +188,12 @@ static __always_inline bool should_trace(__u32 tgid)
 {
 	struct settings *s = get_settings();
 	return s && tgid != s->agent_pid;
+}
+
+static __always_inline __u32 proc_filter(__u32 tgid)
+{
+	__u32 *f = bpf_map_lookup_elem(&proc_filters, &tgid);
+	return f ? *f : 0;
 }
 
 static __always_inline struct conn *tracked_conn(__u32 tgid, __s32 fd)
@@ -295,13 +309,20 @@ static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 r
 		return;
 	}
 
+	__u32 pf = proc_filter(tgid);
+	if (pf & PF_SKIP_ALL) {
+		count(CNT_PROCS_FILTERED, 1);
+		return;
+	}
+
 	__u32 zero = 0;
 	__u64 *idp = bpf_map_lookup_elem(&next_conn_id, &zero);
 	if (!idp)
 		return;
 	__u64 id = __sync_fetch_and_add(idp, 1) + 1;
 
-	struct conn c = { .id = id, .sk = (__u64)sk, .role = role, .direction = ev.direction };
+	struct conn c = { .id = id, .sk = (__u64)sk, .role = role, .direction = ev.direction,
+			  .flags = (pf & PF_SKIP_DATA) ? CONN_NO_DATA : 0 };
 	struct conn_key k = { .tgid = tgid, .fd = fd };
 	if (bpf_map_update_elem(&conns, &k, &c, BPF_ANY)) {
 		count(CNT_CONN_TABLE_FULL, 1);
@@ -444,7 +465,7 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 		ctr = flow == FLOW_SEND ? &c->sent : &c->recv;
 	__u64 offset = __sync_fetch_and_add(ctr, total);
 	struct settings *s = get_settings();
-	if (!s || !s->capture_data)
+	if (!s || !s->capture_data || (c->flags & CONN_NO_DATA))
 		return;
 	__u32 zero = 0;
 	struct data_scratch_t *sc = bpf_map_lookup_elem(&data_scratch, &zero);
@@ -710,8 +731,11 @@ int proc_exit(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
-	if ((__u32)pid_tgid != tgid || !should_trace(tgid))
+	if ((__u32)pid_tgid != tgid)
 		return 0; /* only the whole process, not each thread */
+	bpf_map_delete_elem(&proc_filters, &tgid);
+	if (!should_trace(tgid))
+		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct ev_proc_exit ev = {};
 	ev.h.type = EV_PROC_EXIT;
@@ -728,12 +752,13 @@ int proc_exit(void *ctx)
  * socket; the return emits the plaintext. Cookie bit 0: the _ex variant, whose byte count
  * is written through its 4th argument. Attached by user space per library file. */
 
+#define PF_NO_PLAINTEXT (PF_SKIP_ALL | PF_SKIP_DATA | PF_SKIP_TLS)
 #define THREAD_FD_FRESH_NS 5000000ULL /* a socket read this recent fed the TLS library */
 
 static __always_inline int ssl_enter(struct pt_regs *ctx, __u8 flow)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!should_trace(pid_tgid >> 32))
+	if (!should_trace(pid_tgid >> 32) || (proc_filter(pid_tgid >> 32) & PF_NO_PLAINTEXT))
 		return 0;
 	struct tls_call *cur = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
 	if (cur) {
@@ -852,7 +877,7 @@ SEC("uprobe")
 int go_write_enter(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!should_trace(tgid))
+	if (!should_trace(tgid) || (proc_filter(tgid) & PF_NO_PLAINTEXT))
 		return 0;
 	__u64 n = ctx->cx;
 	if ((__s64)n <= 0)
@@ -865,7 +890,7 @@ SEC("uprobe")
 int go_read_enter(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!should_trace(tgid))
+	if (!should_trace(tgid) || (proc_filter(tgid) & PF_NO_PLAINTEXT))
 		return 0;
 	struct go_read_key k = { .tgid = tgid, .g = ctx->r14 };
 	struct go_read_call v = { .conn = ctx->ax, .buf = ctx->bx, .offsets_idx = (__u32)bpf_get_attach_cookie(ctx) };

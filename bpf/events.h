@@ -53,7 +53,14 @@
 #define CNT_CONNS_FILTERED       5 /* connections skipped by loopback/direction filters */
 #define CNT_TLS_NO_FD            6 /* TLS library calls whose socket could not be found */
 #define CNT_TLS_UNTRACKED        7 /* TLS library calls on sockets not tracked (filtered) */
-#define CNT__MAX                 8
+#define CNT_PROCS_FILTERED       8 /* connections skipped because tap.filters skip their process */
+#define CNT__MAX                 9
+
+/* Per-process filters from tap.filters (map `proc_filters`: tgid -> __u32 of these bits),
+ * written by user space when it learns a process's executable (start-up scan, exec). */
+#define PF_SKIP_ALL  1 /* not traced at all */
+#define PF_SKIP_DATA 2 /* connections and byte counts only: no payload, socket or TLS */
+#define PF_SKIP_TLS  4 /* no TLS plaintext hooks: ciphertext, TLS facts */
 
 struct ev_header {
 	__u32 type;
@@ -161,6 +168,7 @@ struct conn_key {
 };                              /* 8 */
 
 #define CONN_TLS_INSPECTED 1 /* plaintext comes from a TLS hook: stop streaming ciphertext */
+#define CONN_NO_DATA       2 /* count bytes only (the process's filter says PF_SKIP_DATA) */
 
 struct conn {
 	__u64 id;               /* 0 */

@@ -23,6 +23,8 @@ records = Counter("plaintap_records", "Records produced, by scope", ["scope"], r
 sink_exported = Counter("plaintap_sink_exported_records", "Records a sink delivered", ["sink"], registry=REGISTRY)
 sink_dropped = Counter("plaintap_sink_dropped_records", "Records a sink dropped, by reason",
                        ["sink", "reason"], registry=REGISTRY)
+filtered_connections = Counter("plaintap_filtered_connections", "Connections not reported because tap.filters skip "
+                               "their process (seen in user space)", registry=REGISTRY)
 connections_active = Gauge("plaintap_connections_active", "Connections currently tracked", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
                        registry=REGISTRY)

@@ -29,6 +29,8 @@ from .bpf import abi
 from .bpf.loader import KernelCapture, KernelSettings
 from .capture.decode import ConnOpen, decode
 from .capture.existing import find_existing
+from .capture.filters import KERNEL_BITS as KERNEL_FILTER_BITS, SKIP_ALL, SKIP_DATA, ProcessFilter
+from .capture.filters import describe as describe_filter
 from .capture.process import ProcessTable
 from .capture.tls_attach import TlsAttacher
 from .conn.classify import ProtocolClassifier
@@ -174,7 +176,9 @@ class Agent:
             consumers.append(HttpConsumer(self._on_transaction, opts.http_buffer_size))
         if opts.dump_streams:
             consumers.append(StreamDumper(opts.dump_streams))
-        self.procs = ProcessTable()
+        self.filter = ProcessFilter.from_config(tap.filters)
+        self.procs = ProcessTable(flags_for=self.filter.flags_for if self.filter.active else None,
+                                  on_flags=self._sync_filter)
         self.tracker = ConnectionTracker(
             self.procs, self._on_report, consumers,
             forget_kernel_entry=self.kernel.forget_connection,
@@ -186,6 +190,32 @@ class Agent:
         self._stop = threading.Event()
         self._drops_seen = 0
         self._produced = 0
+
+    # ---- tap.filters ----
+
+    def _sync_filter(self, pid: int, flags: int) -> None:
+        """A process's tap.filters bits became known or changed: tell the kernel."""
+        if flags:
+            log.debug("tap.filters: pid %d skips %s", pid, describe_filter(flags))
+        if self.kernel.loaded:
+            self.kernel.set_proc_filter(pid, flags & KERNEL_FILTER_BITS)
+
+    def _filter_running_processes(self) -> None:
+        """At start-up: find the running processes tap.filters name (exe only, cheap)."""
+        if not self.filter.active:
+            return
+        skipped = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                exe = os.readlink(f"/proc/{name}/exe").removesuffix(" (deleted)")
+            except OSError:
+                continue
+            if self.filter.flags_for(exe):
+                self.procs.get(int(name))   # records its bits and syncs the kernel
+                skipped += 1
+        log.info("tap.filters: %d running processes matched", skipped)
 
     # ---- records ----
 
@@ -244,6 +274,7 @@ class Agent:
         try:
             self.kernel.open_and_load()
             metrics.register_kernel_counters(self.kernel.counters)
+            self._filter_running_processes()
             self.kernel.attach()
             self.tls.start(monotonic_ns())
             self._adopt_existing_connections()
@@ -268,9 +299,12 @@ class Agent:
         adopted = 0
         for i, ec in enumerate(found):
             conn_id = abi.ADOPTED_CONN_ID_BASE + i
-            if not self.kernel.adopt_connection(ec.pid, ec.fd, conn_id, ec.role, ec.direction):
-                continue
             proc = self.procs.get(ec.pid)
+            if proc.filter_flags & SKIP_ALL:
+                continue
+            if not self.kernel.adopt_connection(ec.pid, ec.fd, conn_id, ec.role, ec.direction,
+                                                no_data=bool(proc.filter_flags & SKIP_DATA)):
+                continue
             self.tracker.handle(ConnOpen(ec.pid, now, conn_id, ec.pid, ec.fd, proc.uid or 0, ec.role,
                                          abi.DIRECTION_NAMES[ec.direction], ec.local_addr, ec.local_port,
                                          ec.remote_addr, ec.remote_port, proc.comm, joined=True))

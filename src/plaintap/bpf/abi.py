@@ -50,8 +50,15 @@ KERNEL_COUNTERS = {
     5: "conns_filtered",
     6: "tls_no_fd",
     7: "tls_untracked",
+    8: "procs_filtered",
 }
-KERNEL_COUNTER_SLOTS = 8
+KERNEL_COUNTER_SLOTS = 9
+
+# tap.filters bits in the `proc_filters` map (PF_* in events.h).
+PF_SKIP_ALL = 1
+PF_SKIP_DATA = 2
+PF_SKIP_TLS = 4
+CONN_NO_DATA = 2  # struct conn flags
 
 DATA_CHUNK = 16384
 
@@ -141,8 +148,10 @@ def check_layout(compiled: dict | None = None) -> None:
                 continue
             if offs.get(field) != off:
                 problems.append(f"{lay.name}.{field} at {off}, mirror says {offs.get(field)}")
-    if compiled.get("DATA_CHUNK") != DATA_CHUNK:
-        problems.append(f"DATA_CHUNK {compiled.get('DATA_CHUNK')} != {DATA_CHUNK}")
+    for name, value in (("DATA_CHUNK", DATA_CHUNK), ("CNT__MAX", KERNEL_COUNTER_SLOTS), ("PF_SKIP_ALL", PF_SKIP_ALL),
+                        ("PF_SKIP_DATA", PF_SKIP_DATA), ("PF_SKIP_TLS", PF_SKIP_TLS)):
+        if compiled.get(name) != value:
+            problems.append(f"{name} {compiled.get(name)} != {value}")
     if problems:
         raise AbiMismatch("BPF object and Python mirror disagree (rebuild with `make -C bpf`): "
                           + "; ".join(problems))

@@ -143,6 +143,10 @@ class KernelCapture:
         self._write_settings()
         log.debug("BPF object %s loaded", path)
 
+    @property
+    def loaded(self) -> bool:
+        return bool(self._obj)
+
     def _map_fd(self, name: str) -> int:
         fd = self._map_fds.get(name)
         if fd is None:
@@ -243,12 +247,25 @@ class KernelCapture:
         key = ctypes.create_string_buffer(abi.CONN_KEY.struct.pack(tgid, fd), 8)
         lib.bpf_map_delete_elem(self._map_fd("conns"), key)
 
-    def adopt_connection(self, tgid: int, fd: int, conn_id: int, role: int, direction: int) -> bool:
+    def set_proc_filter(self, tgid: int, flags: int) -> None:
+        """Set (or, with 0, clear) the tap.filters bits (abi.PF_*) of a process."""
+        key = ctypes.c_uint32(tgid)
+        fd = self._map_fd("proc_filters")
+        if not flags:
+            lib.bpf_map_delete_elem(fd, ctypes.byref(key))
+            return
+        val = ctypes.c_uint32(flags)
+        if lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(val), 0) < 0:
+            log.warning("cannot record the filter of pid %d in the kernel (%s); it is applied in user space",
+                        tgid, os.strerror(lib.errno()))
+
+    def adopt_connection(self, tgid: int, fd: int, conn_id: int, role: int, direction: int,
+                         no_data: bool = False) -> bool:
         """Start tracking a connection that was open before the agent. False when the
         kernel already tracks (tgid, fd) — it saw the connect/accept itself — or the
-        table is full."""
+        table is full. `no_data`: count its bytes only (tap.filters)."""
         key = ctypes.create_string_buffer(abi.CONN_KEY.struct.pack(tgid, fd), abi.CONN_KEY.struct.size)
-        val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, 0, b"")
+        val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, abi.CONN_NO_DATA if no_data else 0, b"")
         buf = ctypes.create_string_buffer(val, len(val))
         BPF_NOEXIST = 1
         return lib.bpf_map_update_elem(self._map_fd("conns"), key, buf, BPF_NOEXIST) == 0

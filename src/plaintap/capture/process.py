@@ -25,6 +25,7 @@ class ProcessInfo:
     comm: str = ""
     container_id: str = ""
     exited: bool = False
+    filter_flags: int = 0          # tap.filters bits (capture/filters.py)
     attrs: dict = field(default_factory=dict)
 
     @property
@@ -77,8 +78,12 @@ def read_proc(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
 class ProcessTable:
     """pid → ProcessInfo, fed by exec/exit events and lazily from /proc."""
 
-    def __init__(self, proc_root: str = "/proc", keep_exited: int = 4096) -> None:
+    def __init__(self, proc_root: str = "/proc", keep_exited: int = 4096, flags_for=None, on_flags=None) -> None:
+        """`flags_for(exe) -> int`: tap.filters bits of an executable; `on_flags(pid,
+        flags)`: told whenever a pid's bits are first known or change (kernel sync)."""
         self.proc_root = proc_root
+        self.flags_for = flags_for
+        self.on_flags = on_flags
         self._live: dict[int, ProcessInfo] = {}
         self._exited: OrderedDict[int, ProcessInfo] = OrderedDict()
         self.keep_exited = keep_exited
@@ -98,8 +103,17 @@ class ProcessTable:
         if not info.comm:
             info.comm = os.path.basename(filename)[:15]
         self._exited.pop(pid, None)
+        old = self._live.get(pid)
         self._live[pid] = info
+        self._classify(info, old.filter_flags if old is not None else 0)
         return info
+
+    def _classify(self, info: ProcessInfo, previous: int = 0) -> None:
+        if self.flags_for is None:
+            return
+        info.filter_flags = self.flags_for(info.exe)
+        if info.filter_flags != previous and self.on_flags is not None:
+            self.on_flags(info.pid, info.filter_flags)
 
     def on_exit(self, pid: int) -> None:
         info = self._live.pop(pid, None)
@@ -121,4 +135,5 @@ class ProcessTable:
         if info.uid is None:
             info.uid = uid
         self._live[pid] = info
+        self._classify(info)
         return info

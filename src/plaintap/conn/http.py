@@ -14,6 +14,7 @@ from typing import Callable
 
 from .. import metrics
 from ..bpf import abi
+from ..capture.filters import SKIP_HTTP
 from ..protocols import Side, Transaction, new_parser
 from ..protocols.model import ParseError
 from .classify import client_flow
@@ -40,6 +41,8 @@ class HttpConsumer:
         self.body_limit = body_limit
 
     def on_open(self, conn) -> None:
+        if conn.skip & SKIP_HTTP:   # tap.filters: not parsed as HTTP
+            return
         conn.state[_KEY] = _State()
 
     def on_data(self, conn, flow: int, source: int, pieces: list, ts_ns: int) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from ..bpf import abi
+from ..capture import filters
 from ..capture.decode import ConnClose, ConnOpen, Data, Gap, ProcExec, ProcExit, SockState
 from ..capture.process import ProcessInfo, ProcessTable
 from .. import metrics
@@ -54,6 +55,7 @@ class Connection:
     tls_alpn: str = ""
     established: bool = True
     joined: bool = False           # adopted at start-up: its start was not seen
+    skip: int = 0                  # tap.filters bits of its process (capture/filters.py)
     parts: int = 0
     finalized: bool = False
     state: dict = field(default_factory=dict)      # per-consumer state (parsers, files)
@@ -92,6 +94,7 @@ class ConnectionTracker:
         self.conns: dict[int, Connection] = {}
         self.by_pid: dict[int, set[int]] = {}
         self._due: list[tuple[int, int]] = []      # (due_ns, kid)
+        self._skipped: set[int] = set()            # kids of connections tap.filters skip
 
     # ---- events ----
 
@@ -103,7 +106,9 @@ class ConnectionTracker:
             self._on_open(ev)
         elif t is ConnClose:
             conn = self.conns.get(ev.conn_id)
-            if conn is not None:
+            if conn is None:
+                self._skipped.discard(ev.conn_id)
+            else:
                 conn.bytes_sent = max(conn.bytes_sent, ev.bytes_sent)
                 conn.bytes_recv = max(conn.bytes_recv, ev.bytes_recv)
                 self._finish(conn, ev.ts_ns)
@@ -129,11 +134,20 @@ class ConnectionTracker:
         if old is not None:  # cannot happen with unique ids; never mix two connections
             self._finish(old, ev.ts_ns)
         proc = self.procs.get(ev.pid, comm=ev.comm, uid=ev.uid)
+        if proc.filter_flags & filters.SKIP_ALL:
+            # The kernel skips it too once it knows; this closes the window after exec.
+            metrics.filtered_connections.inc()
+            if len(self._skipped) >= 65536:   # those of processes that exited without close()
+                self._skipped.clear()
+            self._skipped.add(ev.conn_id)
+            if self.forget_kernel_entry:
+                self.forget_kernel_entry(ev.pid, ev.fd)
+            return
         conn = Connection(
             kid=ev.conn_id, id=f"{self.run_id}{ev.conn_id:x}", pid=ev.pid, fd=ev.fd, role=ev.role,
             direction=ev.direction, local_addr=ev.local_addr, local_port=ev.local_port,
             remote_addr=ev.remote_addr, remote_port=ev.remote_port, open_ns=ev.ts_ns, process=proc,
-            joined=ev.joined)
+            joined=ev.joined, skip=proc.filter_flags)
         self.conns[ev.conn_id] = conn
         self.by_pid.setdefault(ev.pid, set()).add(ev.conn_id)
         heapq.heappush(self._due, (ev.ts_ns + self.first_report_ns, ev.conn_id))
@@ -144,7 +158,8 @@ class ConnectionTracker:
     def _on_data(self, ev: Data) -> None:
         conn = self.conns.get(ev.conn_id)
         if conn is None:
-            metrics.orphan_events.inc()
+            if ev.conn_id not in self._skipped:
+                metrics.orphan_events.inc()
             return
         end = ev.offset + len(ev.data)
         if ev.source == abi.SRC_SOCKET:
@@ -153,7 +168,11 @@ class ConnectionTracker:
                     conn.bytes_sent = end
             elif end > conn.bytes_recv:
                 conn.bytes_recv = end
+            if conn.skip & filters.SKIP_DATA:
+                return
         else:
+            if conn.skip & (filters.SKIP_DATA | filters.SKIP_TLS):
+                return
             conn.tls_inspected = conn.tls_enabled = True
         pieces: list = []
         conn.stream(ev.flow, ev.source).add(ev.offset, ev.data, pieces)
@@ -164,7 +183,8 @@ class ConnectionTracker:
     def _on_gap(self, ev: Gap) -> None:
         conn = self.conns.get(ev.conn_id)
         if conn is None:
-            metrics.orphan_events.inc()
+            if ev.conn_id not in self._skipped:
+                metrics.orphan_events.inc()
             return
         metrics.gap_bytes.labels(ev.reason).inc(ev.length)
         end = ev.offset + ev.length
@@ -173,6 +193,8 @@ class ConnectionTracker:
                 conn.bytes_sent = max(conn.bytes_sent, end)
             else:
                 conn.bytes_recv = max(conn.bytes_recv, end)
+        if conn.skip & (filters.SKIP_DATA | (filters.SKIP_TLS if ev.source == abi.SRC_TLS else 0)):
+            return
         pieces: list = []
         conn.stream(ev.flow, ev.source).add_gap(ev.offset, ev.length, pieces)
         if pieces:
