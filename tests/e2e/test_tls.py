@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from hyperframe.frame import DataFrame, Frame
 
-from conftest import ALL_LOOPBACK, HELPERS
+from backends import wait_for_port
+from conftest import ALL_LOOPBACK, HELPERS, free_port
 from tlsenv import SNI, Nginx, build_go_client
 
 pytestmark = pytest.mark.kernel
@@ -254,3 +255,42 @@ def test_one_mebibyte_tls_write_arrives_whole(start_agent, tmp_path):
         assert sha(read(agent.dump / f"{cid}.tls.send")) == want["sent"], "1 MiB write not captured whole"
         assert sha(read(agent.dump / f"{cid}.tls.recv")) == want["recv"]
         assert not (agent.dump / f"{cid}.gaps").exists()
+
+
+def test_openssl_s_server_www_through_the_ssl_bio(start_agent, tmp_path):
+    # `openssl s_server -WWW` reads and writes through OpenSSL's SSL BIO, which reaches
+    # the library's internal read/write functions without passing any exported SSL_*
+    # function: only hooks on those internals see it.
+    from tlsenv import make_cert
+    cert, key = make_cert(tmp_path)
+    www = tmp_path / "www"
+    www.mkdir()
+    data = os.urandom(150_000)
+    (www / "file.bin").write_bytes(data)
+    agent = start_agent(ALL_LOOPBACK)
+    assert "internal read/write" in agent.stderr(), "libssl's internal read/write functions were not found"
+    port = free_port()
+    srv = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key),
+                            "-WWW", "-quiet"], cwd=www, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 20, srv)
+        token = os.urandom(6).hex()
+        out = tmp_path / "out.bin"
+        p = subprocess.run([CURL, "-sk", "--http1.1", "-H", f"X-Token: {token}", "-o", str(out), "-w", "%{local_port}",
+                            f"https://127.0.0.1:{port}/file.bin"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and out.read_bytes() == data
+        client_port = int(p.stdout)
+        assert_no_losses(agent)
+    finally:
+        srv.terminate()
+        srv.wait(10)
+    agent.stop()
+    conns = [a for a in agent.connections(**{"connection.direction": "ingress"})
+             if a["server.port"] == port and a["client.port"] == client_port and a["connection.finalized"]]
+    assert len(conns) == 1, conns
+    c = conns[0]
+    assert c["process.pid"] == srv.pid and c["tls.inspected"] is True
+    recv = read(agent.dump / f"{c['connection.id']}.tls.recv")
+    assert recv.startswith(b"GET /file.bin HTTP/1.1\r\n") and f"X-Token: {token}".encode() in recv
+    head, body = split_http1(read(agent.dump / f"{c['connection.id']}.tls.send"))
+    assert head.startswith(b"HTTP/1.0 200 ok") and sha(body) == sha(data), "s_server's response not captured whole"

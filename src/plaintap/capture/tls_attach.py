@@ -32,6 +32,10 @@ SYSTEM_LIBSSL_GLOBS = ("/usr/lib/*/libssl.so.*", "/lib/*/libssl.so.*", "/usr/lib
 # (symbol, entry program, cookie): cookie bit 0 marks the _ex variants.
 OPENSSL_HOOKS = (("SSL_write", "ssl_write_enter", 0), ("SSL_write_ex", "ssl_write_enter", 1),
                  ("SSL_read", "ssl_read_enter", 0), ("SSL_read_ex", "ssl_read_enter", 1))
+# When the library's internal read/write functions are found (tls_targets.find_internal_rw)
+# they replace the four exports: every SSL_read/_ex and SSL_write/_ex call goes through
+# them, and so does OpenSSL's SSL BIO, which no export sees. They take the _ex arguments.
+OPENSSL_INTERNAL_HOOKS = (("ssl_write_internal", "ssl_write_enter", 1), ("ssl_read_internal", "ssl_read_enter", 1))
 
 
 def system_tls_targets(families: frozenset) -> list[OpenSSLTarget]:
@@ -130,12 +134,16 @@ class TlsAttacher:
             log.warning("TLS hooks not attached to %s (%s): %s", t.maps_path or t.path, t.family, e)
             return
         self.attached[t.key] = t
-        log.info("TLS hooks attached: %s %s (%d probes, opened as %s, seen in pid %d)", t.family,
-                 t.maps_path or t.path, n, t.path, t.pid_seen)
+        via = ""
+        if isinstance(t, OpenSSLTarget):
+            via = ", internal read/write" if "ssl_read_internal" in t.symbols else ", exported SSL_read/SSL_write"
+        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d)", t.family,
+                 t.maps_path or t.path, n, via, t.path, t.pid_seen)
 
     def _attach_openssl(self, t: OpenSSLTarget) -> int:
         n = 0
-        for sym, prog, cookie in OPENSSL_HOOKS:
+        internal = all(sym in t.symbols for sym, _, _ in OPENSSL_INTERNAL_HOOKS)
+        for sym, prog, cookie in OPENSSL_INTERNAL_HOOKS if internal else OPENSSL_HOOKS:
             off = t.symbols.get(sym)
             if off is None:
                 continue

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .elfsyms import ElfError, ElfImage
-from .gotls import GoBinaryError, GoTlsInfo, analyze_go_binary
+from .gotls import EM_X86_64, GoBinaryError, GoTlsInfo, analyze_go_binary
 
 log = logging.getLogger(__name__)
 
@@ -311,13 +311,69 @@ def openssl_flavour(elf: ElfImage) -> str:
     return "unknown"
 
 
+def _direct_calls(elf: ElfImage, vaddr: int, limit: int = 160) -> list[int]:
+    """Targets of the direct call/jmp instructions at the start of the function at
+    `vaddr`, up to its first RET (or `limit` bytes)."""
+    import capstone  # only x86-64 is analysed; other machines keep the exported hooks
+
+    if elf.machine != EM_X86_64:
+        return []
+    try:
+        code = elf.read_vaddr(vaddr, limit)
+    except ValueError:
+        return []
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    out = []
+    for _address, _size, mnemonic, op in md.disasm_lite(code, vaddr):
+        name = mnemonic.rsplit(" ", 1)[-1]
+        if name in ("call", "jmp") and op.startswith("0x"):
+            out.append(int(op, 16))
+        elif name in ("ret", "retq"):
+            break
+    return out
+
+
+def find_internal_rw(elf: ElfImage, syms: dict) -> dict[str, int]:
+    """The library-internal functions that SSL_read/SSL_read_ex and SSL_write/SSL_write_ex
+    both call (OpenSSL 1.1.1 and 3.x: ssl_read_internal, ssl_write_internal), as file
+    offsets, when the exported pairs agree on exactly one callee each; else {}.
+
+    Hooking those instead of the four exports covers the same calls with the same number
+    of probe hits, plus OpenSSL's own BIO_f_ssl path (`openssl s_server -www`, apps using
+    SSL BIOs), which reaches them without passing through any export. Their signature is
+    the _ex one: (SSL *, buf, size_t num, size_t *processed) -> 1 on success.
+    """
+    found = {}
+    for plain, ex, key in (("SSL_read", "SSL_read_ex", "ssl_read_internal"),
+                           ("SSL_write", "SSL_write_ex", "ssl_write_internal")):
+        if plain not in syms or ex not in syms:
+            return {}
+        common = set(_direct_calls(elf, syms[plain].vaddr)) & set(_direct_calls(elf, syms[ex].vaddr))
+        exports = {sym.vaddr for sym in syms.values()}
+        common = {t for t in common if elf.is_executable_vaddr(t) and t not in exports}
+        if len(common) != 1:
+            return {}
+        try:
+            found[key] = elf.vaddr_to_offset(common.pop())
+        except ValueError:
+            return {}
+    if found["ssl_read_internal"] == found["ssl_write_internal"]:
+        return {}
+    return found
+
+
 def analyze_openssl(elf: ElfImage) -> _OpenSSLInfo | None:
-    """SSL_* file offsets when `elf` defines SSL_read and SSL_write, else None."""
+    """SSL_* file offsets when `elf` defines SSL_read and SSL_write, else None; plus the
+    internal read/write functions when they can be found (see find_internal_rw)."""
     syms = elf.find_symbols(OPENSSL_SYMBOLS)
     if not all(name in syms for name in OPENSSL_REQUIRED):
         return None
+    try:
+        internal = find_internal_rw(elf, syms)
+    except Exception:  # odd code: keep the exported hooks
+        internal = {}
     return _OpenSSLInfo(
-        symbols={name: sym.offset for name, sym in syms.items()},
+        symbols={**{name: sym.offset for name, sym in syms.items()}, **internal},
         flavour=openssl_flavour(elf),
         node_exports=bool(elf.find_symbols(NODE_MARKER_SYMBOLS, tables=(".dynsym",))),
     )

@@ -110,3 +110,32 @@ def test_node_exports_ssl_and_offsets_match_the_live_mapping(spawn):
 
 def test_symbol_list_is_what_the_attach_layer_expects():
     assert OPENSSL_SYMBOLS[:4] == ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")
+
+
+def _e8_targets(code: bytes, vaddr: int) -> set[int]:
+    """Every rel32 CALL target an E8 byte anywhere in `code` could encode (over-approximate)."""
+    out = set()
+    for i in range(len(code) - 4):
+        if code[i] == 0xE8:
+            rel = int.from_bytes(code[i + 1:i + 5], "little", signed=True)
+            out.add(vaddr + i + 5 + rel)
+    return out
+
+
+def test_internal_read_write_are_what_the_exports_call():
+    from plaintap.capture.tls_targets import find_internal_rw
+    with ElfImage(LIBSSL) as elf:
+        syms = elf.find_symbols(OPENSSL_SYMBOLS)
+        internal = find_internal_rw(elf, syms)
+        assert set(internal) == {"ssl_read_internal", "ssl_write_internal"}
+        for key, names in (("ssl_read_internal", ("SSL_read", "SSL_read_ex")),
+                           ("ssl_write_internal", ("SSL_write", "SSL_write_ex"))):
+            offsets = {s.offset for s in syms.values()}
+            assert internal[key] not in offsets
+            for name in names:
+                code = elf.read_vaddr(syms[name].vaddr, 64)
+                targets = {elf.vaddr_to_offset(t) for t in _e8_targets(code, syms[name].vaddr)
+                           if elf.is_executable_vaddr(t)}
+                assert internal[key] in targets, f"{name} does not call {key}"
+        # Without both exports of a pair there is nothing to cross-check: keep the exports.
+        assert find_internal_rw(elf, {k: v for k, v in syms.items() if k != "SSL_write_ex"}) == {}
