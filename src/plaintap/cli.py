@@ -144,7 +144,8 @@ def _run(args) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     opts = RunOptions(httpd_listen=args.httpd_listen, http_buffer_size=buf, tls_probes=probes,
-                      btf=args.btf, dump_streams=args.dump_streams, ring_buffer_size=ring, tags=tags)
+                      btf=args.btf, dump_streams=args.dump_streams, ring_buffer_size=ring, tags=tags,
+                      config_source=args.config)
     agent = Agent(cfg, opts)
     install_signal_handlers(agent)
     return agent.run()

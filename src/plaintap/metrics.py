@@ -25,6 +25,8 @@ sink_dropped = Counter("plaintap_sink_dropped_records", "Records a sink dropped,
                        ["sink", "reason"], registry=REGISTRY)
 filtered_connections = Counter("plaintap_filtered_connections", "Connections not reported because tap.filters skip "
                                "their process (seen in user space)", registry=REGISTRY)
+config_reloads = Counter("plaintap_config_reloads", "SIGHUP config reloads, by result", ["result"],
+                         registry=REGISTRY)
 connections_active = Gauge("plaintap_connections_active", "Connections currently tracked", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
                        registry=REGISTRY)

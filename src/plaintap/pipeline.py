@@ -72,6 +72,7 @@ class RunOptions:
     dump_streams: str | None = None
     ring_buffer_size: int = 64 << 20
     tags: dict = field(default_factory=dict)   # --tags: resource attributes on OTLP exports
+    config_source: str | None = None           # --config, re-read on SIGHUP (None: built-in default)
 
 
 def monotonic_ns() -> int:
@@ -188,6 +189,8 @@ class Agent:
         self._pending_objects: list[Record] = []
         self._pending_lines: list[str] = []
         self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._retired: list[tuple[QueuedSink, threading.Thread]] = []   # sinks replaced by a reload
         self._drops_seen = 0
         self._produced = 0
 
@@ -266,6 +269,59 @@ class Agent:
     def stop(self, *_args) -> None:
         self._stop.set()
 
+    def request_reload(self, *_args) -> None:
+        """SIGHUP: re-read the config between two polls of the loop."""
+        self._reload.set()
+
+    def reload(self) -> bool:
+        """Re-read the config and apply it without stopping capture. A config that does
+        not load is reported in one line and the running one is kept."""
+        from .config import ConfigError, default_config, load_config
+        source = self.opts.config_source
+        try:
+            cfg = load_config(source) if source else default_config()
+            stacks = PluginStacks(cfg, color=sys.stdout.isatty())
+            services_changed = cfg.services.model_dump() != self.cfg.services.model_dump()
+            if services_changed:
+                event_sink = build_event_sink(cfg, self.opts.tags)
+                object_sink, object_url = build_object_sink(cfg, self.opts.tags)
+        except (ConfigError, ConfigUnsupported, ValueError, OSError) as e:
+            metrics.config_reloads.labels("failed").inc()
+            first = str(e).splitlines()
+            log.error("config reload failed, the running config is kept: %s%s", first[0] if first else e,
+                      f" (+{len(first) - 1} more lines; run `plaintap validate {source}`)" if len(first) > 1 else "")
+            return False
+        changes = []
+        tap, old_tap = cfg.tap, self.cfg.tap
+        if (tap.direction, tap.ignore_loopback) != (old_tap.direction, old_tap.ignore_loopback):
+            self.kernel.update_filters(bool(tap.ignore_loopback), DIRECTION_MASKS[tap.direction])
+            changes.append(f"direction={tap.direction} ignore_loopback={tap.ignore_loopback} (new connections)")
+        if tap.filters.model_dump() != old_tap.filters.model_dump():
+            self.filter = ProcessFilter.from_config(tap.filters)
+            self.procs.refilter(self.filter.flags_for if self.filter.active else None)
+            self._filter_running_processes()
+            changes.append("tap.filters (new connections)")
+        if stacks.active and not any(isinstance(c, HttpConsumer) for c in self.tracker.consumers):
+            self.tracker.consumers.append(HttpConsumer(self._on_transaction, self.opts.http_buffer_size))
+        self.stacks = stacks
+        changes.append("stacks")
+        if services_changed:
+            self._flush_records()
+            old = [s for s in (self.event_sink, self.object_sink) if s is not None]
+            self.event_sink, self.object_sink, self.object_url = event_sink, object_sink, object_url
+            for sink in (self.event_sink, self.object_sink):
+                if sink is not None:
+                    sink.start()
+            for sink in old:   # drain the old sinks off the loop thread
+                t = threading.Thread(target=_retire_sink, args=(sink,), name=f"retire-{sink.name}", daemon=True)
+                t.start()
+                self._retired.append((sink, t))
+            changes.append("services (event and object stores)")
+        self.cfg = cfg
+        metrics.config_reloads.labels("ok").inc()
+        log.info("config reloaded from %s: %s", source or "the built-in default", ", ".join(changes))
+        return True
+
     def run(self) -> int:
         self.kernel.preflight()  # fail with one line before anything starts
         self.status.start()
@@ -337,6 +393,9 @@ class Agent:
             batch = self.kernel.poll(100)
             if batch:
                 self._process(batch)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
             now = monotonic_ns()
             self.tracker.tick(now)
             self.tls.tick(now)
@@ -373,7 +432,10 @@ class Agent:
         for sink in self._sinks():
             sink.force_flush(10)
             sink.shutdown()
+        for _sink, t in self._retired:
+            t.join(15)
         record_sinks = [s for s in (self.event_sink, self.object_sink) if s is not None]
+        record_sinks += [s for s, _ in self._retired]
         if record_sinks:
             log.info("record accounting: produced=%d exported=%d dropped=%d (%s)", self._produced,
                      sum(s.exported for s in record_sinks), sum(s.dropped for s in record_sinks),
@@ -405,6 +467,16 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+def _retire_sink(sink: QueuedSink) -> None:
+    """A sink replaced by a reload: deliver what it holds (deadline), then stop it."""
+    try:
+        sink.force_flush(10)
+        sink.shutdown()
+    except Exception as e:  # its accounting still counts what it could not deliver
+        log.warning("retiring %s after a reload: %s", sink.name, e)
+
+
 def install_signal_handlers(agent: Agent) -> None:
     signal.signal(signal.SIGINT, agent.stop)
     signal.signal(signal.SIGTERM, agent.stop)
+    signal.signal(signal.SIGHUP, agent.request_reload)

@@ -166,6 +166,12 @@ class KernelCapture:
         if lib.bpf_map_update_elem(self._map_fd("settings_map"), ctypes.byref(key), val, 0) < 0:
             raise BpfError(f"cannot write BPF settings: {os.strerror(lib.errno())}")
 
+    def update_filters(self, ignore_loopback: bool, direction_mask: int) -> None:
+        """Apply new tap.ignore_loopback / tap.direction (a reload) to new connections."""
+        self.settings.ignore_loopback = ignore_loopback
+        self.settings.direction_mask = direction_mask
+        self._write_settings()
+
     def attach(self) -> None:
         """Attach every tracepoint program by its section name; uprobes are attached
         later, per library file, with attach_uprobe."""
