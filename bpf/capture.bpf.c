@@ -99,8 +99,9 @@ struct tls_call {
 	__u8 _pad;
 };
 
+/* LRU, and emptied at thread exit: a thread killed inside SSL_read never returns. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct tls_call);
@@ -731,8 +732,12 @@ int proc_exit(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
+	/* Every exiting thread: a TLS call it was inside never returns (killed mid-read);
+	 * left here, the entry would swallow the first call of a thread reusing the id. */
+	bpf_map_delete_elem(&tls_calls, &pid_tgid);
+	bpf_map_delete_elem(&thread_fd, &pid_tgid);
 	if ((__u32)pid_tgid != tgid)
-		return 0; /* only the whole process, not each thread */
+		return 0; /* the rest only for the whole process, not each thread */
 	bpf_map_delete_elem(&proc_filters, &tgid);
 	if (!should_trace(tgid))
 		return 0;

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,67 @@ def test_openssl_s_server_www_through_the_ssl_bio(start_agent, tmp_path):
     assert recv.startswith(b"GET /file.bin HTTP/1.1\r\n") and f"X-Token: {token}".encode() in recv
     head, body = split_http1(read(agent.dump / f"{c['connection.id']}.tls.send"))
     assert head.startswith(b"HTTP/1.0 200 ok") and sha(body) == sha(data), "s_server's response not captured whole"
+
+
+HOLDING_SERVER = """
+import socket, ssl, sys, time
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print("ready", s.getsockname()[1], flush=True)
+c, _ = s.accept()
+t = ctx.wrap_socket(c, server_side=True)
+t.recv(100)
+time.sleep(60)   # never answers: the client stays inside SSL_read
+"""
+
+BLOCKED_CLIENT = """
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="plaintap.test")
+t.sendall(b"GET / HTTP/1.1\\r\\nHost: plaintap.test\\r\\n\\r\\n")
+print("sent", flush=True)
+t.recv(100)
+"""
+
+
+def tls_calls_of(tgid: int) -> list:
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "name", "tls_calls"], capture_output=True, text=True,
+                         check=True).stdout
+    keys = []
+    for e in json.loads(out):
+        k = e.get("formatted", e).get("key") if isinstance(e.get("formatted"), dict) else e.get("key")
+        if isinstance(k, list):   # raw bytes, little endian
+            k = int.from_bytes(bytes(int(b, 16) for b in k), "little")
+        keys.append(int(k))
+    return [k for k in keys if k >> 32 == tgid]
+
+
+def test_client_killed_inside_ssl_read_leaves_no_tls_state_behind(start_agent, tmp_path):
+    from tlsenv import make_cert
+    cert, key = make_cert(tmp_path)
+    agent = start_agent(ALL_LOOPBACK)
+    srv = subprocess.Popen([sys.executable, "-c", HOLDING_SERVER, str(cert), str(key)], stdout=subprocess.PIPE, text=True)
+    cl = None
+    try:
+        port = int(srv.stdout.readline().split()[1])
+        cl = subprocess.Popen([sys.executable, "-c", BLOCKED_CLIENT, str(port)], stdout=subprocess.PIPE, text=True)
+        assert cl.stdout.readline().strip() == "sent"
+        deadline = time.monotonic() + 10
+        while not tls_calls_of(cl.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tls_calls_of(cl.pid) == [(cl.pid << 32) | cl.pid], "the client's pending SSL_read is not tracked"
+        cl.kill()
+        cl.wait(10)
+        time.sleep(0.2)
+        assert tls_calls_of(cl.pid) == [], "a killed thread's TLS call state was left in the kernel"
+        assert agent.proc.poll() is None
+    finally:
+        for p in (cl, srv):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
+    agent.stop()
+    conns = [a for a in agent.connections(**{"process.pid": cl.pid}) if a["connection.finalized"]]
+    assert len(conns) == 1 and conns[0]["tls.inspected"] is True
+    assert read(agent.dump / f"{conns[0]['connection.id']}.tls.send").startswith(b"GET / HTTP/1.1\r\n")
