@@ -6,7 +6,9 @@ wrk drives nginx (TLS, HTTP/1.1 keep-alive, 1 KiB file) on 127.0.0.1. Each round
 load once bare and once with plaintap capturing it (http_capture at --level, stores
 disabled so only capture + parsing + record building are measured, plus stdout access
 logs off). Printed: throughput and p50/p99 latency ratios (agent / bare), the agent's
-CPU seconds per 1,000 transactions, and kernel events lost (must be 0).
+CPU seconds per 1,000 transactions, and kernel events lost (must be 0). Then a breakdown:
+BPF program hits and run time per request, and the throughput with the agent's user
+space stopped (the kernel side's share of the cost).
 
 On these 2-core machines wrk, nginx and the agent share the CPUs, so the throughput ratio
 also contains the CPU the agent takes from the load: that is the real cost on a busy host.
@@ -105,11 +107,50 @@ def lost_events(status: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def bpf_prog_stats() -> dict[int, tuple[str, int, int]]:
+    """id → (name, run_cnt, run_time_ns) of every loaded BPF program (needs bpf_stats)."""
+    import json
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout or "[]")
+    return {p["id"]: (p.get("name", "?"), p.get("run_cnt", 0), p.get("run_time_ns", 0)) for p in progs}
+
+
+def breakdown(port: int, d: Path, level: str, seconds: int) -> None:
+    """Where the cost goes: BPF program hits and run time per request (kernel.bpf_stats),
+    and throughput with the agent's user space stopped (kernel side only: the ring fills
+    and its events are dropped, which is the point)."""
+    agent, status = start_agent(d, level)
+    try:
+        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
+        s0 = bpf_prog_stats()
+        res = wrk(port, seconds)
+        s1 = bpf_prog_stats()
+        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
+        agent.send_signal(signal.SIGSTOP)
+        kernel_only = wrk(port, seconds)
+        agent.send_signal(signal.SIGCONT)
+    finally:
+        agent.send_signal(signal.SIGCONT)
+        agent.send_signal(signal.SIGINT)
+        agent.wait(60)
+    n = max(res["total"], 1)
+    print("\nBPF programs per request (both ends), kernel.bpf_stats:")
+    total_ns = 0
+    for pid, (name, cnt, ns) in sorted(s1.items()):
+        c0, t0 = s0.get(pid, (name, 0, 0))[1:]
+        if cnt - c0 > 0:
+            total_ns += ns - t0
+            print(f"  {name:18s} {(cnt - c0) / n:6.2f} hits/req  {(ns - t0) / (cnt - c0):6.0f} ns/hit"
+                  f"  {(ns - t0) / n / 1000:6.2f} µs/req")
+    print(f"  BPF run time {total_ns / n / 1000:.1f} µs per request (excludes the uprobe trap itself)")
+    print(f"kernel side only (agent stopped, events dropped): {kernel_only['rps']:.0f} req/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--level", default="summary", choices=["summary", "details", "full"])
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-program / kernel-only round")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the agent loads eBPF programs)")
@@ -133,6 +174,8 @@ def main() -> None:
             agent_runs.append(res)
             cpu_per_k.append((c1 - c0) / max(res["total"], 1) * 1000)
             print(f"round {r + 1}: bare {bare[-1]['rps']:.0f} req/s, with agent {res['rps']:.0f} req/s", flush=True)
+        if not args.no_breakdown:
+            breakdown(port, d, args.level, args.seconds)
     finally:
         nginx.terminate()
         nginx.wait(10)

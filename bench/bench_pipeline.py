@@ -81,7 +81,7 @@ def build(n_tx: int) -> list[bytes]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tx", type=int, default=20000)
-    ap.add_argument("--level", default="summary", choices=["summary", "details", "full"])
+    ap.add_argument("--level", default="summary", choices=["none", "summary", "details", "full"])
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     events = build(args.tx)

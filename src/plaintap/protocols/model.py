@@ -134,12 +134,21 @@ class Transaction:
     grpc: GrpcInfo | None = None
     upgraded: bool = False
     error: str | None = None
+    # Derived values computed once per exchange by their users (url parts, host): the
+    # record builders and the plugin stack selection all ask for them.
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def duration_ns(self) -> int:
         return max(0, self.end_ns - self.start_ns)
 
     def _split_target(self) -> tuple[str | None, str | None]:
+        split = self.memo.get("target")
+        if split is None:
+            split = self.memo["target"] = self._compute_split_target()
+        return split
+
+    def _compute_split_target(self) -> tuple[str | None, str | None]:
         target = self.request.target
         if not target or self.request.method == "CONNECT":
             return None, None

@@ -112,8 +112,18 @@ def _host_and_port(conn, tx) -> tuple[str, int | None]:
     """The URL's host and its explicit port (None means the scheme's default).
 
     Host/`:authority` (or an absolute-form target) first; without one, the TLS SNI or
-    the server IP with the connection's server port.
+    the server IP with the connection's server port. Computed once per transaction.
     """
+    memo = getattr(tx, "memo", None)
+    if memo is None:
+        return _compute_host_and_port(conn, tx)
+    hp = memo.get("host_port")
+    if hp is None:
+        hp = memo["host_port"] = _compute_host_and_port(conn, tx)
+    return hp
+
+
+def _compute_host_and_port(conn, tx) -> tuple[str, int | None]:
     authority = tx.host
     if authority:
         host, port = _split_host_port(authority)
