@@ -72,6 +72,7 @@ from ..config.values import resolve_value_source  # noqa: E402
 from ..records.model import Record  # noqa: E402
 from .base import BurstLogger  # noqa: E402
 from .retry import ExportFailed, Retrier, RetryPolicy, SinkExportError, ThreadCapture, quiet_logger  # noqa: E402
+from .retry import short_reason as _short  # noqa: E402
 from .stdout import STDOUT_LOCK  # noqa: E402
 
 log = logging.getLogger("plaintap.sinks.otel")
@@ -427,11 +428,6 @@ def classify_http_failure(url: str, outcome: object, timeout: float) -> ExportFa
     if err is None:
         return ExportFailed(f"export to {url} failed (no details from the exporter)")
     return ExportFailed(f"export to {url} failed: {_short(text)}", retryable=False)
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------------------

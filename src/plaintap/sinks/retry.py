@@ -29,6 +29,12 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
+def short_reason(err: object, limit: int = 300) -> str:
+    """An exporter's error text on one line, cut to `limit` characters, for log lines."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ExportFailed(Exception):
     """One attempt failed. `str(e)` is a one-line message for people.
 

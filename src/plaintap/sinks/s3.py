@@ -39,6 +39,7 @@ from ..config.values import ENV_PLACEHOLDER, resolve_value_source
 from ..records.model import Record
 from .base import BurstLogger
 from .retry import ExportFailed, Retrier, RetryPolicy, SinkExportError
+from .retry import short_reason as _short
 
 log = logging.getLogger("plaintap.sinks.s3")
 
@@ -113,11 +114,6 @@ def classify_s3_error(err: Exception, *, bucket: str, endpoint: str, region: str
     if isinstance(err, botocore.exceptions.BotoCoreError):
         return ExportFailed(f"S3 upload to {endpoint} failed: {_short(err)}")
     return ExportFailed(f"S3 upload to {endpoint} failed: {_short(err)}", retryable=False)
-
-
-def _short(err: object, limit: int = 300) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class S3Sink:
