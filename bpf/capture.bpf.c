@@ -757,13 +757,18 @@ int proc_exit(void *ctx)
  * socket; the return emits the plaintext. Cookie bit 0: the _ex variant, whose byte count
  * is written through its 4th argument. Attached by user space per library file. */
 
-#define PF_NO_PLAINTEXT (PF_SKIP_ALL | PF_SKIP_DATA | PF_SKIP_TLS)
+/* TLS hooks work for this process: not the agent, and tap.filters leave its plaintext. */
+static __always_inline bool plaintext_traced(__u32 tgid)
+{
+	return should_trace(tgid) && !(proc_filter(tgid) & (PF_SKIP_ALL | PF_SKIP_DATA | PF_SKIP_TLS));
+}
+
 #define THREAD_FD_FRESH_NS 5000000ULL /* a socket read this recent fed the TLS library */
 
 static __always_inline int ssl_enter(struct pt_regs *ctx, __u8 flow)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!should_trace(pid_tgid >> 32) || (proc_filter(pid_tgid >> 32) & PF_NO_PLAINTEXT))
+	if (!plaintext_traced(pid_tgid >> 32))
 		return 0;
 	struct tls_call *cur = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
 	if (cur) {
@@ -882,7 +887,7 @@ SEC("uprobe")
 int go_write_enter(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!should_trace(tgid) || (proc_filter(tgid) & PF_NO_PLAINTEXT))
+	if (!plaintext_traced(tgid))
 		return 0;
 	__u64 n = ctx->cx;
 	if ((__s64)n <= 0)
@@ -895,7 +900,7 @@ SEC("uprobe")
 int go_read_enter(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!should_trace(tgid) || (proc_filter(tgid) & PF_NO_PLAINTEXT))
+	if (!plaintext_traced(tgid))
 		return 0;
 	struct go_read_key k = { .tgid = tgid, .g = ctx->r14 };
 	struct go_read_call v = { .conn = ctx->ax, .buf = ctx->bx, .offsets_idx = (__u32)bpf_get_attach_cookie(ctx) };

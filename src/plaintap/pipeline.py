@@ -178,8 +178,7 @@ class Agent:
         if opts.dump_streams:
             consumers.append(StreamDumper(opts.dump_streams))
         self.filter = ProcessFilter.from_config(tap.filters)
-        self.procs = ProcessTable(flags_for=self.filter.flags_for if self.filter.active else None,
-                                  on_flags=self._sync_filter)
+        self.procs = ProcessTable(flags_for=lambda exe: self.filter.flags_for(exe), on_flags=self._sync_filter)
         self.tracker = ConnectionTracker(
             self.procs, self._on_report, consumers,
             forget_kernel_entry=self.kernel.forget_connection,
@@ -298,7 +297,7 @@ class Agent:
             changes.append(f"direction={tap.direction} ignore_loopback={tap.ignore_loopback} (new connections)")
         if tap.filters.model_dump() != old_tap.filters.model_dump():
             self.filter = ProcessFilter.from_config(tap.filters)
-            self.procs.refilter(self.filter.flags_for if self.filter.active else None)
+            self.procs.refilter()
             self._filter_running_processes()
             changes.append("tap.filters (new connections)")
         if stacks.active and not any(isinstance(c, HttpConsumer) for c in self.tracker.consumers):
@@ -313,7 +312,7 @@ class Agent:
                 if sink is not None:
                     sink.start()
             for sink in old:   # drain the old sinks off the loop thread
-                t = threading.Thread(target=_retire_sink, args=(sink,), name=f"retire-{sink.name}", daemon=True)
+                t = threading.Thread(target=_drain_and_stop, args=(sink,), name=f"retire-{sink.name}", daemon=True)
                 t.start()
                 self._retired.append((sink, t))
             changes.append("services (event and object stores)")
@@ -430,8 +429,7 @@ class Agent:
         if lost:
             log.warning("kernel ring buffer lost %s during this run (raise --ring-buffer-size)", lost)
         for sink in self._sinks():
-            sink.force_flush(10)
-            sink.shutdown()
+            _drain_and_stop(sink)
         for _sink, t in self._retired:
             t.join(15)
         record_sinks = [s for s in (self.event_sink, self.object_sink) if s is not None]
@@ -467,13 +465,14 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _retire_sink(sink: QueuedSink) -> None:
-    """A sink replaced by a reload: deliver what it holds (deadline), then stop it."""
+def _drain_and_stop(sink: QueuedSink) -> None:
+    """Deliver what a sink holds (10 s deadline), then stop it: at shutdown, and for the
+    sinks a reload replaced (on their own thread)."""
     try:
         sink.force_flush(10)
         sink.shutdown()
     except Exception as e:  # its accounting still counts what it could not deliver
-        log.warning("retiring %s after a reload: %s", sink.name, e)
+        log.warning("stopping %s: %s", sink.name, e)
 
 
 def install_signal_handlers(agent: Agent) -> None:

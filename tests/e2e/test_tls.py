@@ -324,7 +324,7 @@ def tls_calls_of(tgid: int) -> list:
                          check=True).stdout
     keys = []
     for e in json.loads(out):
-        k = e.get("formatted", e).get("key") if isinstance(e.get("formatted"), dict) else e.get("key")
+        k = e.get("formatted", e)["key"]   # with BTF, bpftool adds a "formatted" view
         if isinstance(k, list):   # raw bytes, little endian
             k = int.from_bytes(bytes(int(b, 16) for b in k), "little")
         keys.append(int(k))

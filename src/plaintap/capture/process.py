@@ -108,18 +108,11 @@ class ProcessTable:
         self._classify(info, old.filter_flags if old is not None else 0)
         return info
 
-    def refilter(self, flags_for) -> None:
-        """New tap.filters (a reload): reclassify every live process, telling on_flags of
-        each change. Exited processes keep the bits they had."""
-        self.flags_for = flags_for
+    def refilter(self) -> None:
+        """flags_for now answers differently (a reload changed tap.filters): reclassify
+        every live process, telling on_flags of each change. Exited ones keep their bits."""
         for info in list(self._live.values()):
-            previous = info.filter_flags
-            if flags_for is None:
-                info.filter_flags = 0
-                if previous and self.on_flags is not None:
-                    self.on_flags(info.pid, 0)
-            else:
-                self._classify(info, previous)
+            self._classify(info, info.filter_flags)
 
     def _classify(self, info: ProcessInfo, previous: int = 0) -> None:
         if self.flags_for is None:

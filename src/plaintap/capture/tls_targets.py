@@ -344,12 +344,12 @@ def find_internal_rw(elf: ElfImage, syms: dict) -> dict[str, int]:
     the _ex one: (SSL *, buf, size_t num, size_t *processed) -> 1 on success.
     """
     found = {}
+    exports = {sym.vaddr for sym in syms.values()}
     for plain, ex, key in (("SSL_read", "SSL_read_ex", "ssl_read_internal"),
                            ("SSL_write", "SSL_write_ex", "ssl_write_internal")):
         if plain not in syms or ex not in syms:
             return {}
         common = set(_direct_calls(elf, syms[plain].vaddr)) & set(_direct_calls(elf, syms[ex].vaddr))
-        exports = {sym.vaddr for sym in syms.values()}
         common = {t for t in common if elf.is_executable_vaddr(t) and t not in exports}
         if len(common) != 1:
             return {}

@@ -27,6 +27,9 @@ FIRST_REPORT_NS = 500_000_000
 REPORT_INTERVAL_NS = 10_000_000_000
 TCP_ESTABLISHED = 1
 
+# The tap.filters bits that keep a stream's bytes from the consumers (counts still kept).
+_FILTERED_BY_SOURCE = {abi.SRC_SOCKET: filters.SKIP_DATA, abi.SRC_TLS: filters.SKIP_DATA | filters.SKIP_TLS}
+
 
 @dataclass(slots=True)
 class Connection:
@@ -155,11 +158,15 @@ class ConnectionTracker:
         for c in self.consumers:
             c.on_open(conn)
 
+    def _orphan(self, conn_id: int) -> None:
+        """An event for a connection not in the table: counted unless tap.filters skipped it."""
+        if conn_id not in self._skipped:
+            metrics.orphan_events.inc()
+
     def _on_data(self, ev: Data) -> None:
         conn = self.conns.get(ev.conn_id)
         if conn is None:
-            if ev.conn_id not in self._skipped:
-                metrics.orphan_events.inc()
+            self._orphan(ev.conn_id)
             return
         end = ev.offset + len(ev.data)
         if ev.source == abi.SRC_SOCKET:
@@ -168,11 +175,9 @@ class ConnectionTracker:
                     conn.bytes_sent = end
             elif end > conn.bytes_recv:
                 conn.bytes_recv = end
-            if conn.skip & filters.SKIP_DATA:
-                return
-        else:
-            if conn.skip & (filters.SKIP_DATA | filters.SKIP_TLS):
-                return
+        if conn.skip & _FILTERED_BY_SOURCE[ev.source]:
+            return
+        if ev.source == abi.SRC_TLS:
             conn.tls_inspected = conn.tls_enabled = True
         pieces: list = []
         conn.stream(ev.flow, ev.source).add(ev.offset, ev.data, pieces)
@@ -183,8 +188,7 @@ class ConnectionTracker:
     def _on_gap(self, ev: Gap) -> None:
         conn = self.conns.get(ev.conn_id)
         if conn is None:
-            if ev.conn_id not in self._skipped:
-                metrics.orphan_events.inc()
+            self._orphan(ev.conn_id)
             return
         metrics.gap_bytes.labels(ev.reason).inc(ev.length)
         end = ev.offset + ev.length
@@ -193,7 +197,7 @@ class ConnectionTracker:
                 conn.bytes_sent = max(conn.bytes_sent, end)
             else:
                 conn.bytes_recv = max(conn.bytes_recv, end)
-        if conn.skip & (filters.SKIP_DATA | (filters.SKIP_TLS if ev.source == abi.SRC_TLS else 0)):
+        if conn.skip & _FILTERED_BY_SOURCE[ev.source]:
             return
         pieces: list = []
         conn.stream(ev.flow, ev.source).add_gap(ev.offset, ev.length, pieces)

@@ -114,12 +114,9 @@ def _host_and_port(conn, tx) -> tuple[str, int | None]:
     Host/`:authority` (or an absolute-form target) first; without one, the TLS SNI or
     the server IP with the connection's server port. Computed once per transaction.
     """
-    memo = getattr(tx, "memo", None)
-    if memo is None:
-        return _compute_host_and_port(conn, tx)
-    hp = memo.get("host_port")
+    hp = tx.memo.get("host_port")
     if hp is None:
-        hp = memo["host_port"] = _compute_host_and_port(conn, tx)
+        hp = tx.memo["host_port"] = _compute_host_and_port(conn, tx)
     return hp
 
 
