@@ -32,6 +32,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$want_test" = 1 ] && command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
 fi
 
+# The native core (native/, Rust) is built by cargo: rustup installs it under ~/.cargo.
+[ -d "$HOME/.cargo/bin" ] && PATH="$HOME/.cargo/bin:$PATH" && export PATH
+command -v cargo >/dev/null 2>&1 \
+  || die "cargo (the Rust toolchain) is not installed: install rustup's stable toolchain, or Debian's cargo and rustc"
+
 PY=${PYTHON:-python3}
 req=requirements.txt
 [ "$want_test" = 1 ] && req=requirements-test.txt
@@ -46,9 +51,17 @@ if [ ! -f "$stamp" ]; then
   say "installing pinned Python packages ($req)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req" >&2 \
     || die "pip install -r $req failed (is PyPI reachable?)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . >&2 2>/dev/null \
-    || die "pip install -e . failed"
   rm -f .venv/.stamp-*; touch "$stamp"
+fi
+
+# The package itself, with its native core (plaintap._core): rebuilt when the Rust sources change.
+native=".venv/.native-$(cat pyproject.toml native/Cargo.toml native/Cargo.lock $(find native/src -type f | sort) 2>/dev/null \
+  | sha256sum | cut -c1-16)"
+if [ ! -f "$native" ]; then
+  say "building the native core (cargo, release profile; a minute the first time)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . >&2 \
+    || die "pip install -e . failed (building native/ with maturin: see the cargo output above)"
+  rm -f .venv/.native-*; touch "$native"
 fi
 
 # The BPF objects are built against this kernel's BTF (CO-RE): cheap when up to date.

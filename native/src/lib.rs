@@ -1,0 +1,26 @@
+//! plaintap's native data plane, exposed to Python as `plaintap._core`.
+//!
+//! Modules are named like the Python stages they replace (`ring`, `decode`, `conn`,
+//! `reassembly`, `http1`, `http2`, `grpc`). Nothing panics across the Python boundary:
+//! malformed input becomes a counted event.
+use pyo3::prelude::*;
+
+/// The version of the native core, for `plaintap doctor` and bug reports.
+#[pyfunction]
+fn core_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(core_version, m)?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_is_set() {
+        assert!(!super::core_version().is_empty());
+    }
+}
