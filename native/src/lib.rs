@@ -5,6 +5,8 @@
 //! malformed input becomes a counted event.
 use pyo3::prelude::*;
 
+pub mod model;
+
 /// The version of the native core, for `plaintap doctor` and bug reports.
 #[pyfunction]
 fn core_version() -> &'static str {
