@@ -5,7 +5,10 @@
 //! malformed input becomes a counted event.
 use pyo3::prelude::*;
 
+pub mod http1;
+pub mod http2;
 pub mod model;
+pub mod py_parser;
 
 /// The version of the native core, for `plaintap doctor` and bug reports.
 #[pyfunction]
@@ -16,6 +19,8 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
+    m.add_function(wrap_pyfunction!(py_parser::new_parser, m)?)?;
+    m.add_class::<py_parser::NativeParser>()?;
     Ok(())
 }
 

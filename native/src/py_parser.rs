@@ -1,0 +1,209 @@
+//! The Python face of the native parsers: `plaintap._core.new_parser(protocol, body_limit,
+//! midstream)` returns a `NativeParser` with the sans-IO calls of `protocols.new_parser`
+//! (`feed`, `feed_gap`, `close`, `next_event`, `stats`, `upgraded`), and events come out as
+//! the dataclasses of `plaintap.protocols.model`, so records and plugins are unchanged.
+//!
+//! Conversion is done once per finished event; bytes stay in Rust until then.
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::model::{Event, GrpcInfo, Header, Message, ParseError, Parser, Side, Transaction};
+
+/// The Python classes events are converted into (looked up once per process).
+pub struct ModelTypes {
+    pub transaction: Py<PyAny>,
+    pub message: Py<PyAny>,
+    pub grpc_info: Py<PyAny>,
+    pub parse_error: Py<PyAny>,
+    pub side: Py<PyAny>,
+}
+
+static MODEL: pyo3::sync::GILOnceCell<ModelTypes> = pyo3::sync::GILOnceCell::new();
+
+pub fn model_types(py: Python<'_>) -> PyResult<&ModelTypes> {
+    MODEL.get_or_try_init(py, || {
+        let m = py.import("plaintap.protocols.model")?;
+        Ok(ModelTypes {
+            transaction: m.getattr("Transaction")?.unbind(),
+            message: m.getattr("Message")?.unbind(),
+            grpc_info: m.getattr("GrpcInfo")?.unbind(),
+            parse_error: m.getattr("ParseError")?.unbind(),
+            side: m.getattr("Side")?.unbind(),
+        })
+    })
+}
+
+/// Latin-1 decoding: every byte becomes the code point of the same value (lossless).
+pub fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+    if b.is_ascii() {
+        // ASCII is valid UTF-8 and maps to the same code points.
+        return PyString::new(py, std::str::from_utf8(b).unwrap_or(""));
+    }
+    let s: String = b.iter().map(|&c| c as char).collect();
+    PyString::new(py, &s)
+}
+
+fn opt_latin1<'py>(py: Python<'py>, b: &Option<Vec<u8>>) -> Option<Bound<'py, PyString>> {
+    b.as_deref().map(|v| latin1(py, v))
+}
+
+fn headers_list<'py>(py: Python<'py>, hs: &[Header]) -> PyResult<Bound<'py, PyList>> {
+    let items: Vec<Bound<'py, PyTuple>> = hs
+        .iter()
+        .map(|(k, v)| PyTuple::new(py, [latin1(py, k), latin1(py, v)]))
+        .collect::<PyResult<_>>()?;
+    PyList::new(py, items)
+}
+
+pub fn message_to_py(py: Python<'_>, m: &Message) -> PyResult<PyObject> {
+    let t = model_types(py)?;
+    let kw = PyDict::new(py);
+    kw.set_item("headers", headers_list(py, &m.headers)?)?;
+    kw.set_item("method", opt_latin1(py, &m.method))?;
+    kw.set_item("target", opt_latin1(py, &m.target))?;
+    kw.set_item("authority", opt_latin1(py, &m.authority))?;
+    kw.set_item("status", m.status)?;
+    kw.set_item("reason", opt_latin1(py, &m.reason))?;
+    kw.set_item("version", m.version)?;
+    kw.set_item("trailers", headers_list(py, &m.trailers)?)?;
+    kw.set_item("body", PyBytes::new(py, &m.body))?;
+    kw.set_item("body_size", m.body_size)?;
+    kw.set_item("body_truncated", m.body_truncated)?;
+    kw.set_item("first_ns", m.first_ns)?;
+    kw.set_item("last_ns", m.last_ns)?;
+    kw.set_item("complete", m.complete)?;
+    kw.set_item("is_response", m.is_response)?;
+    t.message.call(py, (), Some(&kw))
+}
+
+fn grpc_to_py(py: Python<'_>, g: &GrpcInfo) -> PyResult<PyObject> {
+    let t = model_types(py)?;
+    let kw = PyDict::new(py);
+    kw.set_item("service", g.service.as_deref())?;
+    kw.set_item("method", g.method.as_deref())?;
+    kw.set_item("status_code", g.status_code)?;
+    kw.set_item("status_message", g.status_message.as_deref())?;
+    kw.set_item("request_messages", g.request_messages)?;
+    kw.set_item("response_messages", g.response_messages)?;
+    kw.set_item("request_bytes", g.request_bytes)?;
+    kw.set_item("response_bytes", g.response_bytes)?;
+    kw.set_item("framing_lost", g.framing_lost)?;
+    t.grpc_info.call(py, (), Some(&kw))
+}
+
+pub fn transaction_to_py(py: Python<'_>, tx: &Transaction) -> PyResult<PyObject> {
+    let t = model_types(py)?;
+    let kw = PyDict::new(py);
+    kw.set_item("protocol", tx.protocol)?;
+    kw.set_item("version", tx.version)?;
+    kw.set_item("stream_id", tx.stream_id)?;
+    kw.set_item("request", message_to_py(py, &tx.request)?)?;
+    match &tx.response {
+        Some(r) => kw.set_item("response", message_to_py(py, r)?)?,
+        None => kw.set_item("response", py.None())?,
+    }
+    kw.set_item("start_ns", tx.start_ns)?;
+    kw.set_item("end_ns", tx.end_ns)?;
+    kw.set_item("headers_known", tx.headers_known)?;
+    match &tx.grpc {
+        Some(g) => kw.set_item("grpc", grpc_to_py(py, g)?)?,
+        None => kw.set_item("grpc", py.None())?,
+    }
+    kw.set_item("upgraded", tx.upgraded)?;
+    kw.set_item("error", tx.error.as_deref())?;
+    t.transaction.call(py, (), Some(&kw))
+}
+
+pub fn side_to_py(py: Python<'_>, s: Side) -> PyResult<PyObject> {
+    model_types(py)?.side.call1(py, (s as i64,))
+}
+
+pub fn parse_error_to_py(py: Python<'_>, e: &ParseError) -> PyResult<PyObject> {
+    let t = model_types(py)?;
+    let kw = PyDict::new(py);
+    kw.set_item("side", side_to_py(py, e.side)?)?;
+    kw.set_item("reason", &e.reason)?;
+    kw.set_item("ts_ns", e.ts_ns)?;
+    kw.set_item("stream_id", e.stream_id)?;
+    t.parse_error.call(py, (), Some(&kw))
+}
+
+pub fn event_to_py(py: Python<'_>, ev: &Event) -> PyResult<PyObject> {
+    match ev {
+        Event::Transaction(tx) => transaction_to_py(py, tx),
+        Event::Error(e) => parse_error_to_py(py, e),
+    }
+}
+
+fn side_arg(side: &Bound<'_, PyAny>) -> PyResult<Side> {
+    let v: i64 = side.extract()?;
+    Side::from_int(v).ok_or_else(|| {
+        PyValueError::new_err(format!("side must be 0 (client) or 1 (server), not {v}"))
+    })
+}
+
+/// A native HTTP parser behind the Python sans-IO interface.
+#[pyclass(module = "plaintap._core", unsendable)]
+pub struct NativeParser {
+    inner: Box<dyn Parser>,
+}
+
+#[pymethods]
+impl NativeParser {
+    /// Bytes `side` (protocols.Side) sent, in order. Never raises for protocol errors.
+    fn feed(&mut self, side: &Bound<'_, PyAny>, data: &[u8], ts_ns: u64) -> PyResult<()> {
+        let s = side_arg(side)?;
+        self.inner.feed(s, data, ts_ns);
+        Ok(())
+    }
+
+    /// `nbytes` of `side`'s stream were lost by the capture.
+    fn feed_gap(&mut self, side: &Bound<'_, PyAny>, nbytes: u64, ts_ns: u64) -> PyResult<()> {
+        let s = side_arg(side)?;
+        self.inner.feed_gap(s, nbytes, ts_ns);
+        Ok(())
+    }
+
+    fn close(&mut self, ts_ns: u64) {
+        self.inner.close(ts_ns);
+    }
+
+    /// The next Transaction or ParseError, or None when more bytes are needed.
+    fn next_event(&mut self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        match self.inner.next_event() {
+            Some(ev) => Ok(Some(event_to_py(py, &ev)?)),
+            None => Ok(None),
+        }
+    }
+
+    #[getter]
+    fn upgraded(&self) -> bool {
+        self.inner.upgraded()
+    }
+
+    /// Named counters, as a new dict each call.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.stats() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+}
+
+/// The native parser for "http1" or "http2"; ValueError for any other name, or for one
+/// whose native implementation is not built in yet.
+#[pyfunction]
+#[pyo3(signature = (protocol, body_limit = 2 * 1024 * 1024, midstream = false))]
+pub fn new_parser(protocol: &str, body_limit: usize, midstream: bool) -> PyResult<NativeParser> {
+    let inner = match protocol {
+        "http1" => crate::http1::new_parser(body_limit, midstream),
+        "http2" => crate::http2::new_parser(body_limit, midstream),
+        _ => None,
+    };
+    inner
+        .map(|inner| NativeParser { inner })
+        .ok_or_else(|| PyValueError::new_err(format!("no native parser for protocol {protocol:?}")))
+}
