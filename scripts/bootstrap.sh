@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-say() { printf '[bootstrap] %s\n' "$*" >&2; }
+started=$SECONDS
+say() { printf '[bootstrap %3ds] %s\n' "$((SECONDS - started))" "$*" >&2; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 
 pkgs=(clang llvm libbpf-dev libbpf1 bpftool make gcc libc6-dev ca-certificates)
 if [ "$want_test" = 1 ]; then
-  pkgs+=(nginx-light curl golang-go nghttp2-client openssl wrk iproute2 util-linux procps)
+  pkgs+=(nginx-light curl golang-go nghttp2-client openssl wrk iproute2 util-linux procps prometheus)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 fi
 missing=()
@@ -23,13 +24,14 @@ for p in "${pkgs[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "missing apt packages (${missing[*]}): rerun as root, or apt-get install them"
-  say "installing apt packages: ${missing[*]}"
+  say "installing ${#missing[@]} apt packages (1-4 min the first time): ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  say "apt-get update"
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
     || die "apt-get install failed for: ${missing[*]}"
   # nginx-light's package starts a system nginx on :80; tests run their own.
-  if [ "$want_test" = 1 ] && command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
+  if [ "$want_test" = 1 ] && command -v systemctl >/dev/null 2>&1; then systemctl stop nginx prometheus prometheus-node-exporter >/dev/null 2>&1 || true; fi
 fi
 
 # The native core (native/, Rust) is built by cargo: rustup installs it under ~/.cargo.
@@ -40,7 +42,12 @@ command -v cargo >/dev/null 2>&1 \
 PY=${PYTHON:-python3}
 req=requirements.txt
 [ "$want_test" = 1 ] && req=requirements-test.txt
-stamp=".venv/.stamp-$(cat requirements.txt "$req" pyproject.toml | sha256sum | cut -c1-16)-$want_test"
+# A stamp per installed set: the test set (which includes the runtime set) stamps both, so
+# `./run` after `./test` installs nothing.
+rt_stamp=".venv/.stamp-rt-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+test_stamp=".venv/.stamp-test-$(cat requirements.txt requirements-test.txt pyproject.toml | sha256sum | cut -c1-16)"
+stamp=$rt_stamp
+[ "$want_test" = 1 ] && stamp=$test_stamp
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$PY" -m venv .venv 2>/dev/null || {
@@ -48,10 +55,12 @@ if [ ! -x .venv/bin/python ]; then
     || die "cannot create a virtualenv with $PY: install python3-venv"
 fi
 if [ ! -f "$stamp" ]; then
-  say "installing pinned Python packages ($req)"
+  say "installing pinned Python packages from $req into .venv (about 1 min the first time)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req" >&2 \
     || die "pip install -r $req failed (is PyPI reachable?)"
-  rm -f .venv/.stamp-*; touch "$stamp"
+  rm -f .venv/.stamp-*
+  touch "$rt_stamp"
+  if [ "$want_test" = 1 ]; then touch "$test_stamp"; fi
 fi
 
 # The package itself, with its native core (plaintap._core): rebuilt when the Rust sources change.
@@ -65,4 +74,6 @@ if [ ! -f "$native" ]; then
 fi
 
 # The BPF objects are built against this kernel's BTF (CO-RE): cheap when up to date.
+[ -f src/plaintap/bpf/obj/capture.bpf.o ] || say "building the BPF programs against this kernel's BTF (about 20 s)"
 make -s -C bpf >&2 || die "BPF build failed (make -C bpf): see the compiler output above"
+[ "$((SECONDS - started))" -lt 5 ] || say "ready"

@@ -1,8 +1,10 @@
 """Command line: `plaintap [run]`, `plaintap doctor`, `plaintap validate FILE`.
 
-Every option can also come from an environment variable (PLAINTAP_<OPTION>). Errors a
-person can fix are printed as one line on stderr with a non-zero exit; tracebacks only
-with --log-level debug.
+Every option can also come from an environment variable: PLAINTAP_<OPTION>, or qtap's own
+name for it (`QTAP_ENV`: QPOINT_CONFIG, LOG_LEVEL, …) so a qtap deployment's environment
+works unchanged; PLAINTAP_* wins when both are set. Every value, from a flag or the
+environment, is checked before anything starts. Errors a person can fix are printed as
+one line on stderr with a non-zero exit; tracebacks only with --log-level debug.
 """
 from __future__ import annotations
 
@@ -11,20 +13,54 @@ import json
 import logging
 import os
 import sys
+import time
 
 from . import __version__
+from .errors import UserError
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
 
+# qtap's environment variable for an option, accepted as an alias of PLAINTAP_<OPTION>.
+QTAP_ENV = {
+    "config": "QPOINT_CONFIG",
+    "log_level": "LOG_LEVEL",
+    "log_encoding": "LOG_ENCODING",
+    "tls_probes": "TLS_PROBES",
+    "http_buffer_size": "HTTP_BUFFER_SIZE",
+    "httpd_listen": "HTTPD_LISTEN",
+    "tags": "QPOINT_DEPLOYMENT_TAGS",
+}
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_ENCODINGS = ("console", "json")
+
+# option → the environment variable its value came from (for error messages)
+_FROM_ENV: dict[str, str] = {}
+
 
 def _env(name: str, default=None):
-    return os.environ.get("PLAINTAP_" + name.upper().replace("-", "_"), default)
+    """The option's value from the environment (PLAINTAP_<NAME>, else qtap's name), else `default`."""
+    for var in ("PLAINTAP_" + name.upper().replace("-", "_"), QTAP_ENV.get(name)):
+        if var and os.environ.get(var, "") != "":
+            _FROM_ENV[name] = var
+            return os.environ[var]
+    return default
+
+
+def _flag(name: str) -> str:
+    """`--log-level`, or `--log-level (from LOG_LEVEL)` when the value came from the environment."""
+    var = _FROM_ENV.get(name)
+    flag = "--" + name.replace("_", "-")
+    return f"{flag} (from {var})" if var else flag
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line with qtap's keys: ts (RFC 3339, UTC), level, msg (+ logger)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        out = {"level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        out = {"ts": ts, "level": record.levelname.lower().replace("warning", "warn"), "logger": record.name,
+               "msg": record.getMessage()}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
@@ -50,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--log-level", default=_env("log_level", "info"),
-                        choices=["debug", "info", "warn", "error"], help="agent log level (stderr)")
-        sp.add_argument("--log-encoding", default=_env("log_encoding"), choices=["console", "json"],
-                        help="agent log format (default: console on a terminal, else json)")
+                        help="agent log level on stderr: debug, info, warn or error (default info)")
+        sp.add_argument("--log-encoding", default=_env("log_encoding"),
+                        help="agent log format: console or json (default: console on a terminal, else json)")
         sp.add_argument("--btf", default=_env("btf"), metavar="FILE",
                         help="BTF file for kernels without /sys/kernel/btf/vmlinux")
 
@@ -72,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write each connection's reassembled byte streams to DIR (debugging)")
     run.add_argument("--ring-buffer-size", default=_env("ring_buffer_size", "64mb"), metavar="SIZE",
                      help="kernel ring buffer size (default 64mb)")
+    run.add_argument("--allow-multiple", action="store_true", default=_env("allow_multiple", "") in ("1", "true"),
+                     help="run even if another plaintap runs on this host (each captures everything)")
+    run.add_argument("--lock-file", default=_env("lock_file", "/run/plaintap.lock"), metavar="PATH",
+                     help="the one-agent-per-host lock (default /run/plaintap.lock)")
 
     doc = sub.add_parser("doctor", help="check what this kernel supports and whether plaintap can run")
     common(doc)
@@ -88,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")
+    _FROM_ENV.clear()
     args = build_parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args.file)
+    problem = _check_log_options(args)
+    if problem:
+        print(f"plaintap: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     setup_logging(args.log_level, args.log_encoding)
     debug = args.log_level == "debug"
     try:
@@ -105,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         from .config import ConfigError
         if debug:
             logging.getLogger("plaintap").exception("fatal")
-        if isinstance(e, (BpfError, ConfigError)) or type(e).__name__ in ("ConfigUnsupported", "AbiMismatch") \
+        if isinstance(e, (BpfError, ConfigError, UserError)) \
+                or type(e).__name__ in ("ConfigUnsupported", "AbiMismatch") \
                 or (isinstance(e, ValueError) and args.command != "doctor"):
             print(f"plaintap: {e}", file=sys.stderr)
             return EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_RUNTIME
@@ -113,11 +159,34 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUNTIME
 
 
+def _check_log_options(args) -> str | None:
+    """The first bad --log-level / --log-encoding value (flag or environment), as one line."""
+    if args.log_level not in LOG_LEVELS:
+        return f"{_flag('log_level')}: {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+    if args.log_encoding is not None and args.log_encoding not in LOG_ENCODINGS:
+        return f"{_flag('log_encoding')}: {args.log_encoding!r} is not one of {', '.join(LOG_ENCODINGS)}"
+    return None
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` / `[v6]:PORT` / `:PORT` → (host, port); ValueError with the expected form."""
+    host, sep, port = value.rpartition(":")
+    example = "e.g. 127.0.0.1:10001, [::1]:10001 or 0.0.0.0:10001"
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT ({example})")
+    host = host.strip("[]") or "0.0.0.0"
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ValueError(f"{value!r} is not HOST:PORT ({example})")
+    return host, int(port)
+
+
 def _validate(path: str) -> int:
-    from .config import validate_file
-    problems = validate_file(path)
+    from .config import check_file
+    problems, warnings = check_file(path)
+    for line in warnings:
+        print(f"{path}: warning: {line}")
     if not problems:
-        print(f"{path}: valid")
+        print(f"{path}: valid" + (f" ({len(warnings)} warning(s))" if warnings else ""))
         return 0
     print(f"{path}: {len(problems)} problem(s)")
     for line in problems:
@@ -129,26 +198,37 @@ def _run(args) -> int:
     from .config import default_config, load_config, parse_size
     from .pipeline import Agent, RunOptions, install_signal_handlers, parse_tags
 
-    cfg = load_config(args.config) if args.config else default_config()
-    try:
-        buf = parse_size(args.http_buffer_size)
-        ring = parse_size(args.ring_buffer_size)
-        tags = parse_tags(args.tags)
-    except ValueError as e:
-        print(f"plaintap: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    values = {}
+    for name, parse in (("http_buffer_size", parse_size), ("ring_buffer_size", parse_size),
+                        ("tags", parse_tags), ("httpd_listen", parse_listen)):
+        try:
+            values[name] = parse(getattr(args, name))
+        except ValueError as e:
+            print(f"plaintap: {_flag(name)}: {str(e).removeprefix('--tags: ')}", file=sys.stderr)
+            return EXIT_CONFIG
     probes = tuple(p.strip() for p in args.tls_probes.split(",") if p.strip())
     unknown = set(probes) - {"openssl", "gotls", "nodetls"}
     if unknown:
-        print(f"plaintap: --tls-probes: unknown {', '.join(sorted(unknown))} (allowed: openssl, gotls, nodetls)",
-              file=sys.stderr)
+        print(f"plaintap: {_flag('tls_probes')}: unknown {', '.join(sorted(unknown))} "
+              "(allowed: openssl, gotls, nodetls)", file=sys.stderr)
         return EXIT_CONFIG
-    opts = RunOptions(httpd_listen=args.httpd_listen, http_buffer_size=buf, tls_probes=probes,
-                      btf=args.btf, dump_streams=args.dump_streams, ring_buffer_size=ring, tags=tags,
-                      config_source=args.config)
-    agent = Agent(cfg, opts)
-    install_signal_handlers(agent)
-    return agent.run()
+    cfg = load_config(args.config) if args.config else default_config()
+    lock = None
+    if not args.allow_multiple and os.geteuid() == 0:   # not root: the agent's own check says so
+        from .instance import InstanceLock
+        lock = InstanceLock(args.lock_file)
+        lock.acquire()
+    try:
+        opts = RunOptions(httpd_listen=args.httpd_listen, http_buffer_size=values["http_buffer_size"],
+                          tls_probes=probes, btf=args.btf, dump_streams=args.dump_streams,
+                          ring_buffer_size=values["ring_buffer_size"], tags=values["tags"],
+                          config_source=args.config)
+        agent = Agent(cfg, opts)
+        install_signal_handlers(agent)
+        return agent.run()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

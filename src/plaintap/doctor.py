@@ -75,6 +75,12 @@ def checks(btf: str | None = None):
 
 def run(btf: str | None = None) -> int:
     print(f"plaintap doctor — kernel {platform.release()} ({platform.machine()})")
+    if os.geteuid() != 0:
+        # Without root tracefs and BPF are unreadable, so every later check would blame the kernel.
+        print("  [FAIL] running as root\n         fix: run `sudo plaintap doctor` (it loads eBPF programs and "
+              "reads tracefs, which need root)")
+        print("plaintap doctor needs root to check this kernel.")
+        return 1
     bad = 0
     for ok, what, fix in checks(btf):
         mark = "ok  " if ok else "FAIL"

@@ -2,15 +2,24 @@
 
 Every drop has a named counter here (CONVENTIONS.md 9). Kernel-side counters live in a
 BPF map; `KernelCounters` copies them in at scrape time so there is one place to look.
+
+Made to alert on: every series that counts a loss or an error is present at 0 from
+start (`preset_labels`; an alert on `increase(x[5m]) > 0` needs the 0 to exist), labels
+are names (never a bare event-type number), and there are no `_created` twins.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 
+from .bpf import abi
+
+disable_created_metrics()
+
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)   # process_resident_memory_bytes, process_cpu_seconds_total, …
 
 kernel_events = Counter("plaintap_kernel_events", "Ring-buffer records decoded, by type", ["type"], registry=REGISTRY)
 unknown_events = Counter("plaintap_unknown_kernel_events", "Ring-buffer records of an unknown type or size",
@@ -32,24 +41,63 @@ parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by proto
                        registry=REGISTRY)
 
 
-class KernelCounters:
-    """Collector that reads the BPF `counters` map at scrape time."""
+PARSE_PROTOCOLS = ("http1", "http2", "grpc")
+SINK_DROP_REASONS = ("queue_full", "shutdown", "export_error")
 
-    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+
+def preset_labels() -> None:
+    """Create every known series at 0, so /metrics holds them from start."""
+    for name in abi.EVENT_NAMES.values():
+        kernel_events.labels(name)
+    for reason in abi.GAP_REASONS.values():
+        gap_bytes.labels(reason)
+    for scope in ("plaintap.events", "plaintap.objects"):
+        records.labels(scope)
+    for result in ("ok", "failed"):
+        config_reloads.labels(result)
+    for protocol in PARSE_PROTOCOLS:
+        parse_errors.labels(protocol)
+
+
+def preset_sink(name: str) -> None:
+    """A sink's series at 0 (called when the sink is made)."""
+    sink_exported.labels(name)
+    for reason in SINK_DROP_REASONS:
+        sink_dropped.labels(name, reason)
+
+
+class KernelCounters:
+    """Collector that reads the BPF `counters` map at scrape time; every counter is
+    reported (0 before the kernel side is loaded)."""
+
+    def __init__(self) -> None:
+        self._read: Callable[[], dict[str, int]] | None = None
+
+    def attach(self, read: Callable[[], dict[str, int]]) -> None:
         self._read = read
 
     def collect(self):
-        try:
-            values = self._read()
-        except Exception:
-            values = {}
+        values: dict[str, int] = {}
+        if self._read is not None:
+            try:
+                values = self._read()
+            except Exception:
+                values = {}
         fam = CounterMetricFamily("plaintap_kernel", "Kernel-side counters (drops, filters)", labels=["counter"])
+        for name in abi.KERNEL_COUNTERS.values():
+            fam.add_metric([name], values.get(name, 0))
         for name, v in values.items():
-            fam.add_metric([name], v)
+            if name not in abi.KERNEL_COUNTERS.values():
+                fam.add_metric([name], v)
         yield fam
 
 
+KERNEL_COUNTERS = KernelCounters()
+REGISTRY.register(KERNEL_COUNTERS)
+preset_labels()
+
+
 def register_kernel_counters(read: Callable[[], dict[str, int]]) -> KernelCounters:
-    c = KernelCounters(read)
-    REGISTRY.register(c)
-    return c
+    """Read the kernel's counters from `read` from now on."""
+    KERNEL_COUNTERS.attach(read)
+    return KERNEL_COUNTERS

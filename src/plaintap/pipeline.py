@@ -32,6 +32,7 @@ from .capture.existing import find_existing
 from .capture.filters import KERNEL_BITS as KERNEL_FILTER_BITS, SKIP_ALL, SKIP_DATA, ProcessFilter
 from .capture.filters import describe as describe_filter
 from .capture.process import ProcessTable
+from .config.summary import startup_line
 from .capture.tls_attach import TlsAttacher
 from .conn.classify import ProtocolClassifier
 from .conn.dump import StreamDumper
@@ -42,7 +43,7 @@ from .conn.tracker import ConnectionTracker
 from .records.connection import connection_record
 from .records.model import Record
 from .sinks.base import QueuedSink
-from .sinks.stdout import STDOUT_LOCK, JsonLinesSink
+from .sinks.stdout import STDOUT_LOCK, JsonLinesSink, access_log_stream
 from .status import StatusServer
 
 log = logging.getLogger("plaintap")
@@ -136,15 +137,19 @@ def build_object_sink(cfg, tags: dict | None = None) -> tuple[QueuedSink | None,
 
 
 class ConsoleLines:
-    """Human-readable lines (access_logs console/json) to stdout, behind a QueuedSink."""
+    """access_logs lines (console or json) to their stream (`access_log_stream`: stdout,
+    or stderr when a store writes records to stdout), behind a QueuedSink."""
 
     name = "access-logs"
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
 
     def export(self, lines) -> None:
         text = "".join(line + "\n" for line in lines)
         with STDOUT_LOCK:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            self.stream.write(text)
+            self.stream.flush()
 
     def force_flush(self, timeout: float = 5.0) -> bool:
         return True
@@ -161,8 +166,9 @@ class Agent:
         self.status = StatusServer(opts.httpd_listen)
         self.event_sink = build_event_sink(cfg, opts.tags)
         self.object_sink, self.object_url = build_object_sink(cfg, opts.tags)
-        self.console = QueuedSink(ConsoleLines())
-        self.stacks = PluginStacks(cfg, color=sys.stdout.isatty())
+        self.console_lines = ConsoleLines(access_log_stream(cfg))
+        self.console = QueuedSink(self.console_lines)
+        self.stacks = PluginStacks(cfg, color=self.console_lines.stream.isatty())
         tap = cfg.tap
         self.kernel = KernelCapture(KernelSettings(
             agent_pid=os.getpid(),
@@ -279,7 +285,7 @@ class Agent:
         source = self.opts.config_source
         try:
             cfg = load_config(source) if source else default_config()
-            stacks = PluginStacks(cfg, color=sys.stdout.isatty())
+            stacks = PluginStacks(cfg, color=access_log_stream(cfg).isatty())
             services_changed = cfg.services.model_dump() != self.cfg.services.model_dump()
             if services_changed:
                 event_sink = build_event_sink(cfg, self.opts.tags)
@@ -316,6 +322,7 @@ class Agent:
                 t.start()
                 self._retired.append((sink, t))
             changes.append("services (event and object stores)")
+        self.console_lines.stream = access_log_stream(cfg)
         self.cfg = cfg
         metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded from %s: %s", source or "the built-in default", ", ".join(changes))
@@ -336,6 +343,10 @@ class Agent:
             self.status.ready.set()
             log.info("plaintap capturing (direction=%s, ignore_loopback=%s)",
                      self.cfg.tap.direction, self.cfg.tap.ignore_loopback)
+            for warning in self.cfg.warnings:
+                log.warning("config: %s", warning)
+            if startup_line(self.cfg):
+                log.info("%s", startup_line(self.cfg))
             self._loop()
         finally:
             self.status.ready.clear()
@@ -384,7 +395,7 @@ class Agent:
             except Exception:  # bad input must not kill the agent or other connections
                 log.exception("internal error handling %s; event dropped", type(ev).__name__)
         for t, n in counted.items():
-            metrics.kernel_events.labels(str(t)).inc(n)
+            metrics.kernel_events.labels(abi.EVENT_NAMES.get(t, f"type_{t}")).inc(n)
 
     def _loop(self) -> None:
         next_check = 0

@@ -6,15 +6,28 @@ Prometheus exposition of plaintap.metrics.REGISTRY.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .errors import UserError
 from .metrics import REGISTRY
 
 log = logging.getLogger("plaintap.status")
+
+
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return (f"cannot serve /readyz /healthz /metrics on {where}: the address is in use (another plaintap may be "
+                "running); stop it or pick another --httpd-listen HOST:PORT")
+    if e.errno in (errno.EADDRNOTAVAIL, socket.EAI_NONAME, socket.EAI_AGAIN) or isinstance(e, socket.gaierror):
+        return f"cannot serve the status endpoints on {where}: no such local address; fix --httpd-listen HOST:PORT"
+    return f"cannot serve the status endpoints on {where}: {e.strerror or e}; fix --httpd-listen HOST:PORT"
 
 
 class StatusServer:
@@ -56,14 +69,16 @@ class StatusServer:
 
         family_host = self.host
         ThreadingHTTPServer.allow_reuse_address = True
-        if ":" in family_host:
-            import socket
+        try:
+            if ":" in family_host:
 
-            class V6Server(ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-            self._server = V6Server((family_host, self.port), Handler)
-        else:
-            self._server = ThreadingHTTPServer((family_host, self.port), Handler)
+                class V6Server(ThreadingHTTPServer):
+                    address_family = socket.AF_INET6
+                self._server = V6Server((family_host, self.port), Handler)
+            else:
+                self._server = ThreadingHTTPServer((family_host, self.port), Handler)
+        except OSError as e:
+            raise UserError(_listen_error(self.host, self.port, e)) from None
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="status-http", daemon=True).start()
         log.info("status endpoints on http://%s:%d (/readyz /healthz /metrics)", self.host, self.port)

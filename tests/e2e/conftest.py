@@ -117,8 +117,11 @@ def start_agent(kernel, tmp_path):
         out, err = tmp_path / f"agent{n}.out", tmp_path / f"agent{n}.err"
         dump = tmp_path / f"dump{n}"
         port = free_port()
+        # Each agent its own lock file: tests (and other checkouts' test runs) may run agents
+        # side by side; test_first_hour covers the one-agent-per-host lock itself.
         cmd = [str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{port}",
-               "--dump-streams", str(dump), "--log-level", "info", *args]
+               "--dump-streams", str(dump), "--log-level", "info", "--lock-file", str(tmp_path / f"agent{n}.lock"),
+               *args]
         proc = subprocess.Popen(cmd, stdout=out.open("wb"), stderr=err.open("wb"), cwd=tmp_path)
         agent = RunningAgent(proc, out, err, port, dump)
         agents.append(agent)

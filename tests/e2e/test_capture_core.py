@@ -217,9 +217,9 @@ def test_not_root_and_missing_btf_fail_with_one_line(kernel, tmp_path):
     cfg.write_text(ALL_LOOPBACK)
     cases = {
         "no privileges": (["setpriv", "--bounding-set=-all", str(PLAINTAP), "--config", str(cfg),
-                           "--httpd-listen", "127.0.0.1:0"], "root"),
+                           "--httpd-listen", "127.0.0.1:0", "--allow-multiple"], "root"),
         "no BTF": ([str(PLAINTAP), "--config", str(cfg), "--btf", str(tmp_path / "missing.btf"),
-                    "--httpd-listen", "127.0.0.1:0"], "BTF"),
+                    "--httpd-listen", "127.0.0.1:0", "--allow-multiple"], "BTF"),
     }
     for what, (cmd, word) in cases.items():
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)

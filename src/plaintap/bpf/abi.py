@@ -20,6 +20,16 @@ EV_GAP = 4
 EV_PROC_EXEC = 5
 EV_PROC_EXIT = 6
 EV_SOCK_STATE = 7
+# Names of the event types, for metrics labels and logs (never the bare number).
+EVENT_NAMES = {
+    EV_CONN_OPEN: "conn_open",
+    EV_CONN_CLOSE: "conn_close",
+    EV_DATA: "data",
+    EV_GAP: "gap",
+    EV_PROC_EXEC: "proc_exec",
+    EV_PROC_EXIT: "proc_exit",
+    EV_SOCK_STATE: "sock_state",
+}
 
 ROLE_CLIENT = 1
 ROLE_SERVER = 2

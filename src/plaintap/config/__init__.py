@@ -12,7 +12,8 @@ expressions it contains (`rules.py`).
 """
 
 from .errors import ConfigError
-from .loader import config_from_document, default_config, load_config, load_config_text, validate_file
+from .loader import (check_file, config_from_document, config_warnings, default_config, load_config, load_config_text,
+                     validate_file)
 from .model import Config
 from .rules import Rule, RuleSyntaxError, compile_expr
 from .sizes import parse_size
@@ -27,6 +28,8 @@ __all__ = [
     "default_config",
     "parse_size",
     "validate_file",
+    "check_file",
+    "config_warnings",
     "resolve_value_source",
     "ValueSource",
     "Rule",

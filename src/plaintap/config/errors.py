@@ -121,7 +121,9 @@ def _message(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":
-        return "unknown key"
+        loc = error.get("loc") or ()
+        guess = closest_key(str(loc[-1])) if loc else None
+        return f"unknown key (did you mean '{guess}'?)" if guess else "unknown key"
     if kind in _EXPECTED:
         given = error.get("input")
         hint = ""
@@ -134,6 +136,37 @@ def _message(error: dict[str, Any]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     return message[:1].lower() + message[1:]
+
+
+_KNOWN_KEYS: list[str] | None = None
+
+
+def _known_keys() -> list[str]:
+    """Every key any config model accepts (field names and their aliases)."""
+    global _KNOWN_KEYS
+    if _KNOWN_KEYS is None:
+        from pydantic import AliasChoices, BaseModel
+
+        from . import model
+        keys: set[str] = set()
+        for obj in vars(model).values():
+            if isinstance(obj, type) and issubclass(obj, BaseModel) and obj is not BaseModel:
+                for name, info in obj.model_fields.items():
+                    keys.add(info.alias or name)
+                    alias = info.validation_alias
+                    if isinstance(alias, str):
+                        keys.add(alias)
+                    elif isinstance(alias, AliasChoices):
+                        keys.update(c for c in alias.choices if isinstance(c, str))
+        _KNOWN_KEYS = sorted(k for k in keys if not k.startswith("_"))
+    return _KNOWN_KEYS
+
+
+def closest_key(key: str) -> str | None:
+    """The known config key `key` is most likely a typo of (`levle` → `level`), or None."""
+    import difflib
+    found = difflib.get_close_matches(key, _known_keys(), n=1, cutoff=0.75)
+    return found[0] if found and found[0] != key else None
 
 
 def key_path(loc: Sequence[int | str], document: object) -> str:

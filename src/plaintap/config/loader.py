@@ -32,6 +32,8 @@ __all__ = [
     "config_from_document",
     "default_config",
     "validate_file",
+    "check_file",
+    "config_warnings",
     "DEFAULT_CONFIG_YAML",
     "FETCH_TIMEOUT_SECONDS",
 ]
@@ -87,6 +89,7 @@ def config_from_document(document: Any, source: str = "<config>", *, env: Mappin
 
     Raises ConfigError listing every problem.
     """
+    warnings_for = document
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -100,14 +103,45 @@ def config_from_document(document: Any, source: str = "<config>", *, env: Mappin
         macros=_macro_texts(document),
     )
     try:
-        return Config.model_validate(document, context=context)
+        config = Config.model_validate(document, context=context)
     except ValidationError as err:
         raise ConfigError(problems_from_validation_error(err, document), source) from None
+    config._warnings = config_warnings(warnings_for)
+    return config
 
 
 def default_config() -> Config:
     """qtap's built-in configuration: stdout stores, access logs for egress-external HTTP."""
     return load_config_text(DEFAULT_CONFIG_YAML, source="<built-in default>")
+
+
+SUPPORTED_VERSION = 2
+
+
+def config_warnings(document: Any) -> list[str]:
+    """Things in a document that load but are probably not what the user meant."""
+    if document is None or document == {}:
+        return ["the file is empty: the built-in defaults apply (nothing is reported until services, stacks "
+                "and tap are set; see examples/)"]
+    if not isinstance(document, dict):
+        return []
+    version = document.get("version")
+    if version is None:
+        return [f"no version: qtap configs say `version: {SUPPORTED_VERSION}` (plaintap reads that format)"]
+    if version != SUPPORTED_VERSION:
+        return [f"version: {version!r} is not {SUPPORTED_VERSION}; plaintap reads qtap's version "
+                f"{SUPPORTED_VERSION} format and may misread this file"]
+    return []
+
+
+def check_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) for the configuration at `location`; never raises for
+    configuration problems, including an unreadable file or URL."""
+    try:
+        config = load_config(location, env=env)
+    except ConfigError as err:
+        return err.problems, []
+    return [], config.warnings
 
 
 def validate_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> list[str]:

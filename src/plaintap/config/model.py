@@ -27,6 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
+    PrivateAttr,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -657,6 +658,12 @@ class Config(_Section):
     tags: Annotated[list[Tag], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
     control: Control | None = None
     rulekit: Annotated[Rulekit, BeforeValidator(_none_is_empty)] = Field(default_factory=Rulekit)
+    # Set by the loader: things that load but are probably not meant (`loader.config_warnings`).
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._warnings
 
     @field_validator("stacks", mode="before")
     @classmethod

@@ -63,6 +63,7 @@ class QueuedSink:
         # Plain tallies beside the Prometheus counters, for the shutdown accounting line.
         self.exported = 0
         self.dropped = 0
+        metrics.preset_sink(self.name)
 
     def _drop(self, n: int, reason: str) -> None:
         self.dropped += n

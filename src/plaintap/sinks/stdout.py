@@ -1,7 +1,9 @@
 """The `stdout` event/object store: JSON Lines on standard output (RECORDS.md).
 
-One record per line; the agent's own log goes to standard error, so stdout stays
-machine-readable (human `access_logs` console lines never start with `{`).
+One record per line; the agent's own log goes to standard error. Standard output carries
+one format only: when a store writes records there, the `access_logs` lines (human
+console lines or their JSON form) go to standard error instead (`access_log_stream`), so
+`plaintap | jq` always parses, on a terminal or a pipe alike.
 """
 from __future__ import annotations
 
@@ -13,6 +15,21 @@ from ..records.model import Record, to_json_line
 
 # Shared by every stdout writer (both stores, access logs) so lines never interleave.
 STDOUT_LOCK = threading.Lock()
+
+
+def stores_write_stdout(cfg) -> bool:
+    """True when an event or object store of `cfg` writes its records to standard output
+    (type `stdout`, or `otel` with `protocol: stdout`)."""
+    for store in (cfg.services.event_store, cfg.services.object_store):
+        if store.type == "stdout" or (store.type == "otel" and getattr(store, "protocol", None) == "stdout"):
+            return True
+    return False
+
+
+def access_log_stream(cfg) -> TextIO:
+    """Where `access_logs` lines go: standard output when no store writes records there,
+    else standard error (one format per stream)."""
+    return sys.stderr if stores_write_stdout(cfg) else sys.stdout
 
 
 class JsonLinesSink:

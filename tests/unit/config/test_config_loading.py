@@ -32,10 +32,10 @@ def test_every_fixture_is_covered() -> None:
 
 
 def test_typo_names_its_key_path() -> None:
-    assert validate_file(FIXTURES / "typo-levle.yaml") == ["stacks.capture.plugins[0].config.levle: unknown key"]
+    assert validate_file(FIXTURES / "typo-levle.yaml") == ["stacks.capture.plugins[0].config.levle: unknown key (did you mean 'level'?)"]
     with pytest.raises(ConfigError) as caught:
         load_config(FIXTURES / "typo-levle.yaml")
-    assert str(caught.value) == "stacks.capture.plugins[0].config.levle: unknown key"
+    assert str(caught.value) == "stacks.capture.plugins[0].config.levle: unknown key (did you mean 'level'?)"
     assert caught.value.source == str(FIXTURES / "typo-levle.yaml")
 
 
@@ -213,7 +213,7 @@ def test_url_problems_name_the_url(fixture_server: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(url)
     assert caught.value.source == url
-    assert caught.value.problems == ["stacks.capture.plugins[0].config.levle: unknown key"]
+    assert caught.value.problems == ["stacks.capture.plugins[0].config.levle: unknown key (did you mean 'level'?)"]
 
 
 def test_url_not_found(fixture_server: str) -> None:

@@ -96,11 +96,11 @@ def test_unknown_keys_anywhere_name_their_path() -> None:
       macro: []
     """
     assert problems(text) == [
-        "services.event_stores[0].tls.enable: unknown key",
-        "services.event_stores[0].endpont: unknown key",
-        "tap.http.stak: unknown key",
-        "tap.filters.custom[0].stratgy: unknown key",
-        "rulekit.macro: unknown key",
+        "services.event_stores[0].tls.enable: unknown key (did you mean 'enabled'?)",
+        "services.event_stores[0].endpont: unknown key (did you mean 'endpoint'?)",
+        "tap.http.stak: unknown key (did you mean 'stack'?)",
+        "tap.filters.custom[0].stratgy: unknown key (did you mean 'strategy'?)",
+        "rulekit.macro: unknown key (did you mean 'macros'?)",
     ]
 
 
@@ -482,5 +482,8 @@ def test_tags_and_control_are_accepted() -> None:
     assert config.control.rules[0].expr.evaluate({"dst.ip": "169.254.169.254"})
 
 
-def test_version_is_accepted_and_ignored() -> None:
-    assert load("version: 2\n") == load("version: 1\n").model_copy(update={"version": 2})
+def test_version_other_than_2_loads_with_a_warning() -> None:
+    v2, v1 = load("version: 2\n"), load("version: 1\n")
+    assert v2.model_dump() == v1.model_copy(update={"version": 2}).model_dump()
+    assert v2.warnings == []
+    assert v1.warnings == ["version: 1 is not 2; plaintap reads qtap's version 2 format and may misread this file"]
