@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="k:v,... added as resource attributes to OTLP exports")
     run.add_argument("--dump-streams", default=_env("dump_streams"), metavar="DIR",
                      help="also write each connection's reassembled byte streams to DIR (debugging)")
+    run.add_argument("--no-redact", action="store_true",
+                     default=_env("no_redact", "").lower() in ("1", "true", "yes"),
+                     help="store credentials as captured: no masking of Authorization, Cookie, API-key "
+                          "headers, signed-URL query parameters or command-line secrets (default: masked)")
     run.add_argument("--ring-buffer-size", default=_env("ring_buffer_size", "64mb"), metavar="SIZE",
                      help="kernel ring buffer size (default 64mb)")
     run.add_argument("--allow-multiple", action="store_true", default=_env("allow_multiple", "") in ("1", "true"),
@@ -222,7 +226,7 @@ def _run(args) -> int:
         opts = RunOptions(httpd_listen=args.httpd_listen, http_buffer_size=values["http_buffer_size"],
                           tls_probes=probes, btf=args.btf, dump_streams=args.dump_streams,
                           ring_buffer_size=values["ring_buffer_size"], tags=values["tags"],
-                          config_source=args.config)
+                          config_source=args.config, no_redact=args.no_redact)
         agent = Agent(cfg, opts)
         install_signal_handlers(agent)
         return agent.run()

@@ -74,6 +74,7 @@ class RunOptions:
     ring_buffer_size: int = 64 << 20
     tags: dict = field(default_factory=dict)   # --tags: resource attributes on OTLP exports
     config_source: str | None = None           # --config, re-read on SIGHUP (None: built-in default)
+    no_redact: bool = False                    # --no-redact: store credentials as captured
 
 
 def monotonic_ns() -> int:
@@ -168,7 +169,8 @@ class Agent:
         self.object_sink, self.object_url = build_object_sink(cfg, opts.tags)
         self.console_lines = ConsoleLines(access_log_stream(cfg))
         self.console = QueuedSink(self.console_lines)
-        self.stacks = PluginStacks(cfg, color=self.console_lines.stream.isatty())
+        self.redaction = cfg.redaction.policy(force_off=opts.no_redact)
+        self.stacks = PluginStacks(cfg, color=self.console_lines.stream.isatty(), redaction=self.redaction)
         tap = cfg.tap
         self.kernel = KernelCapture(KernelSettings(
             agent_pid=os.getpid(),
@@ -230,7 +232,7 @@ class Agent:
     def _on_report(self, conn, part: int, finalized: bool) -> None:
         if self.event_sink is None:
             return
-        self._pending.append(connection_record(conn, part, finalized, self.clock))
+        self._pending.append(connection_record(conn, part, finalized, self.clock, self.redaction))
 
     def _on_transaction(self, conn, tx) -> None:
         # Connection facts learned from HTTP: gRPC, and the domain when no SNI named it.
@@ -285,7 +287,8 @@ class Agent:
         source = self.opts.config_source
         try:
             cfg = load_config(source) if source else default_config()
-            stacks = PluginStacks(cfg, color=access_log_stream(cfg).isatty())
+            redaction = cfg.redaction.policy(force_off=self.opts.no_redact)
+            stacks = PluginStacks(cfg, color=access_log_stream(cfg).isatty(), redaction=redaction)
             services_changed = cfg.services.model_dump() != self.cfg.services.model_dump()
             if services_changed:
                 event_sink = build_event_sink(cfg, self.opts.tags)
@@ -310,6 +313,9 @@ class Agent:
             self.tracker.consumers.append(HttpConsumer(self._on_transaction, self.opts.http_buffer_size))
         self.stacks = stacks
         changes.append("stacks")
+        if redaction != self.redaction:
+            self.redaction = redaction
+            changes.append("redaction")
         if services_changed:
             self._flush_records()
             old = [s for s in (self.event_sink, self.object_sink) if s is not None]

@@ -21,12 +21,14 @@ class ProcessInfo:
     pid: int
     exe: str = ""
     cmdline: str = ""
+    argv: tuple[str, ...] = ()     # when known: records mask and cut the command line per argument
     uid: int | None = None
     comm: str = ""
     container_id: str = ""
     exited: bool = False
     filter_flags: int = 0          # tap.filters bits (capture/filters.py)
     attrs: dict = field(default_factory=dict)
+    shown_cmdline: tuple = ()      # (redaction policy, process.command_line) cache for records
 
     @property
     def exe_name(self) -> str:
@@ -44,10 +46,13 @@ def container_id_from_cgroup(text: str) -> str:
     return ""
 
 
+MAX_PROC_READ = 64 << 10  # /proc/<pid>/cmdline can be megabytes; records keep 4 KiB of it
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+            return f.read(MAX_PROC_READ).decode("utf-8", "replace")
     except OSError:
         return None
 
@@ -65,7 +70,8 @@ def read_proc(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
         pass
     cmd = _read(f"{base}/cmdline")
     if cmd:
-        info.cmdline = " ".join(a for a in cmd.split("\0") if a)
+        info.argv = tuple(a for a in cmd.split("\0") if a)
+        info.cmdline = " ".join(info.argv)
     for line in status.splitlines():
         if line.startswith("Uid:"):
             info.uid = int(line.split()[1])
@@ -97,6 +103,7 @@ class ProcessTable:
         if not info.exe:
             info.exe = filename
         if argv:
+            info.argv = tuple(argv)
             info.cmdline = " ".join(argv)
         if info.uid is None:
             info.uid = uid

@@ -78,6 +78,7 @@ __all__ = [
     "ControlRule",
     "Rulekit",
     "Macro",
+    "RedactionSettings",
     "ValueSource",
     "CaptureLevel",
     "Detail",
@@ -645,6 +646,36 @@ class Rulekit(_Section):
 
 
 # --------------------------------------------------------------------------------------
+# redaction (plaintap's own section; qtap has none)
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value.strip()):
+        raise problem(f"{value!r} is not an HTTP header name (letters, digits and -, no ':' or spaces)")
+    return value.strip()
+
+
+class RedactionSettings(_Section):
+    """What is masked in objects, access logs and records before they leave the agent
+    (records/redact.py). On by default; `enabled: false` (or `--no-redact`) stores raw
+    credentials. `headers` and `query_params` are added to the built-in lists."""
+
+    enabled: bool = True
+    headers: Annotated[list[Annotated[str, AfterValidator(_check_header_name)]],
+                       BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+    query_params: Annotated[list[Text], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+    command_line: bool = True  # mask --password=…-style arguments in process.command_line
+
+    def policy(self, *, force_off: bool = False):
+        """The `records.redact.Redaction` these settings describe (`force_off`: --no-redact)."""
+        from ..records.redact import Redaction
+        return Redaction.build(enabled=self.enabled and not force_off, extra_headers=self.headers,
+                               extra_query_params=self.query_params, command_line=self.command_line)
+
+
+# --------------------------------------------------------------------------------------
 # the whole file
 
 
@@ -658,6 +689,7 @@ class Config(_Section):
     tags: Annotated[list[Tag], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
     control: Control | None = None
     rulekit: Annotated[Rulekit, BeforeValidator(_none_is_empty)] = Field(default_factory=Rulekit)
+    redaction: Annotated[RedactionSettings, BeforeValidator(_none_is_empty)] = Field(default_factory=RedactionSettings)
     # Set by the loader: things that load but are probably not meant (`loader.config_warnings`).
     _warnings: list[str] = PrivateAttr(default_factory=list)
 

@@ -40,5 +40,6 @@ class HttpCapture:
         if level != "summary" and ctx.object_url is not None:
             objects = http_objects(ctx.conn, ctx.tx, level, ctx.wall_ns, ctx.transaction_id)
         links = stored_objects(objects, ctx.object_url)
-        ctx.out.events.append(artifact_record(ctx.conn, ctx.tx, ctx.wall_ns, ctx.transaction_id, links))
+        ctx.out.events.append(artifact_record(ctx.conn, ctx.tx, ctx.wall_ns, ctx.transaction_id, links,
+                                             redaction=ctx.redaction))
         ctx.out.objects.extend(objects)

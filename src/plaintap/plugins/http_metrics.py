@@ -39,6 +39,7 @@ class HttpMetrics:
         self.config = config or {}
 
     def on_transaction(self, ctx: TransactionContext) -> None:
-        protocol = rpc_protocol(ctx.tx)
-        http_transactions.labels(protocol, ctx.conn.direction, status_class(ctx.tx)).inc()
-        http_duration.labels(protocol).observe(ctx.tx.duration_ns / 1e9)
+        tx = ctx.raw_tx  # only counts leave this plugin: no need for the redacted view
+        protocol = rpc_protocol(tx)
+        http_transactions.labels(protocol, ctx.conn.direction, status_class(tx)).inc()
+        http_duration.labels(protocol).observe(tx.duration_ns / 1e9)

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 
 from .. import metrics
 from ..config.model import NO_STACK, Config, Stack
+from ..records.redact import DEFAULT_REDACTION, Redaction
 from ..records.transaction import url_host
 from .access_logs import AccessLogs
 from .base import ObjectUrl, Plugin, PluginOutput, TransactionContext
@@ -135,13 +136,14 @@ def stack_for_connection(cfg: Config, conn, host: str | None = None) -> Stack | 
 class PluginStacks:
     """Every stack of a config built once; pick and run one per transaction.
 
-        stacks = PluginStacks(cfg, color=False)                # once per (re)loaded config
+        stacks = PluginStacks(cfg, color=False, redaction=r)   # once per (re)loaded config
         out = stacks.handle(conn, tx, transaction_id, wall_ns, object_url)
         out.events / out.objects / out.access_log_lines
     """
 
-    def __init__(self, cfg: Config, *, color: bool = False) -> None:
+    def __init__(self, cfg: Config, *, color: bool = False, redaction: Redaction = DEFAULT_REDACTION) -> None:
         self.cfg = cfg
+        self.redaction = redaction
         self.by_name: dict[str, PluginStack] = {
             name: build_stack(stack, name, color=color) for name, stack in cfg.stacks.items()}
         self._empty = PluginStack(NO_STACK, ())
@@ -163,5 +165,5 @@ class PluginStacks:
                object_url: ObjectUrl | None = None) -> PluginOutput:
         """Run the stack for this transaction; the output is empty when no stack applies."""
         stack = self.for_transaction(conn, tx)
-        ctx = TransactionContext(conn, tx, transaction_id, wall_ns, object_url)
+        ctx = TransactionContext(conn, tx, transaction_id, wall_ns, object_url, redaction=self.redaction)
         return stack.run(ctx) if stack else ctx.out

@@ -1,16 +1,29 @@
 """Connection events (`event.type = connection`), built purely from a Connection.
 
 Attribute names and types follow ../shared/reference/RECORDS.md exactly. `wall_ns` maps a
-kernel monotonic timestamp to wall-clock time (the injected clock).
+kernel monotonic timestamp to wall-clock time (the injected clock). `redaction` is the
+policy for `process.command_line` (records/redact.py; on by default).
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from .model import SCOPE_EVENTS, Record
+from .redact import DEFAULT_REDACTION, Redaction
 
 
-def endpoint_attrs(conn) -> dict:
+def shown_command_line(p, redaction: Redaction = DEFAULT_REDACTION) -> str:
+    """`process.command_line` for records: masked and cut by `redaction`, computed once
+    per process and policy."""
+    cached = p.shown_cmdline
+    if cached and cached[0] is redaction and cached[1] == p.cmdline:
+        return cached[2]
+    text = redaction.command_line(p.argv, p.cmdline)
+    p.shown_cmdline = (redaction, p.cmdline, text)
+    return text
+
+
+def endpoint_attrs(conn, redaction: Redaction = DEFAULT_REDACTION) -> dict:
     """The two ends of a connection and the local process, shared by every event type."""
     if conn.is_client:
         client = (conn.local_addr, conn.local_port)
@@ -33,7 +46,7 @@ def endpoint_attrs(conn) -> dict:
         "process.pid": conn.pid,
         "process.executable.path": p.exe,
         "process.executable.name": p.exe_name,
-        "process.command_line": p.cmdline,
+        "process.command_line": shown_command_line(p, redaction),
     }
     if p.uid is not None:
         attrs["process.user.id"] = p.uid
@@ -45,7 +58,8 @@ def endpoint_attrs(conn) -> dict:
     return attrs
 
 
-def connection_record(conn, part: int, finalized: bool, wall_ns: Callable[[int], int]) -> Record:
+def connection_record(conn, part: int, finalized: bool, wall_ns: Callable[[int], int],
+                      redaction: Redaction = DEFAULT_REDACTION) -> Record:
     arrow = "→" if conn.is_client else "←"
     peer = conn.domain or conn.remote_addr
     body = (f"Connection: [{conn.direction} via {conn.protocol}] "
@@ -61,7 +75,7 @@ def connection_record(conn, part: int, finalized: bool, wall_ns: Callable[[int],
         "connection.bytes_sent": conn.bytes_sent,
         "connection.bytes_received": conn.bytes_recv,
     }
-    attrs.update(endpoint_attrs(conn))
+    attrs.update(endpoint_attrs(conn, redaction))
     if conn.tls_version:
         attrs["tls.protocol.version"] = conn.tls_version
     if conn.tls_sni:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from .connection import endpoint_attrs
 from .model import SCOPE_EVENTS, SCOPE_OBJECTS, Record
+from .redact import DEFAULT_REDACTION, Redaction
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -195,8 +196,12 @@ def _process_exe(conn) -> str:
 
 
 def artifact_record(conn, tx, wall_ns: Callable[[int], int], transaction_id: str,
-                    artifact_urls: Mapping[str, StoredObject] | None = None) -> Record:
+                    artifact_urls: Mapping[str, StoredObject] | None = None,
+                    redaction: Redaction = DEFAULT_REDACTION) -> Record:
     """The `event.type = artifact_record` summary of one exchange (RECORDS.md).
+
+    `tx` is shown as given: pass the redacted view (`redaction.transaction(tx)`, which
+    the plugin context does) for masked URLs; `redaction` masks the command line.
 
     `artifact_urls` maps "request" / "response" to the `StoredObject` where that object
     went; pass nothing when no objects were stored. The record's time is the first
@@ -248,7 +253,7 @@ def artifact_record(conn, tx, wall_ns: Callable[[int], int], transaction_id: str
             attrs["rpc.method"] = grpc.method
         if grpc.status_code is not None:
             attrs["rpc.grpc.status_code"] = grpc.status_code
-    for key, value in endpoint_attrs(conn).items():
+    for key, value in endpoint_attrs(conn, redaction).items():
         if key == "connection.direction" or key.startswith(_CONNECTION_PREFIXES):
             attrs[key] = value
     for which in ("request", "response"):
