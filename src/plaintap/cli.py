@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run even if another plaintap runs on this host (each captures everything)")
     run.add_argument("--lock-file", default=_env("lock_file", "/run/plaintap.lock"), metavar="PATH",
                      help="the one-agent-per-host lock (default /run/plaintap.lock)")
+    # Container runtimes' APIs for container/pod names (qtap's flag and variable names; '' turns one off)
+    run.add_argument("--containerd-socket", metavar="PATH",
+                     default=os.environ.get("CONTAINERD_SOCKET", "/run/containerd/containerd.sock"),
+                     help="containerd API socket (default /run/containerd/containerd.sock, or $CONTAINERD_SOCKET)")
+    run.add_argument("--docker-socket", metavar="PATH", default=os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock"),
+                     help="Docker Engine API socket, podman's too (default /var/run/docker.sock, or $DOCKER_SOCKET)")
+    run.add_argument("--cri-runtime-socket", metavar="PATH",
+                     default=os.environ.get("CRI_RUNTIME_SOCKET", "/run/crio/crio.sock"),
+                     help="CRI API socket, e.g. CRI-O's (default /run/crio/crio.sock, or $CRI_RUNTIME_SOCKET)")
 
     doc = sub.add_parser("doctor", help="check what this kernel supports and whether plaintap can run")
     common(doc)
@@ -216,6 +225,11 @@ def _run(args) -> int:
         print(f"plaintap: {_flag('tls_probes')}: unknown {', '.join(sorted(unknown))} "
               "(allowed: openssl, gotls, nodetls)", file=sys.stderr)
         return EXIT_CONFIG
+    from .capture.containers import RuntimeSockets, host_pid_namespace_problem
+    problem = host_pid_namespace_problem()
+    if problem:
+        print(f"plaintap: {problem}", file=sys.stderr)
+        return EXIT_RUNTIME
     cfg = load_config(args.config) if args.config else default_config()
     lock = None
     if not args.allow_multiple and os.geteuid() == 0:   # not root: the agent's own check says so
@@ -226,7 +240,9 @@ def _run(args) -> int:
         opts = RunOptions(httpd_listen=args.httpd_listen, http_buffer_size=values["http_buffer_size"],
                           tls_probes=probes, btf=args.btf, dump_streams=args.dump_streams,
                           ring_buffer_size=values["ring_buffer_size"], tags=values["tags"],
-                          config_source=args.config, no_redact=args.no_redact)
+                          config_source=args.config, no_redact=args.no_redact,
+                          runtime_sockets=RuntimeSockets(containerd=args.containerd_socket,
+                                                         docker=args.docker_socket, cri=args.cri_runtime_socket))
         agent = Agent(cfg, opts)
         install_signal_handlers(agent)
         return agent.run()

@@ -36,6 +36,9 @@ filtered_connections = Counter("plaintap_filtered_connections", "Connections not
                                "their process (seen in user space)", registry=REGISTRY)
 config_reloads = Counter("plaintap_config_reloads", "SIGHUP config reloads, by result", ["result"],
                          registry=REGISTRY)
+container_lookups = Counter("plaintap_container_lookups", "Container metadata lookups from runtime APIs, by "
+                            "result (ok, miss: no runtime answered, dropped: lookup queue full)", ["result"],
+                            registry=REGISTRY)
 connections_active = Gauge("plaintap_connections_active", "Connections currently tracked", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
                        registry=REGISTRY)

@@ -31,6 +31,7 @@ from .capture.decode import ConnOpen, decode
 from .capture.existing import find_existing
 from .capture.filters import KERNEL_BITS as KERNEL_FILTER_BITS, SKIP_ALL, SKIP_DATA, ProcessFilter
 from .capture.filters import describe as describe_filter
+from .capture.containers import ContainerHold, ContainerResolver, RuntimeSockets
 from .capture.process import ProcessTable
 from .config.summary import startup_line
 from .capture.tls_attach import TlsAttacher
@@ -75,6 +76,7 @@ class RunOptions:
     tags: dict = field(default_factory=dict)   # --tags: resource attributes on OTLP exports
     config_source: str | None = None           # --config, re-read on SIGHUP (None: built-in default)
     no_redact: bool = False                    # --no-redact: store credentials as captured
+    runtime_sockets: RuntimeSockets = field(default_factory=RuntimeSockets)  # container runtimes' APIs
 
 
 def monotonic_ns() -> int:
@@ -186,7 +188,12 @@ class Agent:
         if opts.dump_streams:
             consumers.append(StreamDumper(opts.dump_streams))
         self.filter = ProcessFilter.from_config(tap.filters)
-        self.procs = ProcessTable(flags_for=lambda exe: self.filter.flags_for(exe), on_flags=self._sync_filter)
+        self.containers = ContainerResolver(opts.runtime_sockets,
+                                            on_result=lambda result: metrics.container_lookups.labels(result).inc())
+        self.procs = ProcessTable(flags_for=lambda exe: self.filter.flags_for(exe), on_flags=self._sync_filter,
+                                  containers=self.containers)
+        # records of a container still being looked up wait for its names (bounded in time)
+        self.container_hold = ContainerHold(int((self.containers.timeout + 0.5) * 1e9))
         self.tracker = ConnectionTracker(
             self.procs, self._on_report, consumers,
             forget_kernel_entry=self.kernel.forget_connection,
@@ -232,7 +239,9 @@ class Agent:
     def _on_report(self, conn, part: int, finalized: bool) -> None:
         if self.event_sink is None:
             return
-        self._pending.append(connection_record(conn, part, finalized, self.clock, self.redaction))
+        record = connection_record(conn, part, finalized, self.clock, self.redaction)
+        if not self.container_hold.keep(conn.process.container, record, "events", monotonic_ns()):
+            self._pending.append(record)
 
     def _on_transaction(self, conn, tx) -> None:
         # Connection facts learned from HTTP: gRPC, and the domain when no SNI named it.
@@ -246,14 +255,18 @@ class Agent:
         conn.state["tx_seq"] = seq + 1
         out = self.stacks.handle(conn, tx, make_transaction_id(conn.id, seq), wall_ns=self.clock,
                                  object_url=self.object_url)
+        container, now = conn.process.container, monotonic_ns()
         if out.events and self.event_sink is not None:
-            self._pending.extend(out.events)
+            self._pending.extend(r for r in out.events if not self.container_hold.keep(container, r, "events", now))
         if out.objects and self.object_sink is not None:
-            self._pending_objects.extend(out.objects)
+            self._pending_objects.extend(r for r in out.objects
+                                         if not self.container_hold.keep(container, r, "objects", now))
         if out.access_log_lines:
             self._pending_lines.extend(out.access_log_lines)
 
-    def _flush_records(self) -> None:
+    def _flush_records(self, final: bool = False) -> None:
+        for kind, record in self.container_hold.release(monotonic_ns(), force=final):
+            (self._pending if kind == "events" else self._pending_objects).append(record)
         if self._pending:
             batch, self._pending = self._pending, []
             metrics.records.labels("plaintap.events").inc(len(batch))
@@ -339,6 +352,7 @@ class Agent:
         self.status.start()
         for sink in self._sinks():
             sink.start()
+        self.containers.start()
         try:
             self.kernel.open_and_load()
             metrics.register_kernel_counters(self.kernel.counters)
@@ -441,7 +455,7 @@ class Agent:
         except Exception as e:
             log.debug("drain at shutdown: %s", e)
         self.tracker.close_all(monotonic_ns())
-        self._flush_records()
+        self._flush_records(final=True)
         lost = {k: v for k, v in (self._safe_counters()).items() if k.startswith("ringbuf") and v}
         if lost:
             log.warning("kernel ring buffer lost %s during this run (raise --ring-buffer-size)", lost)
@@ -456,6 +470,7 @@ class Agent:
                      sum(s.exported for s in record_sinks), sum(s.dropped for s in record_sinks),
                      ", ".join(f"{s.name}: {s.exported} exported, {s.dropped} dropped" for s in record_sinks))
         self.kernel.close()
+        self.containers.stop()
         self.status.stop()
 
     def _safe_counters(self) -> dict:

@@ -9,11 +9,10 @@ after the exit event.
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-_CONTAINER_ID = re.compile(r"(?:docker-|cri-containerd-|crio-|libpod-|/docker/|/containerd/|/crio/)?([0-9a-f]{64})")
+from .containers import MAX_CGROUP_TEXT, ContainerInfo, container_from_cgroup
 
 
 @dataclass(slots=True)
@@ -25,6 +24,7 @@ class ProcessInfo:
     uid: int | None = None
     comm: str = ""
     container_id: str = ""
+    container: ContainerInfo | None = None   # shared by the container's processes (capture/containers.py)
     exited: bool = False
     filter_flags: int = 0          # tap.filters bits (capture/filters.py)
     attrs: dict = field(default_factory=dict)
@@ -35,29 +35,33 @@ class ProcessInfo:
         return os.path.basename(self.exe) if self.exe else self.comm
 
 
+    def container_attributes(self) -> dict:
+        """`container.*` / `k8s.*` record attributes (RECORDS.md) of this process."""
+        if self.container is not None:
+            return self.container.attributes()
+        return {"container.id": self.container_id} if self.container_id else {}
+
+
 def container_id_from_cgroup(text: str) -> str:
     """The 64-hex container id in a /proc/<pid>/cgroup text, or ''."""
-    for line in text.splitlines():
-        path = line.rsplit(":", 1)[-1]
-        for part in reversed(path.split("/")):
-            m = _CONTAINER_ID.search(part)
-            if m:
-                return m.group(1)
-    return ""
+    ref = container_from_cgroup(text)
+    return ref.id if ref is not None else ""
 
 
 MAX_PROC_READ = 64 << 10  # /proc/<pid>/cmdline can be megabytes; records keep 4 KiB of it
 
 
-def _read(path: str) -> str | None:
+def _read(path: str, limit: int = MAX_PROC_READ) -> str | None:
     try:
         with open(path, "rb") as f:
-            return f.read(MAX_PROC_READ).decode("utf-8", "replace")
+            return f.read(limit).decode("utf-8", "replace")
     except OSError:
         return None
 
 
-def read_proc(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
+def read_proc(pid: int, proc_root: str = "/proc", containers=None) -> ProcessInfo | None:
+    """`containers`: a ContainerResolver (capture/containers.py) that names the container;
+    without one the process gets the id from its cgroup only."""
     """ProcessInfo from /proc, or None when the process is gone."""
     base = f"{proc_root}/{pid}"
     status = _read(f"{base}/status")
@@ -77,27 +81,38 @@ def read_proc(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
             info.uid = int(line.split()[1])
         elif line.startswith("Name:"):
             info.comm = line.split(None, 1)[1] if len(line.split()) > 1 else ""
-    info.container_id = container_id_from_cgroup(_read(f"{base}/cgroup") or "")
+    ref = container_from_cgroup(_read(f"{base}/cgroup", MAX_CGROUP_TEXT) or "")
+    if ref is not None:
+        info.container_id = ref.id
+        info.container = containers.lookup(ref) if containers is not None else ContainerInfo(ref)
     return info
 
 
 class ProcessTable:
     """pid → ProcessInfo, fed by exec/exit events and lazily from /proc."""
 
-    def __init__(self, proc_root: str = "/proc", keep_exited: int = 4096, flags_for=None, on_flags=None) -> None:
+    def __init__(self, proc_root: str = "/proc", keep_exited: int = 4096, flags_for=None, on_flags=None,
+                 containers=None) -> None:
         """`flags_for(exe) -> int`: tap.filters bits of an executable; `on_flags(pid,
-        flags)`: told whenever a pid's bits are first known or change (kernel sync)."""
+        flags)`: told whenever a pid's bits are first known or change (kernel sync);
+        `containers`: the ContainerResolver that names containers (None: ids only)."""
         self.proc_root = proc_root
+        self.containers = containers
         self.flags_for = flags_for
         self.on_flags = on_flags
         self._live: dict[int, ProcessInfo] = {}
         self._exited: OrderedDict[int, ProcessInfo] = OrderedDict()
         self.keep_exited = keep_exited
 
-    def on_exec(self, pid: int, filename: str, argv: list[str], uid: int) -> ProcessInfo:
-        info = read_proc(pid, self.proc_root)
+    def on_exec(self, pid: int, filename: str, argv: list[str], uid: int, ppid: int = 0) -> ProcessInfo:
+        info = read_proc(pid, self.proc_root, self.containers)
         if info is None:  # already gone: the kernel's facts are all there is
             info = ProcessInfo(pid, uid=uid)
+            # An exec keeps the cgroup, and a child starts in its parent's: a process that
+            # exited before its exec was handled is still placed in its container.
+            known = self._live.get(pid) or self._live.get(ppid) or self._exited.get(ppid)
+            if known is not None and known.container is not None:
+                info.container_id, info.container = known.container_id, known.container
         # /proc/<pid>/exe is the resolved path (and right inside containers); the exec
         # event's filename is the fallback for a process already gone.
         if not info.exe:
@@ -142,7 +157,7 @@ class ProcessTable:
         info = self._live.get(pid) or self._exited.get(pid)
         if info is not None:
             return info
-        info = read_proc(pid, self.proc_root) or ProcessInfo(pid, comm=comm, uid=uid)
+        info = read_proc(pid, self.proc_root, self.containers) or ProcessInfo(pid, comm=comm, uid=uid)
         if not info.comm:
             info.comm = comm
         if info.uid is None:

@@ -118,7 +118,7 @@ class ConnectionTracker:
         elif t is Gap:
             self._on_gap(ev)
         elif t is ProcExec:
-            self.procs.on_exec(ev.pid, ev.filename, ev.argv, ev.uid)
+            self.procs.on_exec(ev.pid, ev.filename, ev.argv, ev.uid, ev.ppid)
         elif t is ProcExit:
             for kid in list(self.by_pid.get(ev.pid, ())):
                 conn = self.conns.get(kid)

@@ -205,12 +205,13 @@ def _meta_lines(conn, tx, transaction_id: str | None) -> list[str]:
     if p.exe:
         who += f", {_clean(p.exe)}"
     rows.append(("process", who + ")"))
-    container = p.attrs.get("container.name") or (p.container_id[:12] if p.container_id else "")
+    cattrs = p.container_attributes()
+    container = cattrs.get("container.name") or (p.container_id[:12] if p.container_id else "")
     if container:
         rows.append(("container", _clean(container)))
-    pod = p.attrs.get("k8s.pod.name")
+    pod = cattrs.get("k8s.pod.name")
     if pod:
-        ns = p.attrs.get("k8s.namespace.name")
+        ns = cattrs.get("k8s.namespace.name")
         rows.append(("pod", _clean(f"{ns}/{pod}" if ns else pod)))
     rows.append(("direction", conn.direction))
     ids = _clean(conn.id)
@@ -347,6 +348,11 @@ def json_line(conn, tx, mode: str, wall_ns, transaction_id: str) -> str:
         "transaction_id": transaction_id,
         "direction": conn.direction,
         "process": {"name": p.exe_name, "path": p.exe, "pid": conn.pid},
+    }
+    container = p.container_attributes()
+    if container:   # RECORDS.md names (container.id, k8s.pod.name, ...)
+        entry["container"] = container
+    entry |= {
         "method": req.method,
         "url": url_of(conn, tx),
     }

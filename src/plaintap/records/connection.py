@@ -50,11 +50,7 @@ def endpoint_attrs(conn, redaction: Redaction = DEFAULT_REDACTION) -> dict:
     }
     if p.uid is not None:
         attrs["process.user.id"] = p.uid
-    if p.container_id:
-        attrs["container.id"] = p.container_id
-    for k in ("container.name", "k8s.pod.name", "k8s.namespace.name"):
-        if p.attrs.get(k):
-            attrs[k] = p.attrs[k]
+    attrs.update(p.container_attributes())
     return attrs
 
 

@@ -297,6 +297,7 @@ def _object(conn, tx, msg, kind: str, include_body: bool, time_ns: int, transact
         attrs["artifact.summary.status"] = tx.response.status
     attrs["artifact.summary.duration_ms"] = float(ms)
     attrs["artifact.summary.process_exe"] = _process_exe(conn)
+    attrs.update(conn.process.container_attributes())   # the process's container and pod
     described = f"{content_type}, {len(data)} bytes" if content_type else f"{len(data)} bytes"
     return Record(SCOPE_OBJECTS, time_ns, f"Artifact: {kind} ({described})", attrs)
 
@@ -358,7 +359,9 @@ class TransactionVars(Mapping):
       `http.req.headers.<name>` (name lower-cased; repeated fields joined with ", ")
     * `http.res.status` (int) `http.res.headers.<name>` `http.duration_ms` (float)
     * `src.process.binary` (executable name) `src.process.path` `src.process.pid`
-      `src.process.user.id` `src.container.name` `src.container.id`
+      `src.process.user.id` `src.container.name` `src.container.id` `src.container.image`
+      `src.container.labels.<key>` `src.pod.name` `src.pod.namespace` (container facts
+      are known once the runtime answered, see capture/containers.py)
       `src.ip` `src.port` (the client end)
     * `dst.ip` `dst.port` (the server end) `dst.domain` (connection domain, else SNI,
       else URL host)
@@ -372,6 +375,7 @@ class TransactionVars(Mapping):
 
     _REQ_PREFIX = "http.req.headers."
     _RES_PREFIX = "http.res.headers."
+    _LABEL_PREFIX = "src.container.labels."
 
     def __init__(self, conn, tx) -> None:
         self._conn = conn
@@ -402,6 +406,8 @@ class TransactionVars(Mapping):
             return self._request_headers().get(name[len(self._REQ_PREFIX):].lower())
         if name.startswith(self._RES_PREFIX):
             return self._response_headers().get(name[len(self._RES_PREFIX):].lower())
+        if name.startswith(self._LABEL_PREFIX):
+            return _container_label(conn, name[len(self._LABEL_PREFIX):])
         return None
 
     # -- Mapping --
@@ -435,6 +441,16 @@ def _nonempty(value):
     return value if value not in ("", None) else None
 
 
+def _container_attr(conn, key: str):
+    return _nonempty(conn.process.container_attributes().get(key))
+
+
+def _container_label(conn, key: str):
+    container = conn.process.container
+    meta = container.meta if container is not None else None
+    return _nonempty(meta.labels.get(key)) if meta is not None else None
+
+
 def _status(conn, tx):
     return tx.response.status if tx.response is not None else None
 
@@ -465,8 +481,11 @@ _FIXED: dict[str, Callable[[object, object], object]] = {
     "src.process.path": lambda c, t: _nonempty(c.process.exe),
     "src.process.pid": lambda c, t: c.pid,
     "src.process.user.id": lambda c, t: c.process.uid,
-    "src.container.name": lambda c, t: _nonempty(c.process.attrs.get("container.name")),
+    "src.container.name": lambda c, t: _container_attr(c, "container.name"),
     "src.container.id": lambda c, t: _nonempty(c.process.container_id),
+    "src.container.image": lambda c, t: _container_attr(c, "container.image.name"),
+    "src.pod.name": lambda c, t: _container_attr(c, "k8s.pod.name"),
+    "src.pod.namespace": lambda c, t: _container_attr(c, "k8s.namespace.name"),
     "src.ip": lambda c, t: _client_end(c)[0],
     "src.port": lambda c, t: _client_end(c)[1],
     "dst.ip": lambda c, t: server_endpoint(c)[0],

@@ -178,6 +178,8 @@ def test_json_summary():
         "timestamp": "2023-11-14T22:13:25.000000000Z", "connection_id": "r1c0ffee1",
         "transaction_id": "r1c0ffee1-0", "direction": "egress-external",
         "process": {"name": "curl", "path": "/usr/bin/curl", "pid": 4242},
+        "container": {"container.id": "f" * 64, "container.runtime": "docker", "container.name": "shop-api",
+                      "container.image.name": "registry.example.com/shop/api:1.4"},
         "method": "POST", "url": "https://api.example.com/v1/items?dry_run=1", "status": 201,
         "duration_ms": 12.4, "protocol": "http1", "version": "1.1",
         "request_body_size": 25, "response_body_size": 39}}

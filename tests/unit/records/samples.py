@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from plaintap.capture.containers import ContainerInfo, ContainerMeta, ContainerRef
 from plaintap.capture.process import ProcessInfo
 from plaintap.conn.tracker import Connection
 from plaintap.protocols.model import GrpcInfo, Message, Transaction
@@ -49,7 +50,8 @@ def h1_json_post() -> tuple[Connection, Transaction]:
                      start_ns=T0, end_ns=T0 + 12_400_000)
     c = connection()
     c.process.container_id = "f" * 64
-    c.process.attrs["container.name"] = "shop-api"
+    c.process.container = ContainerInfo(ContainerRef("f" * 64, "docker"))
+    c.process.container.meta = ContainerMeta("docker", "shop-api", "registry.example.com/shop/api:1.4")
     return c, tx
 
 
