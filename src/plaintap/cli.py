@@ -30,6 +30,9 @@ QTAP_ENV = {
     "http_buffer_size": "HTTP_BUFFER_SIZE",
     "httpd_listen": "HTTPD_LISTEN",
     "tags": "QPOINT_DEPLOYMENT_TAGS",
+    "containerd_socket": "CONTAINERD_SOCKET",
+    "docker_socket": "DOCKER_SOCKET",
+    "cri_runtime_socket": "CRI_RUNTIME_SOCKET",
 }
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_ENCODINGS = ("console", "json")
@@ -118,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the one-agent-per-host lock (default /run/plaintap.lock)")
     # Container runtimes' APIs for container/pod names (qtap's flag and variable names; '' turns one off)
     run.add_argument("--containerd-socket", metavar="PATH",
-                     default=os.environ.get("CONTAINERD_SOCKET", "/run/containerd/containerd.sock"),
+                     default=_env("containerd_socket", "/run/containerd/containerd.sock"),
                      help="containerd API socket (default /run/containerd/containerd.sock, or $CONTAINERD_SOCKET)")
-    run.add_argument("--docker-socket", metavar="PATH", default=os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock"),
+    run.add_argument("--docker-socket", metavar="PATH", default=_env("docker_socket", "/var/run/docker.sock"),
                      help="Docker Engine API socket, podman's too (default /var/run/docker.sock, or $DOCKER_SOCKET)")
     run.add_argument("--cri-runtime-socket", metavar="PATH",
-                     default=os.environ.get("CRI_RUNTIME_SOCKET", "/run/crio/crio.sock"),
+                     default=_env("cri_runtime_socket", "/run/crio/crio.sock"),
                      help="CRI API socket, e.g. CRI-O's (default /run/crio/crio.sock, or $CRI_RUNTIME_SOCKET)")
 
     doc = sub.add_parser("doctor", help="check what this kernel supports and whether plaintap can run")
