@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from .errors import OneOf, describe, problem, show
+from .variables import is_known, unknown_variable_message
 from .rules import Rule, RuleSyntaxError, compile_expr
 from .values import ENV_PLACEHOLDER, UnsetVariables, ValueSource, substitute_env
 
@@ -171,9 +172,13 @@ def _compile_expression(value: Any, info: ValidationInfo) -> Rule:
     if not isinstance(value, str):
         raise problem(f"expected a rule expression (text), got {describe(value)}")
     try:
-        return compile_expr(value, _context(info).macros)
+        rule = compile_expr(value, _context(info).macros)
     except RuleSyntaxError as err:
         raise problem(str(err)) from None
+    unknown = sorted(name for name in rule.variables if not is_known(name))
+    if unknown:
+        raise problem(unknown_variable_message(unknown[0]))
+    return rule
 
 
 # A rule expression, compiled at load time; serialises back to its text.
@@ -409,20 +414,23 @@ class HttpCaptureConfig(_Section):
         return normalise_capture_level(self.level)
 
 
+AccessLogMode = Literal["none", "summary", "details", "full"]
+
+
 class AccessLogRule(_Section):
     name: str
     expr: Expression
-    mode: Annotated[Literal["summary", "details", "full"], OneOf()]
+    mode: Annotated[AccessLogMode, OneOf()]
 
 
 class AccessLogsConfig(_Section):
     """Access log lines on stdout; the first matching rule chooses the mode."""
 
-    mode: Annotated[Literal["summary", "details", "full"], OneOf()] = "summary"
+    mode: Annotated[AccessLogMode, OneOf()] = "summary"
     format: Annotated[Literal["console", "json"], OneOf()] = "console"
     rules: Annotated[list[AccessLogRule], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
 
-    def mode_for(self, vars: Mapping[str, object]) -> Literal["summary", "details", "full"]:
+    def mode_for(self, vars: Mapping[str, object]) -> AccessLogMode:
         for rule in self.rules:
             if rule.expr.evaluate(vars):
                 return rule.mode

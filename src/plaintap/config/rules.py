@@ -13,9 +13,10 @@ The language::
     and        := unary (("and" | "&&") unary)*
     unary      := ("not" | "!") unary | comparison
     comparison := operand [op operand]
-    op         := == != > >= < <= | ["not"] (contains | in | matches)
+    op         := == != > >= < <= | eq ne gt ge lt le | ["not"] (contains | in | matches)
     operand    := "text" | 'text' | 123 | -1.5 | true | false | [literal, ...]
-                | variable | macro() | "(" expr ")"
+                | 10.0.0.1 | 10.0.0.0/8 | ::1 | fd00::/8          (IP and CIDR literals)
+                | variable | variable["key"] | macro() | function(operand, ...) | "(" expr ")"
 
 * Variables are dotted names such as `http.req.method` or `dst.port`. There is no
   arithmetic, so `-` inside a name is part of it: `http.req.headers.content-type` is one
@@ -36,6 +37,15 @@ The language::
   pattern is compiled once, here.
 * `name()` expands the macro `name` (from `rulekit.macros`) in place; a macro that
   reaches itself again is an error.
+* IP addresses and CIDR blocks may be written bare, as in rulekit: `dst.ip == 10.0.0.1`,
+  `dst.ip in 10.0.0.0/8`, `src.ip in [127.0.0.0/8, ::1]`.
+* Bracket access names a key with punctuation: `http.req.headers["user-agent"]` is
+  `http.req.headers.user-agent`; `src.container.labels["app.kubernetes.io/name"]` reads
+  that label.
+* Functions (rulekit's standard library and qtap's): `starts_with(value, prefix)`,
+  `ends_with(value, suffix)`, `in_zone(host, "example.com")` (the name or any under it),
+  `lower(value)`, `upper(value)`, `len(value)`.
+* qtap's older names `request.*` / `response.*` read as `http.req.*` / `http.res.*`.
 
 `compile_expr` raises `RuleSyntaxError(message, column)` (column counted from 1) for
 any text it cannot compile; evaluation itself never raises for odd variable values.
@@ -113,6 +123,11 @@ def compile_expr(text: str, macros: Mapping[str, str] | None = None) -> Rule:
 # Tokens
 
 _KEYWORDS = frozenset({"and", "or", "not", "contains", "in", "matches", "true", "false"})
+# rulekit's word forms of the comparison operators
+_OPERATOR_WORDS = {"eq": "==", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+# An IPv4 address or CIDR block, or an IPv6 one (at least two colons), written bare.
+_IPV4_LITERAL = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]{1,2})?(?![A-Za-z0-9_.:-])")
+_IPV6_LITERAL = re.compile(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/[0-9]{1,3})?(?![A-Za-z0-9_.:-])")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _WORDISH = re.compile(r"[A-Za-z0-9_.:/-]+")  # how far a malformed number reaches, for the message
@@ -125,7 +140,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    kind: str  # "string" "number" "regex" "name" "keyword" "op" "end"
+    kind: str  # "string" "number" "regex" "name" "keyword" "op" "ip" "end"
     value: Any
     column: int
 
@@ -155,6 +170,9 @@ def _tokenize(text: str) -> list[_Token]:
                 raise RuleSyntaxError("unexpected '/' (a /regular expression/ goes after 'matches')", column)
             pattern, pos = _read_regex(text, pos)
             tokens.append(_Token("regex", pattern, column))
+        elif (ip := _ip_literal(text, pos)) is not None:
+            value, pos = ip
+            tokens.append(_Token("ip", value, column))
         elif char.isdigit() or (char == "-" and text[pos + 1 : pos + 2].isdigit()):
             match = _NUMBER.match(text, pos)
             if match is None or (match.end() < length and _WORDISH.match(text, match.end())):
@@ -168,9 +186,18 @@ def _tokenize(text: str) -> list[_Token]:
             assert match is not None  # the first character already matches
             name = match.group()
             pos = match.end()
+            while pos < length and text[pos] == "[" and text[pos + 1 : pos + 2] in ("\"", "'"):
+                key, pos = _read_string(text, pos + 1)   # bracket access: name["key"]
+                if text[pos : pos + 1] != "]":
+                    raise RuleSyntaxError(f"expected ']' after {name}[{key!r}", pos + 1)
+                pos += 1
+                name = f"{name}.{key}"
             if pos < length and text[pos] == ".":
                 raise RuleSyntaxError(f"variable name {name + '.'!r} is incomplete", column)
-            tokens.append(_Token("keyword" if name in _KEYWORDS else "name", name, column))
+            if name in _OPERATOR_WORDS:
+                tokens.append(_Token("op", _OPERATOR_WORDS[name], column))
+            else:
+                tokens.append(_Token("keyword" if name in _KEYWORDS else "name", name, column))
         elif text.startswith(_TWO_CHAR_OPERATORS, pos):
             tokens.append(_Token("op", text[pos : pos + 2], column))
             pos += 2
@@ -186,6 +213,24 @@ def _tokenize(text: str) -> list[_Token]:
         pos = _SPACE.match(text, pos).end()
     tokens.append(_Token("end", None, length + 1))
     return tokens
+
+
+def _ip_literal(text: str, pos: int) -> tuple[object, int] | None:
+    """A bare IP address or CIDR block at `pos` (as an ipaddress object) and the position
+    after it, or None when the text there is not one."""
+    for pattern in (_IPV4_LITERAL, _IPV6_LITERAL):
+        match = pattern.match(text, pos)
+        if match is None:
+            continue
+        literal = match.group()
+        try:
+            value = ipaddress.ip_network(literal, strict=False) if "/" in literal else ipaddress.ip_address(literal)
+        except ValueError:
+            if pattern is _IPV4_LITERAL:
+                raise RuleSyntaxError(f"{literal!r} is not an IP address or CIDR block", pos + 1) from None
+            continue
+        return value, match.end()
+    return None
 
 
 def _number(literal: str, column: int) -> int | float:
@@ -255,7 +300,7 @@ def _compile_regex(pattern: str, flags: int, column: int) -> re.Pattern[str]:
 class _Operand:
     """One side of a comparison, kept apart so literals can be specialised."""
 
-    kind: str  # "literal" | "variable" | "test"
+    kind: str  # "literal" | "variable" | "test" | "call" (a function: its value getter)
     value: Any  # the literal, the variable name, or a Test closure
     column: int
     is_regex: bool = False
@@ -389,7 +434,7 @@ class _Parser:
 
     def parse_operand(self) -> _Operand:
         token = self.peek
-        if token.kind in ("string", "number"):
+        if token.kind in ("string", "number", "ip"):
             self.advance()
             return _Operand("literal", token.value, token.column)
         if token.kind == "regex":
@@ -427,6 +472,8 @@ class _Parser:
             token = self.advance()
             if token.kind in ("string", "number"):
                 items.append(token.value)
+            elif token.kind == "ip":
+                items.append(str(token.value))   # addresses and blocks match as in a quoted list
             elif token.kind == "keyword" and token.value in ("true", "false"):
                 items.append(token.value == "true")
             elif token.kind == "end":
@@ -441,6 +488,8 @@ class _Parser:
         return _Operand("literal", tuple(items), opening.column)
 
     def parse_macro_call(self, name_token: _Token) -> _Operand:
+        if name_token.value in _FUNCTIONS:
+            return self.parse_function_call(name_token)
         self.advance()  # "("
         if not self.at("op", ")"):
             raise RuleSyntaxError(f"macro {name_token.value}() takes no arguments", self.peek.column)
@@ -454,7 +503,83 @@ class _Parser:
         return _Operand("test", test, name_token.column)
 
 
+    def parse_function_call(self, name_token: _Token) -> _Operand:
+        name = name_token.value
+        arity, function = _FUNCTIONS[name]
+        self.advance()  # "("
+        self.nest(name_token.column)
+        args: list[Getter] = []
+        while not self.at("op", ")"):
+            if self.peek.kind == "end":
+                raise RuleSyntaxError(f"{name}( is never closed", self.peek.column)
+            args.append(_getter(self.parse_operand()))
+            if self.at("op", ","):
+                self.advance()
+            elif not self.at("op", ")"):
+                raise RuleSyntaxError(f"expected ',' or ')' in {name}(...), found {self.peek.describe()}", self.peek.column)
+        self.advance()
+        self.depth -= 1
+        if len(args) != arity:
+            raise RuleSyntaxError(f"{name}() takes {arity} argument{'s' if arity != 1 else ''}, got {len(args)}",
+                                  name_token.column)
+        if arity == 1:
+            (only,) = args
+            return _Operand("call", lambda vars: function(only(vars)), name_token.column)
+        first, second = args
+        return _Operand("call", lambda vars: function(first(vars), second(vars)), name_token.column)
+
+
+def _text_of(value: object) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None if value is None else ("true" if value else "false")
+    return value if isinstance(value, str) else str(value)
+
+
+def _starts_with(value: object, prefix: object) -> bool:
+    text, start = _text_of(value), _text_of(prefix)
+    return text is not None and start is not None and text.startswith(start)
+
+
+def _ends_with(value: object, suffix: object) -> bool:
+    text, end = _text_of(value), _text_of(suffix)
+    return text is not None and end is not None and text.endswith(end)
+
+
+def _in_zone(value: object, zone: object) -> bool:
+    """`in_zone(host, "example.com")`: the host is the zone or a name under it."""
+    host, apex = _text_of(value), _text_of(zone)
+    if host is None or not apex:
+        return False
+    host, apex = host.lower().rstrip("."), apex.lower().strip(".")
+    return host == apex or host.endswith("." + apex)
+
+
+def _length(value: object) -> int | None:
+    if isinstance(value, (str, list, tuple, set, frozenset)):
+        return len(value)
+    return None
+
+
+# name → (number of arguments, function); functions never raise, whatever they are given.
+_FUNCTIONS: dict[str, tuple[int, Callable[..., object]]] = {
+    "starts_with": (2, _starts_with),
+    "ends_with": (2, _ends_with),
+    "in_zone": (2, _in_zone),
+    "lower": (1, lambda v: v.lower() if isinstance(v, str) else None),
+    "upper": (1, lambda v: v.upper() if isinstance(v, str) else None),
+    "len": (1, _length),
+}
+
+
+# qtap's older spelling of the request/response variables (its sample configs use them).
+_VARIABLE_ALIASES = (("request.", "http.req."), ("response.", "http.res."))
+
+
 def _normalise_variable(name: str) -> str:
+    for old, new in _VARIABLE_ALIASES:
+        if name.startswith(old):
+            name = new + name[len(old):]
+            break
     for prefix in HEADER_PREFIXES:
         if name.startswith(prefix):
             return prefix + name[len(prefix) :].lower()
@@ -469,7 +594,7 @@ def _getter(operand: _Operand) -> Getter:
     if operand.kind == "variable":
         name = operand.value
         return lambda vars: vars.get(name)
-    if operand.kind == "test":
+    if operand.kind in ("test", "call"):
         return operand.value
     constant = operand.value
     return lambda vars: constant
@@ -478,6 +603,9 @@ def _getter(operand: _Operand) -> Getter:
 def _truthy(operand: _Operand) -> Test:
     if operand.kind == "test":
         return operand.value
+    if operand.kind == "call":
+        call = operand.value
+        return lambda vars: bool(call(vars))
     if operand.kind == "literal":
         constant = bool(operand.value)
         return lambda vars: constant
@@ -641,6 +769,15 @@ def _in_value(a: object, b: object) -> bool:
 
 
 def _in(left: _Operand, right: _Operand) -> Test:
+    if right.kind == "literal" and isinstance(right.value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        network = right.value
+        get_left = _getter(left)
+
+        def inside(vars: Vars) -> bool:
+            address = _as_ip(get_left(vars))
+            return address is not None and address.version == network.version and address in network
+
+        return inside
     if right.kind == "literal" and isinstance(right.value, tuple):
         member = _member_of(right.value)
         get_left = _getter(left)

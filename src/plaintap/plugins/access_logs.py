@@ -70,6 +70,8 @@ class AccessLogs:
 
     def on_transaction(self, ctx: TransactionContext) -> None:
         mode = self.config.mode_for(ctx.vars)
+        if mode == "none":   # qtap's "no line for this transaction"
+            return
         if self.config.format == "json":
             ctx.out.access_log_lines.append(json_line(ctx.conn, ctx.tx, mode, ctx.wall_ns, ctx.transaction_id))
         else:

@@ -58,15 +58,15 @@ def capture_stack(config: str) -> str:
         ),
         (
             "stacks:\n  s:\n    plugins:\n      - type: access_logs\n        config: {mode: verbose}\n",
-            "stacks.s.plugins[0].config.mode: 'verbose' is not one of summary, details, full",
+            "stacks.s.plugins[0].config.mode: 'verbose' is not one of none, summary, details, full",
         ),
         (
             "stacks:\n  s:\n    plugins:\n      - type: access_logs\n        config: {format: text}\n",
             "stacks.s.plugins[0].config.format: 'text' is not one of console, json",
         ),
         (
-            "stacks:\n  s:\n    plugins:\n      - type: access_logs\n        config:\n          rules: [{name: r, expr: x, mode: all}]\n",
-            "stacks.s.plugins[0].config.rules[0].mode: 'all' is not one of summary, details, full",
+            "stacks:\n  s:\n    plugins:\n      - type: access_logs\n        config:\n          rules: [{name: r, expr: protocol, mode: all}]\n",
+            "stacks.s.plugins[0].config.rules[0].mode: 'all' is not one of none, summary, details, full",
         ),
         (one_event_store("type: otel\nprotocol: udp"), "services.event_stores[0].protocol: 'udp' is not one of grpc, http, stdout"),
         (
@@ -75,7 +75,7 @@ def capture_stack(config: str) -> str:
         ),
         ("tags: [{key: team, source: label, location: x}]\n", "tags[0].source: 'label' is not one of env, k8s.label, k8s.annotation, container.label"),
         ("control:\n  default: deny\n", "control.default: 'deny' is not one of allow"),
-        ("control:\n  rules: [{name: r, expr: x, actions: [block]}]\n", "control.rules[0].actions[0]: 'block' is not one of allow, deny"),
+        ("control:\n  rules: [{name: r, expr: dst.ip, actions: [block]}]\n", "control.rules[0].actions[0]: 'block' is not one of allow, deny"),
     ],
 )
 def test_choice_problems_list_allowed_values(text: str, problem: str) -> None:

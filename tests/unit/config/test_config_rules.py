@@ -172,7 +172,11 @@ def test_rule_knows_its_variables() -> None:
         ("a in [b]", 7, "list items must be literal text, numbers or booleans, found 'b'"),
         ("a in [1 2]", 9, "expected ',' or ']' in the list, found '2'"),
         ("a in [1,", 9, "the list opened at column 6 is never closed"),
-        ("dst.ip == 10.0.0.1", 11, "malformed number '10.0.0.1' (put text and addresses in quotes)"),
+        ("dst.ip == 10.0.0", 11, "malformed number '10.0.0' (put text and addresses in quotes)"),
+        ("dst.ip in 999.0.0.0/8", 11, "'999.0.0.0/8' is not an IP address or CIDR block"),
+        ("starts_with(dst.ip)", 1, "starts_with() takes 2 arguments, got 1"),
+        ("lower(a, b)", 1, "lower() takes 1 argument, got 2"),
+        ('a["k" == 1', 6, "expected ']' after a['k'"),
         ("x == 5-3", 6, "malformed number '5-3' (put text and addresses in quotes)"),
         ("http.req. == 1", 1, "variable name 'http.req.' is incomplete"),
         ("a == 1 ; b", 8, "unexpected character ';'"),
@@ -257,7 +261,7 @@ def test_rule_problems_in_config_name_path_and_column() -> None:
 rulekit:
   macros:
     - {name: loop, expr: "loop()"}
-    - {name: ok, expr: "x == 1"}
+    - {name: ok, expr: "dst.port == 1"}
     - {name: "bad name", expr: "true"}
 stacks:
   s:
@@ -293,9 +297,9 @@ def test_duplicate_macro_names() -> None:
 
 
 def test_config_rules_dump_as_text() -> None:
-    config = load_config_text("rulekit:\n  macros:\n    - {name: m, expr: 'a == 1'}\n")
-    assert config.model_dump()["rulekit"]["macros"] == [{"name": "m", "expr": "a == 1"}]
-    assert config.rulekit.macro_texts == {"m": "a == 1"}
+    config = load_config_text("rulekit:\n  macros:\n    - {name: m, expr: 'dst.port == 1'}\n")
+    assert config.model_dump()["rulekit"]["macros"] == [{"name": "m", "expr": "dst.port == 1"}]
+    assert config.rulekit.macro_texts == {"m": "dst.port == 1"}
 
 
 # --------------------------------------------------------------------------------------
