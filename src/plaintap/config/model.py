@@ -447,15 +447,88 @@ class AccessLogsPlugin(_Section):
     config: Annotated[AccessLogsConfig, BeforeValidator(_none_is_empty)] = Field(default_factory=AccessLogsConfig)
 
 
-# These plugins' settings are not modelled yet; their config is kept as given.
 class ReportUsagePlugin(_Section):
+    """One `request` event per transaction (RECORDS.md). qtap gives it no settings plaintap
+    uses; any given are kept and named in a load warning."""
+
     type: Literal["report_usage"]
     config: Annotated[dict[str, Any], BeforeValidator(_none_is_empty)] = Field(default_factory=dict)
 
 
+_STATUS_TRIGGER = re.compile(r"[1-5](?:[0-9]{2}|xx)", re.IGNORECASE)
+_GO_DURATION = re.compile(r"(?:([0-9]+(?:\.[0-9]+)?)(h|ms|us|µs|ns|m|s))+")
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(value: Any) -> float:
+    """A Go-style duration (`"2.5s"`, `"500ms"`, `"1m30s"`) or a number of seconds → seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise problem(f"{value} is negative (write a duration such as 2s or 500ms)")
+        return float(value)
+    if not isinstance(value, str) or not _GO_DURATION.fullmatch(value.strip()):
+        raise problem(f"{show(value)} is not a duration (write e.g. 2s, 500ms, 1m30s)")
+    return sum(float(n) * _GO_UNITS[unit] for n, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)(h|ms|us|µs|ns|m|s)",
+                                                                      value.strip()))
+
+
+def _status_triggers(value: Any) -> Any:
+    if not isinstance(value, list):
+        return value
+    out = []
+    for index, item in enumerate(value):
+        text = str(item).strip() if isinstance(item, (int, str)) and not isinstance(item, bool) else None
+        if text is None or not _STATUS_TRIGGER.fullmatch(text):
+            raise problem(f"{show(item)} is not a status code (\"503\") or class (\"5xx\")", field=f"[{index}]")
+        out.append(text.lower())
+    return out
+
+
+class DetectErrorsRule(_Section):
+    """qtap's error-detection rule (field names as in its plugin README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, populate_by_name=True)
+
+    name: str
+    triggerStatusCodes: Annotated[list[str], BeforeValidator(_none_is_empty_list), BeforeValidator(_status_triggers)] = Field(
+        default_factory=list)
+    triggerEmptyBody: bool = False
+    triggerDuration: Annotated[float | None, BeforeValidator(lambda v: None if v is None else parse_duration(v))] = None
+    triggerContains: str | None = None
+    recordReqHeaders: bool = False
+    recordReqBody: bool = False
+    recordResHeaders: bool = False
+    recordResBody: bool = False
+    onlyCategories: Annotated[list[str], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+    onlyUrls: Annotated[list[str], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+    excludeUrls: Annotated[list[str], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+    withTags: Annotated[list[str], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+    reportAsIssue: bool = True
+    continue_: bool = Field(default=False, alias="continue")
+
+    @model_validator(mode="after")
+    def _has_a_trigger(self) -> "DetectErrorsRule":
+        if not (self.triggerStatusCodes or self.triggerEmptyBody or self.triggerDuration is not None
+                or self.triggerContains):
+            raise problem("the rule has no trigger (set triggerStatusCodes, triggerEmptyBody, triggerDuration "
+                          "or triggerContains)")
+        return self
+
+
+class DetectErrorsConfig(_Section):
+    # Qpoint cloud settings (Pulse, Warehouse, batching): accepted for compatibility and
+    # unused (plaintap reports issues through its own stores); a load warning says so.
+    batchPeriodMS: int | None = None
+    pulseEndpoint: str | None = None
+    pulseToken: str | None = None
+    warehouseEndpoint: str | None = None
+    warehouseToken: str | None = None
+    rules: Annotated[list[DetectErrorsRule], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+
+
 class DetectErrorsPlugin(_Section):
     type: Literal["detect_errors"]
-    config: Annotated[dict[str, Any], BeforeValidator(_none_is_empty)] = Field(default_factory=dict)
+    config: Annotated[DetectErrorsConfig, BeforeValidator(_none_is_empty)] = Field(default_factory=DetectErrorsConfig)
 
 
 class HttpMetricsPlugin(_Section):

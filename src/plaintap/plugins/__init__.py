@@ -7,8 +7,8 @@ sends what comes out: `ctx.out.events` to the event store, `ctx.out.objects` to 
 store, `ctx.out.access_log_lines` to standard output. Plugins are pure: no I/O, no clock.
 
 Implemented: `http_capture` (summary event + objects by level), `access_logs` (console
-or JSON lines by mode), `http_metrics` (Prometheus counters). Accepted but inactive:
-`report_usage`, `detect_errors`.
+or JSON lines by mode), `http_metrics` (Prometheus counters), `report_usage` (`request`
+events with credential facts, never the credential), `detect_errors` (`issue` events).
 """
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ from .access_logs import AccessLogs, console_lines, json_line
 from .base import ObjectUrl, Plugin, PluginOutput, TransactionContext
 from .http_capture import HttpCapture
 from .http_metrics import HttpMetrics
-from .registry import (NOT_IMPLEMENTED, PluginStack, PluginStacks, build_stack, stack_for_connection,
+from .registry import (PluginStack, PluginStacks, build_stack, stack_for_connection,
                        stack_name_for_connection)
 
 __all__ = [
     "AccessLogs",
     "HttpCapture",
     "HttpMetrics",
-    "NOT_IMPLEMENTED",
     "ObjectUrl",
     "Plugin",
     "PluginOutput",

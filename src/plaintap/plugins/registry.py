@@ -3,9 +3,8 @@
 `build_stack(stack)` turns one `config.model.Stack` into a `PluginStack`;
 `PluginStacks(cfg)` does it once for every stack of a config (build it again after a
 reload) and picks the stack for a connection: `tap.endpoints[].domain` overrides
-`tap.http.stack` for that domain. Plugins that plaintap accepts but does not implement
-(`report_usage`, `detect_errors`) are left out of the stack — a debug line says so once
-— so an empty stack tells the caller it need not parse HTTP for those connections.
+`tap.http.stack` for that domain. Every plugin type the config accepts is implemented
+here; an empty stack tells the caller it need not parse HTTP for those connections.
 
 A plugin that raises does not stop the others or the agent: the error is counted in
 `plaintap_plugin_errors{plugin}` and logged with its traceback the first time.
@@ -24,10 +23,11 @@ from ..records.transaction import url_host
 from .access_logs import AccessLogs
 from .base import ObjectUrl, Plugin, PluginOutput, TransactionContext
 from .http_capture import HttpCapture
+from .detect_errors import DetectErrors
 from .http_metrics import HttpMetrics
+from .report_usage import ReportUsage
 
 __all__ = [
-    "NOT_IMPLEMENTED",
     "PluginStack",
     "PluginStacks",
     "build_stack",
@@ -40,22 +40,13 @@ log = logging.getLogger("plaintap.plugins")
 plugin_errors = Counter("plaintap_plugin_errors", "Transactions a plugin failed on, by plugin",
                         ["plugin"], registry=metrics.REGISTRY)
 
-# Accepted in the config for qtap compatibility, no behaviour yet.
-NOT_IMPLEMENTED = frozenset({"report_usage", "detect_errors"})
-_announced: set[str] = set()
-
-
-def _announce_not_implemented(type_name: str) -> None:
-    if type_name not in _announced:
-        _announced.add(type_name)
-        log.debug("plugin %s is accepted but not implemented; it does nothing", type_name)
-
-
 # type → factory(plugin config section, color) for the plugins that do something.
 _FACTORIES: dict[str, Callable[[object, bool], Plugin]] = {
     "http_capture": lambda spec, color: HttpCapture(spec.config),
     "access_logs": lambda spec, color: AccessLogs(spec.config, color=color),
     "http_metrics": lambda spec, color: HttpMetrics(spec.config),
+    "report_usage": lambda spec, color: ReportUsage(),
+    "detect_errors": lambda spec, color: DetectErrors(spec.config),
 }
 
 
@@ -100,8 +91,6 @@ def build_stack(stack: Stack | None, name: str = "", *, color: bool = False) -> 
         factory = _FACTORIES.get(spec.type)
         if factory is not None:
             plugins.append(factory(spec, color))
-        elif spec.type in NOT_IMPLEMENTED:
-            _announce_not_implemented(spec.type)
         else:  # the config model only admits known types; a new one must be added here
             raise ValueError(f"plugin type {spec.type!r} has no implementation")
     return PluginStack(name, tuple(plugins))

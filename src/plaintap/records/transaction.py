@@ -39,6 +39,7 @@ __all__ = [
     "artifact_record",
     "duration_ms",
     "http_objects",
+    "message_objects",
     "make_transaction_id",
     "object_digest",
     "rpc_protocol",
@@ -310,14 +311,22 @@ def http_objects(conn, tx, level: str, wall_ns: Callable[[int], int], transactio
     limit). Any other level (`none`, `summary`) gives no objects. The request object is
     timed at its first byte, the response object at the response's first byte.
     """
-    include_body = HTTP_OBJECT_LEVELS.get(level)
-    if include_body is None:
-        return []
+    return message_objects(conn, tx, wall_ns, transaction_id, request=level, response=level)
+
+
+def message_objects(conn, tx, wall_ns: Callable[[int], int], transaction_id: str,
+                    request: str | None, response: str | None) -> list[Record]:
+    """Objects for the request and the response each at its own level (`details`,
+    `headers` or `full`; anything else, or None, stores nothing for that side)."""
     url, host, ms = url_of(conn, tx), url_host(conn, tx), duration_ms(tx)
     req, resp = tx.request, tx.response
-    out = [_object(conn, tx, req, "http_request", include_body, wall_ns(req.first_ns or tx.start_ns),
-                   transaction_id, url, host, ms)]
-    if resp is not None:
+    out = []
+    include_body = HTTP_OBJECT_LEVELS.get(request or "")
+    if include_body is not None:
+        out.append(_object(conn, tx, req, "http_request", include_body, wall_ns(req.first_ns or tx.start_ns),
+                           transaction_id, url, host, ms))
+    include_body = HTTP_OBJECT_LEVELS.get(response or "")
+    if resp is not None and include_body is not None:
         out.append(_object(conn, tx, resp, "http_response", include_body,
                            wall_ns(resp.first_ns or tx.end_ns), transaction_id, url, host, ms))
     return out

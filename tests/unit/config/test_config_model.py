@@ -372,7 +372,7 @@ def test_s3_required_and_placeholders() -> None:
 
 
 def test_plugin_types() -> None:
-    text = "stacks:\n  s:\n    plugins:\n      - type: report_usage\n      - type: detect_errors\n        config: {anything: 1}\n      - type: http_metrics\n      - type: debug\n"
+    text = "stacks:\n  s:\n    plugins:\n      - type: report_usage\n      - type: detect_errors\n        config: {rules: [{name: e, triggerStatusCodes: [5xx]}]}\n      - type: http_metrics\n      - type: debug\n"
     assert problems(text) == [
         "stacks.s.plugins[3].type: 'debug' is not a known plugin type "
         "(known: access_logs, detect_errors, http_capture, http_metrics, report_usage)"

@@ -39,8 +39,6 @@ stacks:
             - name: everything from wget
               expr: src.process.binary == "wget"
               level: full
-      - type: report_usage
-      - type: detect_errors
 tap:
   http:
     stack: capture
@@ -62,7 +60,7 @@ def capture_stack() -> PluginStack:
     return build_stack(cfg.stacks["capture"], "capture")
 
 
-def test_build_stack_keeps_implemented_plugins_in_order():
+def test_build_stack_keeps_every_plugin_in_order():
     cfg = load_config_text("""
 stacks:
   s:
@@ -75,23 +73,13 @@ stacks:
       - type: http_metrics
 """)
     stack = build_stack(cfg.stacks["s"], "s")
-    assert [p.name for p in stack.plugins] == ["access_logs", "http_capture", "http_metrics"]
+    assert [p.name for p in stack.plugins] == ["access_logs", "report_usage", "http_capture", "detect_errors",
+                                               "http_metrics"]
     assert bool(stack) and not build_stack(None)
 
 
-def test_inactive_plugins_are_announced_once_at_debug(caplog, monkeypatch):
-    from plaintap.plugins import registry
-    monkeypatch.setattr(registry, "_announced", set())
-    cfg = load_config_text("stacks:\n  a:\n    plugins: [{type: report_usage}, {type: report_usage}]\n")
-    with caplog.at_level(logging.DEBUG, logger="plaintap.plugins"):
-        build_stack(cfg.stacks["a"])
-        build_stack(cfg.stacks["a"])
-    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-    assert messages == ["plugin report_usage is accepted but not implemented; it does nothing"]
-
-
-def test_inactive_plugins_make_an_empty_stack():
-    cfg = load_config_text("stacks:\n  quiet:\n    plugins:\n      - type: report_usage\n      - type: detect_errors\n")
+def test_a_stack_without_plugins_is_empty():
+    cfg = load_config_text("stacks:\n  quiet:\n    plugins: []\n")
     stack = build_stack(cfg.stacks["quiet"], "quiet")
     assert not stack
     assert not run(stack, *h1_json_post())
@@ -180,21 +168,24 @@ def test_plugin_stacks_pick_and_run_per_transaction():
     stacks = PluginStacks(cfg)
     assert stacks.active
     assert [p.name for p in stacks.for_connection(connection()).plugins] == ["http_capture", "access_logs"]
-    assert not stacks.for_connection(connection(domain="telemetry.example.com"))
+    assert [p.name for p in stacks.for_connection(connection(domain="telemetry.example.com")).plugins] == [
+        "report_usage", "detect_errors"]
     assert not stacks.for_connection(connection(domain="metadata.internal"))
     conn, tx = h1_json_post()
     out = stacks.handle(conn, tx, "t-0", wall_ns, object_url)
     assert len(out.events) == 1 and len(out.objects) == 2          # details by rule
     assert out.access_log_lines == ["■ curl → POST https://api.example.com/v1/items?dry_run=1 201 Created (12.4 ms)"]
-    conn.domain = "telemetry.example.com"
-    assert not stacks.handle(conn, tx, "t-1", wall_ns, object_url)
+    conn.domain = "telemetry.example.com"        # the quiet stack: a usage event, no rule fires
+    quiet = stacks.handle(conn, tx, "t-1", wall_ns, object_url)
+    assert [r.attributes["event.type"] for r in quiet.events] == ["request"] and not quiet.objects
+    assert not quiet.access_log_lines
 
 
 def test_plugin_stacks_inactive_when_no_selectable_stack_has_plugins():
     cfg = load_config_text("""
 stacks:
   quiet:
-    plugins: [{type: report_usage}]
+    plugins: []
   loud:
     plugins: [{type: access_logs}]
 tap:
