@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent (the default command)")
     common(run)
     run.add_argument("--config", default=_env("config"), metavar="PATH|URL",
-                     help="qtap.yaml-style config file or http(s) URL (default: built-in qtap default)")
+                     help="qtap.yaml-style config file or https URL (default: built-in qtap default)")
+    run.add_argument("--config-allow-http", action="store_true",
+                     default=_env("config_allow_http", "").lower() in ("1", "true", "yes"),
+                     help="accept a plain http:// --config URL (anyone on the path can change the config)")
     run.add_argument("--httpd-listen", default=_env("httpd_listen", "127.0.0.1:10001"), metavar="HOST:PORT",
                      help="status endpoints /readyz /healthz /metrics (default 127.0.0.1:10001)")
     run.add_argument("--http-buffer-size", default=_env("http_buffer_size", "2mb"), metavar="SIZE",
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a qtap.yaml config file and explain every problem")
     val.add_argument("file", metavar="PATH|URL")
+    val.add_argument("--config-allow-http", action="store_true",
+                     default=_env("config_allow_http", "").lower() in ("1", "true", "yes"),
+                     help="accept a plain http:// URL")
     return p
 
 
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     _FROM_ENV.clear()
     args = build_parser().parse_args(argv)
     if args.command == "validate":
-        return _validate(args.file)
+        return _validate(args.file, args.config_allow_http)
     problem = _check_log_options(args)
     if problem:
         print(f"plaintap: {problem}", file=sys.stderr)
@@ -196,9 +202,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _validate(path: str) -> int:
+def _validate(path: str, allow_http: bool = False) -> int:
     from .config import check_file
-    problems, warnings = check_file(path)
+    problems, warnings = check_file(path, allow_http=allow_http)
     for line in warnings:
         print(f"{path}: warning: {line}")
     if not problems:
@@ -233,7 +239,7 @@ def _run(args) -> int:
     if problem:
         print(f"plaintap: {problem}", file=sys.stderr)
         return EXIT_RUNTIME
-    cfg = load_config(args.config) if args.config else default_config()
+    cfg = load_config(args.config, allow_http=args.config_allow_http) if args.config else default_config()
     lock = None
     if not args.allow_multiple and os.geteuid() == 0:   # not root: the agent's own check says so
         from .instance import InstanceLock
@@ -245,7 +251,9 @@ def _run(args) -> int:
                           ring_buffer_size=values["ring_buffer_size"], tags=values["tags"],
                           config_source=args.config, no_redact=args.no_redact,
                           runtime_sockets=RuntimeSockets(containerd=args.containerd_socket,
-                                                         docker=args.docker_socket, cri=args.cri_runtime_socket))
+                                                         docker=args.docker_socket, cri=args.cri_runtime_socket),
+                          config_allow_http=args.config_allow_http)
+
         agent = Agent(cfg, opts)
         install_signal_handlers(agent)
         return agent.run()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import queue
 import secrets
 import signal
 import sys
@@ -61,6 +62,19 @@ DIRECTION_MASKS = {
 DROP_CHECK_NS = 5_000_000_000
 
 
+@dataclass
+class _Prepared:
+    """A reloaded config and what was built from it, ready to be swapped in."""
+
+    cfg: object
+    redaction: object
+    stacks: object
+    services_changed: bool
+    event_sink: object
+    object_sink: object
+    object_url: object
+
+
 class ConfigUnsupported(RuntimeError):
     """The config asks for something this build cannot do yet; the message says what."""
 
@@ -77,6 +91,7 @@ class RunOptions:
     config_source: str | None = None           # --config, re-read on SIGHUP (None: built-in default)
     no_redact: bool = False                    # --no-redact: store credentials as captured
     runtime_sockets: RuntimeSockets = field(default_factory=RuntimeSockets)  # container runtimes' APIs
+    config_allow_http: bool = False            # --config-allow-http: accept an http:// --config URL
 
 
 def monotonic_ns() -> int:
@@ -204,6 +219,8 @@ class Agent:
         self._pending_lines: list[str] = []
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._reload_worker: threading.Thread | None = None
+        self._reload_results: queue.SimpleQueue = queue.SimpleQueue()
         self._retired: list[tuple[QueuedSink, threading.Thread]] = []   # sinks replaced by a reload
         self._drops_seen = 0
         self._produced = 0
@@ -290,28 +307,71 @@ class Agent:
         self._stop.set()
 
     def request_reload(self, *_args) -> None:
-        """SIGHUP: re-read the config between two polls of the loop."""
+        """SIGHUP: re-read the config off the capture loop; the loop swaps it in."""
         self._reload.set()
 
     def reload(self) -> bool:
-        """Re-read the config and apply it without stopping capture. A config that does
-        not load is reported in one line and the running one is kept."""
+        """Re-read the config and apply it without stopping capture (on the caller's
+        thread). A config that does not load is reported in one line and the running one
+        is kept."""
+        return self._apply_reload(self._prepare_reload())
+
+    def _start_reload(self) -> None:
+        """Read and build the new config on a worker thread: fetching a URL can take up to
+        the loader's deadline, and capture must not wait for it."""
+        def work() -> None:
+            try:
+                prepared = self._prepare_reload()
+            except BaseException as e:   # handed to the loop, which reports it
+                prepared = e
+            self._reload_results.put(prepared)
+        self._reload_worker = threading.Thread(target=work, name="config-reload", daemon=True)
+        self._reload_worker.start()
+
+    def _poll_reload(self) -> None:
+        """On the loop: start a requested reload, or apply one the worker finished."""
+        try:
+            prepared = self._reload_results.get_nowait()
+        except queue.Empty:
+            pass
+        else:
+            self._reload_worker = None
+            self._apply_reload(prepared)
+        if self._reload.is_set() and self._reload_worker is None:
+            self._reload.clear()
+            self._start_reload()
+
+    def _prepare_reload(self):
+        """Everything a reload needs that may block or fail, built without touching the
+        running state; returns a _Prepared or the exception that stopped it."""
         from .config import ConfigError, default_config, load_config
         source = self.opts.config_source
         try:
-            cfg = load_config(source) if source else default_config()
+            cfg = (load_config(source, allow_http=self.opts.config_allow_http) if source
+                   else default_config())
             redaction = cfg.redaction.policy(force_off=self.opts.no_redact)
             stacks = PluginStacks(cfg, color=access_log_stream(cfg).isatty(), redaction=redaction)
             services_changed = cfg.services.model_dump() != self.cfg.services.model_dump()
+            event_sink = object_sink = object_url = None
             if services_changed:
                 event_sink = build_event_sink(cfg, self.opts.tags)
                 object_sink, object_url = build_object_sink(cfg, self.opts.tags)
         except (ConfigError, ConfigUnsupported, ValueError, OSError) as e:
+            return e
+        return _Prepared(cfg, redaction, stacks, services_changed, event_sink, object_sink, object_url)
+
+    def _apply_reload(self, prepared) -> bool:
+        """Swap a prepared config in (on the loop), or report why there is none."""
+        source = self.opts.config_source
+        if not isinstance(prepared, _Prepared):
             metrics.config_reloads.labels("failed").inc()
-            first = str(e).splitlines()
-            log.error("config reload failed, the running config is kept: %s%s", first[0] if first else e,
+            first = str(prepared).splitlines()
+            log.error("config reload failed, the running config is kept: %s%s", first[0] if first else prepared,
                       f" (+{len(first) - 1} more lines; run `plaintap validate {source}`)" if len(first) > 1 else "")
             return False
+        cfg, redaction, stacks = prepared.cfg, prepared.redaction, prepared.stacks
+        services_changed = prepared.services_changed
+        event_sink, object_sink, object_url = prepared.event_sink, prepared.object_sink, prepared.object_url
         changes = []
         tap, old_tap = cfg.tap, self.cfg.tap
         if (tap.direction, tap.ignore_loopback) != (old_tap.direction, old_tap.ignore_loopback):
@@ -423,9 +483,7 @@ class Agent:
             batch = self.kernel.poll(100)
             if batch:
                 self._process(batch)
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
+            self._poll_reload()
             now = monotonic_ns()
             self.tracker.tick(now)
             self.tls.tick(now)

@@ -115,3 +115,144 @@ def test_planted_symlink_in_dump_dir_is_refused(start_agent, tmp_path):
         assert (agent.dump / f"{conn_id}.{suffix}").is_symlink()
     assert (agent.dump / f"{conn_id}.json").exists()      # the connection itself was still dumped
     assert "not writing" in agent.stderr()
+
+
+# --------------------------------------------------------------------------------------
+# config URLs
+
+
+class _ConfigServer:
+    """A config server on 127.0.0.1 in this process: GET /cfg serves `text` (after
+    `delay` seconds), GET /to?URL redirects there. `https` with a certificate the agent
+    trusts through SSL_CERT_FILE."""
+
+    def __init__(self, text: str, cert=None) -> None:
+        import http.server
+        import ssl
+        import threading
+        outer = self
+        self.text, self.delay, self.paths = text, 0.0, []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.paths.append(self.path)
+                if self.path.startswith("/to?"):
+                    self.send_response(302)
+                    self.send_header("Location", self.path[4:])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                time.sleep(outer.delay)
+                body = outer.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        if cert is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert.cert, cert.key)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.base = f"{'https' if cert else 'http'}://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("case", ["https-to-http", "to-another-host"])
+def test_config_url_redirect_off_origin_is_refused_in_one_line(tmp_path, case):
+    import os
+    from backends import self_signed_cert
+    cert = self_signed_cert(tmp_path / "tls", "127.0.0.1")
+    plain = _ConfigServer(EGRESS_LOOPBACK)
+    first = _ConfigServer(EGRESS_LOOPBACK, cert if case == "https-to-http" else None)
+    try:
+        if case == "https-to-http":
+            target = f"{plain.base}/cfg"                      # same host, plain http
+            extra, why = [], "redirected to plain http"
+        else:
+            target = plain.base.replace("127.0.0.1", "127.0.0.2") + "/cfg"   # another host (loopback)
+            extra, why = ["--config-allow-http"], "redirected to another origin"
+        url = f"{first.base}/to?{target}"
+        env = dict(os.environ, SSL_CERT_FILE=str(cert.cert))
+        r = subprocess.run([str(PLAINTAP), "--config", url, "--httpd-listen", f"127.0.0.1:{free_port()}", *extra],
+                           capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        first.close()
+        plain.close()
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and r.stdout == "" and len(lines) == 1, r.stderr
+    assert why in lines[0] and target in lines[0] and "Traceback" not in r.stderr, lines[0]
+    assert first.paths == [f"/to?{target}"] and plain.paths == []     # the redirect was never followed
+
+
+def test_plain_http_config_url_is_refused_without_the_flag(tmp_path):
+    srv = _ConfigServer(EGRESS_LOOPBACK)
+    try:
+        r = subprocess.run([str(PLAINTAP), "--config", f"{srv.base}/cfg", "--httpd-listen", f"127.0.0.1:{free_port()}"],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        srv.close()
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "plain http is refused" in lines[0], r.stderr
+    assert srv.paths == []
+
+
+SUMMARY_CONFIG = """
+version: 2
+services:
+  event_stores: [{type: stdout}]
+  object_stores: [{type: disabled}]
+stacks:
+  cap:
+    plugins: [{type: http_capture, config: {level: summary}}]
+tap: {direction: egress, ignore_loopback: false, http: {stack: cap}}
+"""
+
+
+def test_slow_config_server_does_not_delay_capture_on_reload(start_agent, tmp_path):
+    import signal
+    from backends import wait_for_port
+    cfg = _ConfigServer(SUMMARY_CONFIG)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "a.txt").write_text("a\n")
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)], cwd=www,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 20, srv)
+        agent = start_agent(SUMMARY_CONFIG, "--config", f"{cfg.base}/cfg", "--config-allow-http")
+        cfg.delay = 6.0                     # the reload's fetch now takes 6 s
+        agent.proc.send_signal(signal.SIGHUP)
+        sent = time.monotonic()
+        time.sleep(0.3)                     # the reload fetch is under way
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/a.txt?during-reload"],
+                       check=True, timeout=10)
+        seen_after = None
+        while time.monotonic() - sent < 5.5:
+            if "during-reload" in agent.out.read_text():
+                seen_after = time.monotonic() - sent
+                break
+            time.sleep(0.05)
+        assert seen_after is not None, "capture stalled while the config server was slow"
+        assert "config reloaded" not in agent.stderr()          # the fetch was indeed still running
+        deadline = time.monotonic() + 20
+        while "config reloaded" not in agent.stderr() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "config reloaded" in agent.stderr() and time.monotonic() - sent >= 6
+        assert agent.metric("plaintap_config_reloads_total", 'result="ok"') == 1
+        agent.stop()
+    finally:
+        srv.terminate()
+        srv.wait(10)
+        cfg.close()
+    assert seen_after < 3, seen_after

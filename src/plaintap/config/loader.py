@@ -1,6 +1,7 @@
 """Reading a `qtap.yaml` from a file, a URL or text into a checked `Config`.
 
-Loading goes: bytes (file, or `http(s)://` fetched with urllib) → YAML document (safe
+Loading goes: bytes (file, or `https://` fetched with urllib — see `_fetch` for what a
+URL may and may not do) → YAML document (safe
 loader, duplicate keys reported with their line) → `Config` validated with a
 `LoadContext` built from the document itself (defined stack names, macro texts, the
 environment) → `Config`, or a `ConfigError` listing every problem found, one line each.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,9 +39,12 @@ __all__ = [
     "config_warnings",
     "DEFAULT_CONFIG_YAML",
     "FETCH_TIMEOUT_SECONDS",
+    "FETCH_DEADLINE_SECONDS",
 ]
 
-FETCH_TIMEOUT_SECONDS = 10
+FETCH_TIMEOUT_SECONDS = 10   # connect, and each read
+FETCH_DEADLINE_SECONDS = 30  # the whole fetch, redirects included
+MAX_REDIRECTS = 5
 MAX_CONFIG_BYTES = 4 << 20  # a config is a few KiB; refuse to read a runaway response
 
 # qtap's built-in configuration, used when no --config is given.
@@ -66,13 +72,15 @@ tap:
 """
 
 
-def load_config(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Load the configuration at a file path or an http(s):// URL.
+def load_config(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+                allow_http: bool = False) -> Config:
+    """Load the configuration at a file path or an https:// URL (http:// only with
+    `allow_http`, the command line's --config-allow-http).
 
     `env` replaces the process environment for `{{ VAR }}` substitution (tests).
     Raises ConfigError when it cannot be read or is not a valid configuration.
     """
-    text, source = _read(location)
+    text, source = _read(location, allow_http)
     return load_config_text(text, source=source, env=env)
 
 
@@ -134,23 +142,25 @@ def config_warnings(document: Any) -> list[str]:
     return []
 
 
-def check_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+def check_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+               allow_http: bool = False) -> tuple[list[str], list[str]]:
     """(problems, warnings) for the configuration at `location`; never raises for
     configuration problems, including an unreadable file or URL."""
     try:
-        config = load_config(location, env=env)
+        config = load_config(location, env=env, allow_http=allow_http)
     except ConfigError as err:
         return err.problems, []
     return [], config.warnings
 
 
-def validate_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> list[str]:
+def validate_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,
+                  allow_http: bool = False) -> list[str]:
     """The problems with the configuration at `location`; [] when it is valid.
 
     Never raises for configuration problems, including an unreadable file or URL.
     """
     try:
-        load_config(location, env=env)
+        load_config(location, env=env, allow_http=allow_http)
     except ConfigError as err:
         return err.problems
     return []
@@ -224,11 +234,15 @@ def _parse_yaml(text: str, source: str) -> Any:
     return document
 
 
-def _read(location: str | os.PathLike[str]) -> tuple[str, str]:
+def _read(location: str | os.PathLike[str], allow_http: bool = False) -> tuple[str, str]:
     """The text at `location` and a name for it in messages. Raises ConfigError."""
     where = os.fspath(location)
     if where.lower().startswith(("http://", "https://")):
         source = _without_credentials(where)
+        if where.lower().startswith("http://") and not allow_http:
+            raise ConfigError([f"cannot fetch {source}: plain http is refused (anyone on the path could change "
+                               "what the agent captures and where it sends it); use https://, or pass "
+                               "--config-allow-http"], source)
         data = _fetch(where, source)
     else:
         source = where
@@ -242,8 +256,72 @@ def _read(location: str | os.PathLike[str]) -> tuple[str, str]:
         raise ConfigError([f"{source} is not UTF-8 text (byte {err.start})"], source) from None
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _RedirectRefused(Exception):
+    """A redirect leaving the origin of the config URL; the message is for people."""
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the same scheme, host and port, at most MAX_REDIRECTS
+    times, and never with the credentials of the first request."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def __init__(self, url: str) -> None:
+        self.origin = _origin(url)
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = _origin(newurl)
+        if target != self.origin:
+            shown = _without_credentials(newurl)
+            why = ("to plain http" if target[0] == "http" and self.origin[0] == "https"
+                   else "to another origin")
+            raise _RedirectRefused(f"redirected {why} ({shown}); plaintap follows redirects only within the same "
+                                   "scheme, host and port: give the final https:// URL")
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.remove_header("Authorization")
+        return new
+
+
 def _fetch(url: str, source: str) -> bytes:
-    """The body at `url`; user:password@ in it is sent as HTTP basic authentication."""
+    """The body at `url`, within FETCH_DEADLINE_SECONDS in total.
+
+    user:password@ in the URL is sent as HTTP basic authentication to that origin only:
+    redirects are followed only within the same scheme, host and port, at most
+    MAX_REDIRECTS, and without the Authorization header. The fetch runs on its own
+    thread so a server that answers a byte at a time cannot hold the caller past the
+    deadline. Raises ConfigError (one line).
+    """
+    outcome: dict[str, object] = {}
+    deadline = time.monotonic() + FETCH_DEADLINE_SECONDS
+
+    def work() -> None:
+        try:
+            outcome["data"] = _fetch_now(url, source, deadline)
+        except BaseException as err:  # handed to the caller
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, name="config-fetch", daemon=True)
+    worker.start()
+    worker.join(FETCH_DEADLINE_SECONDS + 1)
+    if worker.is_alive():
+        raise ConfigError([f"cannot fetch {source}: no complete answer within {FETCH_DEADLINE_SECONDS}s"], source)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["data"]  # type: ignore[return-value]
+
+
+def _fetch_now(url: str, source: str, deadline: float) -> bytes:
     headers = {"User-Agent": f"plaintap/{__version__}"}
     parts = urllib.parse.urlsplit(url)
     if parts.username is not None:
@@ -251,22 +329,37 @@ def _fetch(url: str, source: str) -> bytes:
         password = urllib.parse.unquote(parts.password or "")
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     request = urllib.request.Request(source, headers=headers)
+    opener = urllib.request.build_opener(_SameOriginRedirects(url))
+    chunks: list[bytes] = []
+    size = 0
     try:
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
-            data = response.read(MAX_CONFIG_BYTES + 1)
+        with opener.open(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
+            while size <= MAX_CONFIG_BYTES:
+                if time.monotonic() > deadline:
+                    raise ConfigError([f"cannot fetch {source}: no complete answer within "
+                                       f"{FETCH_DEADLINE_SECONDS}s"], source)
+                chunk = response.read1(64 << 10) if hasattr(response, "read1") else response.read(64 << 10)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except _RedirectRefused as err:
+        raise ConfigError([f"cannot fetch {source}: {err}"], source) from None
     except urllib.error.HTTPError as err:
         raise ConfigError([f"cannot fetch {source}: HTTP {err.code} {err.reason}"], source) from None
     except urllib.error.URLError as err:
         reason = err.reason
+        if isinstance(reason, _RedirectRefused):
+            raise ConfigError([f"cannot fetch {source}: {reason}"], source) from None
         text = f"no answer within {FETCH_TIMEOUT_SECONDS}s" if isinstance(reason, TimeoutError) else str(reason)
         raise ConfigError([f"cannot fetch {source}: {text}"], source) from None
     except TimeoutError:
         raise ConfigError([f"cannot fetch {source}: no answer within {FETCH_TIMEOUT_SECONDS}s"], source) from None
     except (OSError, http.client.HTTPException, ValueError) as err:
         raise ConfigError([f"cannot fetch {source}: {err}"], source) from None
-    if len(data) > MAX_CONFIG_BYTES:
+    if size > MAX_CONFIG_BYTES:
         raise ConfigError([f"cannot fetch {source}: larger than {MAX_CONFIG_BYTES} bytes"], source)
-    return data
+    return b"".join(chunks)
 
 
 def _without_credentials(url: str) -> str:

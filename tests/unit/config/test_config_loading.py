@@ -7,6 +7,7 @@ import functools
 import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,26 +205,26 @@ def fixture_server() -> Iterator[str]:
 
 def test_load_from_url(fixture_server: str) -> None:
     url = f"{fixture_server}/capture-rules.yaml"
-    assert load_config(url) == load_config(FIXTURES / "capture-rules.yaml")
-    assert validate_file(url) == []
+    assert load_config(url, allow_http=True) == load_config(FIXTURES / "capture-rules.yaml")
+    assert validate_file(url, allow_http=True) == []
 
 
 def test_url_problems_name_the_url(fixture_server: str) -> None:
     url = f"{fixture_server}/typo-levle.yaml"
     with pytest.raises(ConfigError) as caught:
-        load_config(url)
+        load_config(url, allow_http=True)
     assert caught.value.source == url
     assert caught.value.problems == ["stacks.capture.plugins[0].config.levle: unknown key (did you mean 'level'?)"]
 
 
 def test_url_not_found(fixture_server: str) -> None:
     url = f"{fixture_server}/missing.yaml"
-    assert validate_file(url) == [f"cannot fetch {url}: HTTP 404 File not found"]
+    assert validate_file(url, allow_http=True) == [f"cannot fetch {url}: HTTP 404 File not found"]
 
 
 def test_url_credentials_are_sent_but_never_shown(fixture_server: str) -> None:
     url = fixture_server.replace("http://", "http://user:s%40cret@") + "/missing.yaml"
-    assert validate_file(url) == [f"cannot fetch {fixture_server}/missing.yaml: HTTP 404 File not found"]
+    assert validate_file(url, allow_http=True) == [f"cannot fetch {fixture_server}/missing.yaml: HTTP 404 File not found"]
     seen: list[str | None] = []
 
     class Recorder(_QuietHandler):
@@ -235,7 +236,7 @@ def test_url_credentials_are_sent_but_never_shown(fixture_server: str) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        load_config(f"http://user:s%40cret@127.0.0.1:{server.server_address[1]}/qtap-default.yaml")
+        load_config(f"http://user:s%40cret@127.0.0.1:{server.server_address[1]}/qtap-default.yaml", allow_http=True)
     finally:
         server.shutdown()
         server.server_close()
@@ -247,7 +248,7 @@ def test_url_connection_refused() -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    (problem,) = validate_file(f"http://127.0.0.1:{port}/qtap.yaml")
+    (problem,) = validate_file(f"http://127.0.0.1:{port}/qtap.yaml", allow_http=True)
     assert problem.startswith(f"cannot fetch http://127.0.0.1:{port}/qtap.yaml: ")
     assert "refused" in problem.lower()
 
@@ -258,4 +259,116 @@ def test_url_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/qtap.yaml"
-        assert validate_file(url) == [f"cannot fetch {url}: no answer within 0.2s"]
+        assert validate_file(url, allow_http=True) == [f"cannot fetch {url}: no answer within 0.2s"]
+
+
+# --------------------------------------------------------------------------------------
+# What a config URL may do (issue 9.6): https only unless allowed, redirects only within
+# the origin and never with credentials, a total deadline.
+
+
+def test_plain_http_is_refused_unless_allowed(fixture_server: str) -> None:
+    url = f"{fixture_server}/qtap-default.yaml"
+    (problem,) = validate_file(url)
+    assert problem.startswith(f"cannot fetch {url}: plain http is refused") and "--config-allow-http" in problem
+    assert validate_file(url, allow_http=True) == []
+
+
+class _Redirector(http.server.BaseHTTPRequestHandler):
+    """GET /to?url → 302 to that url; GET /cfg → the default config; records Authorization."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append((self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/to?"):
+            self.send_response(302)
+            self.send_header("Location", self.path[4:])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = (FIXTURES / "qtap-default.yaml").read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def redirector() -> Iterator[tuple[str, type]]:
+    handler = type("R", (_Redirector,), {"seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_redirect_within_the_origin_is_followed_without_credentials(redirector) -> None:
+    hostport, handler = redirector
+    load_config(f"http://me:pw@{hostport}/to?/cfg", allow_http=True)
+    assert [path for path, _ in handler.seen] == ["/to?/cfg", "/cfg"]
+    assert handler.seen[0][1] is not None and handler.seen[1][1] is None   # Authorization not forwarded
+
+
+@pytest.mark.parametrize("target, why", [
+    ("http://127.0.0.2:{port}/cfg", "to another origin"),
+    ("http://localhost:{port}/cfg", "to another origin"),
+    ("http://127.0.0.1:1/cfg", "to another origin"),
+])
+def test_redirect_to_another_origin_is_refused(redirector, target, why) -> None:
+    hostport, handler = redirector
+    port = hostport.rsplit(":", 1)[1]
+    target = target.format(port=port)
+    (problem,) = validate_file(f"http://{hostport}/to?{target}", allow_http=True)
+    assert problem.startswith(f"cannot fetch http://{hostport}/to?{target}: redirected {why} ({target})"), problem
+    assert "\n" not in problem
+    assert [path for path, _ in handler.seen] == [f"/to?{target}"]    # nothing fetched from the target
+
+
+def test_redirect_from_https_to_http_is_named() -> None:
+    handler = loader._SameOriginRedirects("https://config.example/qtap.yaml")
+    with pytest.raises(loader._RedirectRefused, match="redirected to plain http"):
+        handler.redirect_request(None, None, 302, "Found", {}, "http://config.example/qtap.yaml")
+    assert loader._origin("https://Config.Example:443/x") == loader._origin("https://config.example/y")
+
+
+def test_slow_drip_server_hits_the_total_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "FETCH_DEADLINE_SECONDS", 1)
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"#")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/qtap.yaml"
+        started = time.monotonic()
+        (problem,) = validate_file(url, allow_http=True)
+        assert time.monotonic() - started < 3
+        assert problem == f"cannot fetch {url}: no complete answer within 1s"
+    finally:
+        server.shutdown()
+        server.server_close()
