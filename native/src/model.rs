@@ -126,4 +126,13 @@ pub trait Parser: Send {
     /// Named counters (parse errors, abandoned messages, discarded bytes, ...), as the
     /// Python parser's `stats` dict.
     fn stats(&self) -> Vec<(&'static str, u64)>;
+    /// The framing state of `side`'s direction by name, where the parser has per-direction
+    /// states (HTTP/1), for the state-table walks in the tests.
+    fn side_state(&self, _side: Side) -> Option<&'static str> {
+        None
+    }
+    /// Bytes `side` sent that the parser holds (buffered, not yet consumed or dropped).
+    fn buffered(&self, _side: Side) -> usize {
+        0
+    }
 }

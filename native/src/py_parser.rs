@@ -147,6 +147,7 @@ fn side_arg(side: &Bound<'_, PyAny>) -> PyResult<Side> {
 #[pyclass(module = "plaintap._core", unsendable)]
 pub struct NativeParser {
     inner: Box<dyn Parser>,
+    protocol: &'static str,
 }
 
 #[pymethods]
@@ -177,9 +178,37 @@ impl NativeParser {
         }
     }
 
+    /// "http1" or "http2".
+    #[getter]
+    fn protocol(&self) -> &'static str {
+        self.protocol
+    }
+
     #[getter]
     fn upgraded(&self) -> bool {
         self.inner.upgraded()
+    }
+
+    /// Protocol-switched bytes counted on both sides (HTTP/1 after 101 / CONNECT 2xx).
+    #[getter]
+    fn upgraded_bytes(&self) -> u64 {
+        self.inner
+            .stats()
+            .iter()
+            .filter(|(k, _)| *k == "upgraded_bytes_client" || *k == "upgraded_bytes_server")
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// The framing state of `side`'s direction by name (HTTP/1), else None; for the
+    /// state-table walks in the tests.
+    fn state(&self, side: &Bound<'_, PyAny>) -> PyResult<Option<&'static str>> {
+        Ok(self.inner.side_state(side_arg(side)?))
+    }
+
+    /// Bytes of `side`'s stream the parser holds now (memory-bound tests).
+    fn buffered(&self, side: &Bound<'_, PyAny>) -> PyResult<usize> {
+        Ok(self.inner.buffered(side_arg(side)?))
     }
 
     /// Named counters, as a new dict each call.
@@ -198,12 +227,33 @@ impl NativeParser {
 #[pyfunction]
 #[pyo3(signature = (protocol, body_limit = 2 * 1024 * 1024, midstream = false))]
 pub fn new_parser(protocol: &str, body_limit: usize, midstream: bool) -> PyResult<NativeParser> {
-    let inner = match protocol {
-        "http1" => crate::http1::new_parser(body_limit, midstream),
-        "http2" => crate::http2::new_parser(body_limit, midstream),
-        _ => None,
+    let (inner, name) = match protocol {
+        "http1" => (crate::http1::new_parser(body_limit, midstream), "http1"),
+        "http2" => (crate::http2::new_parser(body_limit, midstream), "http2"),
+        _ => (None, ""),
     };
     inner
-        .map(|inner| NativeParser { inner })
+        .map(|inner| NativeParser {
+            inner,
+            protocol: name,
+        })
         .ok_or_else(|| PyValueError::new_err(format!("no native parser for protocol {protocol:?}")))
+}
+
+/// The HTTP/1 per-direction framing table: (states, inputs, {(state, input): next}), by
+/// name, exactly as the native parser applies it.
+#[pyfunction]
+pub fn http1_table(
+    py: Python<'_>,
+) -> PyResult<(Vec<&'static str>, Vec<&'static str>, Bound<'_, PyDict>)> {
+    use crate::http1::table;
+    let d = PyDict::new(py);
+    for (s, i, n) in table::table() {
+        d.set_item((s, i), n)?;
+    }
+    Ok((
+        table::STATES.iter().map(|s| s.name()).collect(),
+        table::INPUTS.iter().map(|i| i.name()).collect(),
+        d,
+    ))
 }

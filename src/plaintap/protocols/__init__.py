@@ -17,13 +17,14 @@ in `p.stats` (parse errors, abandoned messages, discarded bytes, ...). `p.upgrad
 True once an HTTP/1 connection switched protocols (101 / CONNECT 2xx); later bytes are
 counted, not parsed.
 
-Modules: `model` (the values), `detect`, `http1` (httptools-based, both directions
+Modules: `model` (the values), `detect`, `http1` (the native parser, both directions
 paired), `http2` (hyperframe + hpack, one decoder per direction), `hpack_partial`
 (mid-stream HPACK), `tls` (ClientHello / ServerHello).
 """
 from __future__ import annotations
 
 from .detect import Detected, detect
+from . import http1 as _http1
 from .http1 import Http1Parser
 from .http2 import Http2Parser
 from .model import GrpcInfo, Message, ParseError, Side, Transaction
@@ -37,7 +38,7 @@ def new_parser(protocol: str, body_limit: int = DEFAULT_BODY_LIMIT,
                midstream: bool = False) -> Parser:
     """A parser for "http1" or "http2". Raises ValueError for any other protocol name."""
     if protocol == "http1":
-        return Http1Parser(body_limit=body_limit, midstream=midstream)
+        return _http1.new_parser(body_limit, midstream)
     if protocol == "http2":
         return Http2Parser(body_limit=body_limit, midstream=midstream)
     raise ValueError(f"no parser for protocol {protocol!r} (expected 'http1' or 'http2')")

@@ -22,13 +22,27 @@ order:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from .http1 import MAX_REQUEST_LINE, METHODS, REQUEST_LINE_RE, STATUS_LINE_RE
 from .http2 import PREFACE, frame_chain_verdict, plausible_frame_header
 from .model import Side
 
 PROTOCOLS = ("http1", "http2", "tls", "tcp")
+
+# HTTP/1 start lines, as the native parser recognises them when it resynchronises
+# (native/src/http1/syntax.rs): a known method, a visible-ASCII target, HTTP/1.0 or 1.1.
+METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
+           b"PATCH", b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK",
+           b"UNLOCK", b"SEARCH", b"REPORT", b"PURGE", b"QUERY", b"MKCALENDAR", b"LINK",
+           b"UNLINK", b"BIND", b"REBIND", b"UNBIND", b"ACL", b"MERGE", b"CHECKOUT",
+           b"MKACTIVITY", b"M-SEARCH", b"NOTIFY", b"SUBSCRIBE", b"UNSUBSCRIBE", b"SOURCE")
+MAX_TARGET = 16384
+REQUEST_LINE_RE = re.compile(
+    rb"(?:" + b"|".join(re.escape(m) for m in METHODS) + rb") [!-~]{1,%d} HTTP/1\.[01]\r\n"
+    % MAX_TARGET)
+MAX_REQUEST_LINE = 12 + MAX_TARGET + 12
+STATUS_LINE_RE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9](?: [^\r\n]{0,1024})?\r\n")
 _MAX_FRAME_PROBE = 64 * 1024
 
 

@@ -452,15 +452,19 @@ def test_gap_in_header_section_abandons_the_message():
     assert p.stats["abandoned_requests"] == 1
 
 
-def test_malformed_request_resyncs_at_next_request_line_and_drops_its_answer():
+def test_malformed_request_stops_the_client_stream_and_its_answer_is_not_paired():
+    # A server answers a bad request head with 400 and closes: what follows it on the
+    # client stream was never served, so it is not reported (issue 11 item 8).
     steps = [D(C, b"GET /bad path HTTP/1.1\r\n\r\nGET /good HTTP/1.1\r\n\r\n", 1),
-             D(S, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood", 2)]
+             D(S, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 2),
+             CLOSE(3)]
     events, p = feed_three_ways(h1(), steps)
     errs = errors(events)
     assert len(errs) == 1 and errs[0].side == Side.CLIENT and errs[0].ts_ns == 1
     assert "malformed request head" in errs[0].reason
-    tx = one(events)
-    assert tx.request.target == "/good" and tx.response.body == b"good"
+    assert transactions(events) == []
+    assert p.stats["parse_errors"] == 1 and p.stats["rejected_requests"] == 1
+    assert p.state(C) == "closed"
 
 
 def test_malformed_status_line_resyncs():
@@ -480,7 +484,7 @@ def test_header_section_too_large_is_an_error_and_memory_stays_bounded():
     p.feed(C, b"GET / HTTP/1.1\r\n", 1)
     for i in range(200):
         p.feed(C, b"X-Filler-%d: %s\r\n" % (i, b"v" * 1000), 2)
-    assert len(p._sides[0].inp.buf) < 100 * 1024
+    assert p.buffered(C) < 100 * 1024
     ev = p.next_event()
     assert isinstance(ev, ParseError) and ev.reason == "header section too large"
     p.feed(C, b"\r\nGET /after HTTP/1.1\r\n\r\n", 3)
@@ -569,5 +573,128 @@ def test_held_server_bytes_are_bounded():
     p = new_parser("http1")
     for _ in range(100):
         p.feed(S, b"x" * 10000, 1)
-    assert len(p._sides[1].inp.buf) <= 256 * 1024 + 65536 + 10000
+    assert p.buffered(S) <= 256 * 1024 + 65536 + 10000
     assert p.stats["held_bytes_dropped"] > 0
+
+
+# -- strict framing (issue 11 item 8): an observer must not report requests no server
+# received. Each case: no invented request, the rejected one is a counted parse error.
+
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def _rejected(client: bytes, seen: list[str]):
+    events, p = feed_three_ways(h1(), [D(C, client, 1), D(S, BAD_REQUEST, 2), CLOSE(3)])
+    assert [t.request.target for t in transactions(events)] == seen, events
+    errs = errors(events)
+    assert len(errs) == 1 and errs[0].side == Side.CLIENT
+    assert p.stats["parse_errors"] == 1 and p.stats["rejected_requests"] == 1
+    return events, p
+
+
+def test_no_request_is_hunted_inside_a_line_after_a_rejected_head():
+    # The old parser found `GET /evil:` in the middle of this line and paired it with 400.
+    _rejected(b"GET /a b HTTP/1.1\r\n\r\n\rZGET /evil: HTTP/1.1\r\n\r\n", [])
+    _rejected(b"\rZGET /evil: HTTP/1.1\r\nHost: h\r\n\r\n", [])
+
+
+def test_bare_lf_in_a_header_section_is_rejected_and_nothing_after_it_is_reported():
+    events, _ = _rejected(b"GET /1 HTTP/1.1\r\nHost: h\nX: y\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+                          b"GET /3 HTTP/1.1\r\n\r\n", [])
+    assert "bare LF" in errors(events)[0].reason
+
+
+def test_pipelined_requests_before_a_rejected_one_keep_their_answers():
+    steps = [D(C, b"GET /ok HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\nBad Header\r\n\r\n"
+                  b"GET /never HTTP/1.1\r\n\r\n", 1),
+             D(S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + BAD_REQUEST, 2), CLOSE(3)]
+    events, p = feed_three_ways(h1(), steps)
+    tx = one(events)
+    assert tx.request.target == "/ok" and tx.response.body == b"ok"
+    assert len(errors(events)) == 1 and p.stats["rejected_requests"] == 1
+
+
+def test_connect_has_no_body_and_a_pipelined_request_after_it_is_reported():
+    # Content-Length on CONNECT frames nothing (RFC 9110 §9.3.6): the next bytes are the
+    # next request, which the proxy parsed separately after refusing the tunnel.
+    steps = [D(C, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+                  b"Content-Length: 22\r\n\r\nGET /after HTTP/1.1\r\n\r\n", 1),
+             D(S, b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA", 2)]
+    events, p = feed_three_ways(h1(), steps)
+    connect, after = transactions(events)
+    assert connect.request.method == "CONNECT" and connect.request.body_size == 0
+    assert connect.response.status == 405 and not connect.upgraded
+    assert after.request.target == "/after" and after.response.body == b"A"
+    assert not errors(events) and not p.upgraded
+
+
+CHUNKED_POST = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+def test_chunk_size_lines_violating_rfc9112_are_counted_errors_and_smuggle_nothing():
+    cases = {
+        "trailing space": b"5 \r\nhello\r\n0\r\n\r\n",
+        "trailing tab": b"5\t\r\nhello\r\n0\r\n\r\n",
+        "empty extension": b"5;\r\nhello\r\n0\r\n\r\n",
+        "empty extension value": b"5;a=\r\nhello\r\n0\r\n\r\n",
+        "unbalanced quote": b'5;a="x\r\nhello\r\n0\r\n\r\n',
+        "bare LF in extension": b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+        "bare LF line end": b"5\nhello\r\n0\r\n\r\n",
+        "bare CR in extension": b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+        "hex prefix": b"0x5\r\nhello\r\n0\r\n\r\n",
+        "bare LF in trailers": b"5\r\nhello\r\n0\r\nT: v\n\r\n",
+    }
+    for name, body in cases.items():
+        steps = [D(C, CHUNKED_POST + body + SMUGGLED, 1), D(S, BAD_REQUEST, 2), CLOSE(3)]
+        events, p = feed_three_ways(h1(), steps)
+        txs = transactions(events)
+        assert [t.request.target for t in txs] == ["/c"], (name, events)
+        assert not txs[0].request.complete and txs[0].response.status == 400, name
+        assert len(errors(events)) == 1 and p.stats["parse_errors"] == 1, name
+        assert p.stats["rejected_requests"] == 1, name
+
+
+def test_valid_chunk_extensions_are_accepted():
+    body = b'5 ; a = b ; q="x \\" y"\r\nhello\r\n6;name\r\n world\r\n0\r\n\r\n'
+    events, _ = feed_three_ways(h1(), [D(C, CHUNKED_POST + body + SMUGGLED, 1),
+                                       D(S, NOT_FOUND * 2, 2)])
+    assert not errors(events)
+    first, second = transactions(events)
+    assert first.request.body == b"hello world" and second.request.target == "/smuggled"
+
+
+def test_server_side_chunk_violation_still_resyncs_on_the_server():
+    steps = [D(C, b"GET /1 HTTP/1.1\r\n\r\n", 1),
+             D(S, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n", 2),
+             D(C, b"GET /2 HTTP/1.1\r\n\r\n", 3), D(S, NOT_FOUND, 4)]
+    events, _ = feed_three_ways(h1(), steps)
+    assert [e.side for e in errors(events)] == [Side.SERVER]
+    first, second = transactions(events)
+    assert first.error.startswith("malformed body") and second.response.status == 404
+
+
+def test_after_a_capture_gap_request_lines_are_found_only_at_line_or_write_starts():
+    steps = [D(C, b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab", 1), GAP(C, 30, 2),
+             D(S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3),
+             D(C, b"x: GET /inside HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n", 4),
+             D(S, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 5)]
+    events, p = feed_three_ways(h1(), steps)
+    assert [t.request.target for t in transactions(events)] == ["/", "/y"]
+    assert transactions(events)[1].response.status == 201 and not errors(events)
+
+
+def test_too_many_outstanding_pipelined_requests_give_up_pairing_counted():
+    p = new_parser("http1")
+    p.feed(C, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 5000, 1)
+    txs = []
+    while (ev := p.next_event()) is not None:
+        txs.append(ev)
+    assert p.stats["pipeline_overflows"] == 1 and p.stats["pairing_lost"] == 1
+    # Everything past the cap is reported (without a response) instead of being queued.
+    reported = [t for t in txs if isinstance(t, Transaction)]
+    assert len(reported) >= 5000 - 1024 and all(t.response is None for t in reported)
+    p.close(2)
+    rest = [e for e in iter(p.next_event, None) if isinstance(e, Transaction)]
+    assert len(reported) + len(rest) == 5000

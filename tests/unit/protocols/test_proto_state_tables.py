@@ -1,5 +1,6 @@
 """Walk every (state, input) pair of the protocol state tables.
 
+The HTTP/1 table is the native parser's (read through `plaintap._core.http1_table()`).
 Each table is checked twice: against the expectation written out here (so an edit to a
 table is a deliberate, reviewed change), and by driving a real parser into every state
 with wire bytes and applying every input that bytes can produce.
@@ -28,24 +29,29 @@ EXPECTED_H1 = {
     (h1m.IDLE, "head_no_body"): h1m.IDLE, (h1m.IDLE, "head_length"): h1m.BODY_LENGTH,
     (h1m.IDLE, "head_chunked"): h1m.CHUNK_SIZE, (h1m.IDLE, "head_eof"): h1m.BODY_EOF,
     (h1m.IDLE, "head_switch"): h1m.SWITCHED, (h1m.IDLE, "block"): h1m.BLOCKED,
-    (h1m.IDLE, "error"): h1m.HUNT, (h1m.IDLE, "unpaired"): h1m.HUNT,
+    (h1m.IDLE, "error"): h1m.HUNT, (h1m.IDLE, "reject"): h1m.REJECTED,
+    (h1m.IDLE, "unpaired"): h1m.HUNT,
     (h1m.IDLE, "overflow"): h1m.HUNT, (h1m.IDLE, "gap_lost"): h1m.HUNT,
     (h1m.BODY_LENGTH, "body_done"): h1m.IDLE, (h1m.BODY_LENGTH, "gap_kept"): h1m.BODY_LENGTH,
     (h1m.BODY_LENGTH, "gap_lost"): h1m.HUNT,
     (h1m.CHUNK_SIZE, "chunk_size"): h1m.CHUNK_DATA, (h1m.CHUNK_SIZE, "last_chunk"): h1m.TRAILERS,
     (h1m.CHUNK_SIZE, "error"): h1m.HUNT, (h1m.CHUNK_SIZE, "gap_lost"): h1m.HUNT,
+    (h1m.CHUNK_SIZE, "reject"): h1m.REJECTED,
     (h1m.CHUNK_DATA, "chunk_data_done"): h1m.CHUNK_END,
     (h1m.CHUNK_DATA, "gap_kept"): h1m.CHUNK_DATA, (h1m.CHUNK_DATA, "gap_lost"): h1m.HUNT,
     (h1m.CHUNK_END, "chunk_end"): h1m.CHUNK_SIZE, (h1m.CHUNK_END, "error"): h1m.HUNT,
-    (h1m.CHUNK_END, "gap_lost"): h1m.HUNT,
+    (h1m.CHUNK_END, "gap_lost"): h1m.HUNT, (h1m.CHUNK_END, "reject"): h1m.REJECTED,
     (h1m.TRAILERS, "trailers_done"): h1m.IDLE, (h1m.TRAILERS, "error"): h1m.HUNT,
-    (h1m.TRAILERS, "gap_lost"): h1m.HUNT,
+    (h1m.TRAILERS, "gap_lost"): h1m.HUNT, (h1m.TRAILERS, "reject"): h1m.REJECTED,
     (h1m.BODY_EOF, "gap_kept"): h1m.BODY_EOF,
     (h1m.BLOCKED, "resume"): h1m.IDLE, (h1m.BLOCKED, "overflow"): h1m.HUNT,
     (h1m.SWITCHED, "gap_kept"): h1m.SWITCHED,
     (h1m.IGNORE, "gap_kept"): h1m.IGNORE,
-    **{(s, "switch"): h1m.SWITCHED for s in LIVE if s not in (h1m.SWITCHED, h1m.IGNORE)},
-    **{(s, "pairing_lost"): h1m.IGNORE for s in LIVE if s not in (h1m.SWITCHED, h1m.IGNORE)},
+    (h1m.REJECTED, "gap_kept"): h1m.REJECTED,
+    **{(s, "switch"): h1m.SWITCHED for s in LIVE
+       if s not in (h1m.SWITCHED, h1m.IGNORE, h1m.REJECTED)},
+    **{(s, "pairing_lost"): h1m.IGNORE for s in LIVE
+       if s not in (h1m.SWITCHED, h1m.IGNORE, h1m.REJECTED)},
     **{(s, "close"): h1m.CLOSED for s in STATES},
 }
 
@@ -94,6 +100,7 @@ DRIVE_H1 = {
     h1m.SWITCHED: ({}, [(C, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
                         (S, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")], C),
     h1m.IGNORE: ({}, [(C, GET1 + GET1), (S, OK0), ("gap", S, 5)], S),
+    h1m.REJECTED: ({}, [(C, b"GET /bad path HTTP/1.1\r\n\r\n")], C),
     h1m.CLOSED: ({}, [("close",)], C),
 }
 EXTERNAL = {
@@ -107,7 +114,7 @@ EXTERNAL = {
 GAP_RESULT = {h1m.HUNT: h1m.HUNT, h1m.IDLE: h1m.HUNT, h1m.BODY_EOF: h1m.BODY_EOF,
               h1m.SWITCHED: h1m.SWITCHED, h1m.IGNORE: h1m.IGNORE, h1m.CLOSED: h1m.CLOSED,
               h1m.BLOCKED: h1m.BLOCKED, h1m.CHUNK_SIZE: h1m.HUNT, h1m.CHUNK_END: h1m.HUNT,
-              h1m.TRAILERS: h1m.HUNT}
+              h1m.TRAILERS: h1m.HUNT, h1m.REJECTED: h1m.REJECTED}
 
 
 def _apply(p, step, ts):
@@ -125,13 +132,13 @@ def test_h1_every_state_with_every_external_input(state, external):
     p = new_parser("http1", **kwargs)
     for i, step in enumerate(steps):
         _apply(p, step, i + 1)
-    assert p._sides[side].state == state
+    assert p.state(side) == state
     _apply(p, EXTERNAL[external](side), 100)
     events = []
     while (ev := p.next_event()) is not None:
         events.append(ev)
     assert p.stats["internal_errors"] == 0, events
-    after = p._sides[side].state
+    after = p.state(side)
     if external == "close":
         assert after == h1m.CLOSED
     elif external == "small_gap":

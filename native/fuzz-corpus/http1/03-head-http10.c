@@ -1,0 +1,4 @@
+HEAD / HTTP/1.1
+
+GET / HTTP/1.0
+

@@ -1,0 +1,5 @@
+GET /ws HTTP/1.1
+Upgrade: websocket
+Connection: Upgrade
+
+ÅÄabcd

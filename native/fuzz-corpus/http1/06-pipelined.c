@@ -1,0 +1,8 @@
+GET / HTTP/1.1
+Host: h
+
+GET / HTTP/1.1
+Host: h
+
+GET / HTTP/1.1
+
