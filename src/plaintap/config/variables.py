@@ -14,13 +14,13 @@ TRANSACTION_VARIABLES: tuple[str, ...] = (
     "http.req.method", "http.req.path", "http.req.query", "http.req.host", "http.req.url", "http.req.scheme",
     "http.req.version", "http.res.status", "http.duration_ms",
     "src.process.binary", "src.process.path", "src.process.pid", "src.process.user.id",
-    "src.container.name", "src.container.id",
+    "src.container.name", "src.container.id", "src.container.image", "src.pod.name", "src.pod.namespace",
     "src.ip", "src.port", "dst.ip", "dst.port", "dst.domain",
     "tls.enabled", "tls.sni", "tls.version", "direction", "protocol",
     "grpc.service", "grpc.method", "grpc.status",
 )
 # Families: any name under these prefixes (header names are case-insensitive).
-VARIABLE_PREFIXES: tuple[str, ...] = ("http.req.headers.", "http.res.headers.")
+VARIABLE_PREFIXES: tuple[str, ...] = ("http.req.headers.", "http.res.headers.", "src.container.labels.")
 
 
 def is_known(name: str) -> bool:

@@ -194,7 +194,7 @@ def test_detect_errors_config_problems():
 
 def test_every_rule_variable_the_records_compute_is_known_and_vice_versa():
     assert set(TRANSACTION_VARIABLES) == set(_FIXED)
-    assert VARIABLE_PREFIXES == ("http.req.headers.", "http.res.headers.")
+    assert VARIABLE_PREFIXES == ("http.req.headers.", "http.res.headers.", "src.container.labels.")
 
 
 def test_unknown_variable_is_a_load_error_naming_it():
