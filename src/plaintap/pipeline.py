@@ -120,6 +120,11 @@ def parse_tags(text: str) -> dict[str, str]:
     return tags
 
 
+def resource_tags(cfg, opts: RunOptions) -> dict:
+    """OTLP resource attributes: the config's `tags` (env sources), then --tags over them."""
+    return {**cfg.resource_tags(os.environ), **opts.tags}
+
+
 def build_event_sink(cfg, tags: dict | None = None) -> QueuedSink | None:
     """The sink for events (connections, artifact_record), or None when disabled."""
     store = cfg.services.event_store
@@ -182,8 +187,8 @@ class Agent:
         self.opts = opts
         self.clock = WallClock()
         self.status = StatusServer(opts.httpd_listen)
-        self.event_sink = build_event_sink(cfg, opts.tags)
-        self.object_sink, self.object_url = build_object_sink(cfg, opts.tags)
+        self.event_sink = build_event_sink(cfg, resource_tags(cfg, opts))
+        self.object_sink, self.object_url = build_object_sink(cfg, resource_tags(cfg, opts))
         self.console_lines = ConsoleLines(access_log_stream(cfg))
         self.console = QueuedSink(self.console_lines)
         self.redaction = cfg.redaction.policy(force_off=opts.no_redact)
@@ -354,8 +359,8 @@ class Agent:
             services_changed = cfg.services.model_dump() != self.cfg.services.model_dump()
             event_sink = object_sink = object_url = None
             if services_changed:
-                event_sink = build_event_sink(cfg, self.opts.tags)
-                object_sink, object_url = build_object_sink(cfg, self.opts.tags)
+                event_sink = build_event_sink(cfg, resource_tags(cfg, self.opts))
+                object_sink, object_url = build_object_sink(cfg, resource_tags(cfg, self.opts))
         except (ConfigError, ConfigUnsupported, ValueError, OSError) as e:
             return e
         return _Prepared(cfg, redaction, stacks, services_changed, event_sink, object_sink, object_url)

@@ -81,3 +81,72 @@ def test_report_usage_and_detect_errors(start_agent):
     everything = agent.out.read_text() + agent.stderr()
     assert f"127.0.0.1:{port}/503" in everything
     assert SECRET not in everything
+
+
+QPOINT_CONFIG = """
+version: 2
+tags:
+  - {key: team, source: env, location: TEAM}
+services:
+  event_stores: [{type: otel, protocol: stdout}]
+  object_stores: [{type: disabled}]
+stacks:
+  s:
+    plugins: [{type: http_capture, config: {level: summary}}]
+tap:
+  direction: egress
+  ignore_loopback: false
+  http: {stack: s}
+"""
+
+
+def test_qtap_environment_names_run_the_agent(kernel, tmp_path):
+    """QPOINT_CONFIG picks the config and LOG_LEVEL/HTTPD_LISTEN are read like qtap's; the
+    config's env tags become OTLP resource attributes."""
+    import json
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import PLAINTAP, free_port
+
+    cfg = tmp_path / "qtap.yaml"
+    cfg.write_text(QPOINT_CONFIG)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLAINTAP_")}
+    env.update(QPOINT_CONFIG=str(cfg), HTTPD_LISTEN=f"127.0.0.1:{port}", LOG_LEVEL="debug", TEAM="payments")
+    out, err = tmp_path / "out", tmp_path / "err"
+    agent = subprocess.Popen([str(PLAINTAP), "--lock-file", str(tmp_path / "lock")], env=env,
+                             stdout=out.open("wb"), stderr=err.open("wb"))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert agent.poll() is None and time.monotonic() < deadline, err.read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        srv = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+        srv_port = int(srv.stdout.readline().split()[1])
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{srv_port}/200"], check=True, timeout=30)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{srv_port}/200"], check=True, timeout=30)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{srv_port}/200"], check=True, timeout=30)
+        srv.wait(30)
+    finally:
+        agent.send_signal(signal.SIGINT)
+        agent.wait(60)
+    assert '"level": "debug"' in err.read_text()            # LOG_LEVEL=debug was read
+    requests = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    found = False
+    for req in requests:
+        for rl in req["resourceLogs"]:
+            attrs = {a["key"]: a["value"] for a in rl["resource"]["attributes"]}
+            assert attrs.get("team") == {"stringValue": "payments"}, attrs
+            for sl in rl["scopeLogs"]:
+                for rec in sl["logRecords"]:
+                    if f"127.0.0.1:{srv_port}/200" in json.dumps(rec):
+                        found = True
+    assert found, out.read_text()[-2000:]

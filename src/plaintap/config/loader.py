@@ -133,13 +133,56 @@ def config_warnings(document: Any) -> list[str]:
                 "and tap are set; see examples/)"]
     if not isinstance(document, dict):
         return []
+    out = []
     version = document.get("version")
     if version is None:
-        return [f"no version: qtap configs say `version: {SUPPORTED_VERSION}` (plaintap reads that format)"]
-    if version != SUPPORTED_VERSION:
-        return [f"version: {version!r} is not {SUPPORTED_VERSION}; plaintap reads qtap's version "
-                f"{SUPPORTED_VERSION} format and may misread this file"]
-    return []
+        out.append(f"no version: qtap configs say `version: {SUPPORTED_VERSION}` (plaintap reads that format)")
+    elif version != SUPPORTED_VERSION:
+        out.append(f"version: {version!r} is not {SUPPORTED_VERSION}; plaintap reads qtap's version "
+                   f"{SUPPORTED_VERSION} format and may misread this file")
+    return out + _unused_keys(document)
+
+
+_QPOINT_CLOUD_KEYS = ("batchPeriodMS", "pulseEndpoint", "pulseToken", "warehouseEndpoint", "warehouseToken")
+
+
+def _unused_keys(document: dict[str, Any]) -> list[str]:
+    """Keys that load (qtap compatibility) but change nothing here, each named by its path."""
+    out: list[str] = []
+    services = document.get("services")
+    if isinstance(services, dict):
+        for kind in ("event_stores", "object_stores"):
+            stores = services.get(kind)
+            if isinstance(stores, list) and len(stores) > 1:
+                out.append(f"services.{kind}[1:]: only the first store of a list is used (qtap's default store); "
+                           f"the other {len(stores) - 1} are ignored")
+    stacks = document.get("stacks")
+    for name, stack in (stacks.items() if isinstance(stacks, dict) else ()):
+        plugins = stack.get("plugins") if isinstance(stack, dict) else None
+        for i, plugin in enumerate(plugins if isinstance(plugins, list) else ()):
+            if not isinstance(plugin, dict) or not isinstance(plugin.get("config"), dict):
+                continue
+            where, config = f"stacks.{name}.plugins[{i}].config", plugin["config"]
+            if plugin.get("type") == "http_capture":
+                if config.get("format") == "text":
+                    out.append(f"{where}.format: text changes nothing: plaintap's objects are always the HTTP "
+                               "message as text (artifact.data, docs/records.md)")
+            elif plugin.get("type") == "report_usage" and config:
+                out.append(f"{where}: report_usage takes no settings here; {', '.join(map(str, config))} ignored")
+            elif plugin.get("type") == "detect_errors":
+                cloud = [k for k in _QPOINT_CLOUD_KEYS if k in config]
+                if cloud:
+                    out.append(f"{where}: {', '.join(cloud)} are Qpoint cloud settings, unused: issues go to "
+                               "the event store")
+    control = document.get("control")
+    if isinstance(control, dict) and not control.get("rules"):
+        out.append("control: plaintap is passive (it never blocks traffic); this section changes nothing")
+    tags = document.get("tags")
+    for i, tag in enumerate(tags if isinstance(tags, list) else ()):
+        if isinstance(tag, dict) and tag.get("source") not in (None, "env"):
+            out.append(f"tags[{i}]: source {tag.get('source')} is not read yet (only env tags become resource "
+                       "attributes); this tag is ignored")
+    return out
 
 
 def check_file(location: str | os.PathLike[str], *, env: Mapping[str, str] | None = None,

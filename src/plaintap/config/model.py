@@ -627,10 +627,18 @@ class CustomFilter(_Section):
         return self._pattern.search(exe) is not None
 
 
+def _group_aliases(value: Any) -> Any:
+    """qtap's docs spell the container runtimes group `container` too."""
+    if isinstance(value, list):
+        return ["container-runtimes" if item == "container" else item for item in value]
+    return value
+
+
 class TapFilters(_Section):
     groups: Annotated[
         list[Annotated[Literal["qpoint", "container-runtimes", "kubernetes", "eks", "gke"], OneOf()]],
         BeforeValidator(_none_is_empty_list),
+        BeforeValidator(_group_aliases),
     ] = Field(default_factory=list)
     custom: Annotated[list[CustomFilter], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
 
@@ -685,10 +693,18 @@ class ControlRule(_Section):
 
 
 class Control(_Section):
-    """qtap's access control. Accepted and checked; plaintap only observes, so not enforced."""
+    """qtap's access control. plaintap only observes: a `control` with rules is refused
+    (they would not be enforced), an empty one loads with a warning."""
 
     default: Annotated[Literal["allow"], OneOf()] = "allow"
     rules: Annotated[list[ControlRule], BeforeValidator(_none_is_empty_list)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _passive(self) -> "Control":
+        if self.rules:
+            raise problem("plaintap is passive: it never blocks or allows traffic, so these rules would not be "
+                          "enforced; remove `control` (use tap.filters to skip processes)", field="rules")
+        return self
 
 
 _MACRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -784,6 +800,11 @@ class Config(_Section):
         if isinstance(stacks, dict) and NO_STACK in stacks:
             raise problem(f"'{NO_STACK}' is reserved (it means no stack); pick another name", field=NO_STACK)
         return stacks
+
+    def resource_tags(self, env: Mapping[str, str]) -> dict[str, str]:
+        """Top-level `tags` with `source: env`, as OTLP resource attributes (like --tags);
+        a variable that is not set gives no tag. Other sources are named in load warnings."""
+        return {tag.key: env[tag.location] for tag in self.tags if tag.source == "env" and env.get(tag.location)}
 
     def stack(self, name: str) -> Stack | None:
         """The stack called `name`; None for "none" or an unknown name."""

@@ -465,21 +465,60 @@ def test_filter_strategies(strategy: str, exe: str, path: str, expected: bool) -
     assert config.tap.filters.custom[0].matches(path) is expected
 
 
-def test_tags_and_control_are_accepted() -> None:
+def test_tags_become_resource_attributes_and_control_rules_are_refused() -> None:
     text = """\
+    version: 2
     tags:
       - {key: team, source: env, location: TEAM}
       - {key: app, source: k8s.label, location: app.kubernetes.io/name}
+      - {key: unset, source: env, location: NOT_SET_ANYWHERE}
+    control:
+      default: allow
+    """
+    config = load(text)
+    assert [tag.key for tag in config.tags] == ["team", "app", "unset"]
+    assert config.resource_tags({"TEAM": "payments"}) == {"team": "payments"}
+    assert config.warnings == [
+        "control: plaintap is passive (it never blocks traffic); this section changes nothing",
+        "tags[1]: source k8s.label is not read yet (only env tags become resource attributes); this tag is ignored",
+    ]
+    assert problems("""\
     control:
       rules:
         - name: block metadata
           expr: dst.ip == "169.254.169.254"
           actions: [deny]
-    """
-    config = load(text)
-    assert [tag.key for tag in config.tags] == ["team", "app"]
-    assert config.control is not None and config.control.default == "allow"
-    assert config.control.rules[0].expr.evaluate({"dst.ip": "169.254.169.254"})
+    """) == ["control.rules: plaintap is passive: it never blocks or allows traffic, so these rules would not be "
+             "enforced; remove `control` (use tap.filters to skip processes)"]
+
+
+def test_keys_that_change_nothing_are_named_in_warnings() -> None:
+    config = load("""\
+    version: 2
+    services:
+      event_stores: [{type: stdout}, {type: disabled}]
+      object_stores: [{type: stdout}]
+    stacks:
+      s:
+        plugins:
+          - type: http_capture
+            config: {level: full, format: text}
+          - type: report_usage
+            config: {flush: 5}
+          - type: detect_errors
+            config: {pulseToken: abc, rules: []}
+    tap:
+      filters: {groups: [container]}
+    """)
+    assert config.warnings == [
+        "services.event_stores[1:]: only the first store of a list is used (qtap's default store); the other 1 are "
+        "ignored",
+        "stacks.s.plugins[0].config.format: text changes nothing: plaintap's objects are always the HTTP message as "
+        "text (artifact.data, docs/records.md)",
+        "stacks.s.plugins[1].config: report_usage takes no settings here; flush ignored",
+        "stacks.s.plugins[2].config: pulseToken are Qpoint cloud settings, unused: issues go to the event store",
+    ]
+    assert config.tap.filters.groups == ["container-runtimes"]     # qtap's docs' spelling
 
 
 def test_version_other_than_2_loads_with_a_warning() -> None:
