@@ -22,6 +22,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_parser::new_parser, m)?)?;
     m.add_class::<py_parser::NativeParser>()?;
     m.add_function(wrap_pyfunction!(py_parser::http1_table, m)?)?;
+    m.add_class::<py_parser::RecordedStream>()?;
     Ok(())
 }
 

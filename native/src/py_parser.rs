@@ -7,6 +7,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
 
 use crate::model::{Event, GrpcInfo, Header, Message, ParseError, Parser, Side, Transaction};
 
@@ -58,23 +59,28 @@ fn headers_list<'py>(py: Python<'py>, hs: &[Header]) -> PyResult<Bound<'py, PyLi
 
 pub fn message_to_py(py: Python<'_>, m: &Message) -> PyResult<PyObject> {
     let t = model_types(py)?;
-    let kw = PyDict::new(py);
-    kw.set_item("headers", headers_list(py, &m.headers)?)?;
-    kw.set_item("method", opt_latin1(py, &m.method))?;
-    kw.set_item("target", opt_latin1(py, &m.target))?;
-    kw.set_item("authority", opt_latin1(py, &m.authority))?;
-    kw.set_item("status", m.status)?;
-    kw.set_item("reason", opt_latin1(py, &m.reason))?;
-    kw.set_item("version", m.version)?;
-    kw.set_item("trailers", headers_list(py, &m.trailers)?)?;
-    kw.set_item("body", PyBytes::new(py, &m.body))?;
-    kw.set_item("body_size", m.body_size)?;
-    kw.set_item("body_truncated", m.body_truncated)?;
-    kw.set_item("first_ns", m.first_ns)?;
-    kw.set_item("last_ns", m.last_ns)?;
-    kw.set_item("complete", m.complete)?;
-    kw.set_item("is_response", m.is_response)?;
-    t.message.call(py, (), Some(&kw))
+    // Positional, in the dataclass's field order (about 3x cheaper than keywords).
+    let args = PyTuple::new(
+        py,
+        [
+            headers_list(py, &m.headers)?.into_any(),
+            opt_latin1(py, &m.method).into_bound_py_any(py)?,
+            opt_latin1(py, &m.target).into_bound_py_any(py)?,
+            opt_latin1(py, &m.authority).into_bound_py_any(py)?,
+            m.status.into_bound_py_any(py)?,
+            opt_latin1(py, &m.reason).into_bound_py_any(py)?,
+            m.version.into_bound_py_any(py)?,
+            headers_list(py, &m.trailers)?.into_any(),
+            PyBytes::new(py, &m.body).into_any(),
+            m.body_size.into_bound_py_any(py)?,
+            m.body_truncated.into_bound_py_any(py)?,
+            m.first_ns.into_bound_py_any(py)?,
+            m.last_ns.into_bound_py_any(py)?,
+            m.complete.into_bound_py_any(py)?,
+            m.is_response.into_bound_py_any(py)?,
+        ],
+    )?;
+    t.message.call1(py, args)
 }
 
 fn grpc_to_py(py: Python<'_>, g: &GrpcInfo) -> PyResult<PyObject> {
@@ -94,25 +100,29 @@ fn grpc_to_py(py: Python<'_>, g: &GrpcInfo) -> PyResult<PyObject> {
 
 pub fn transaction_to_py(py: Python<'_>, tx: &Transaction) -> PyResult<PyObject> {
     let t = model_types(py)?;
-    let kw = PyDict::new(py);
-    kw.set_item("protocol", tx.protocol)?;
-    kw.set_item("version", tx.version)?;
-    kw.set_item("stream_id", tx.stream_id)?;
-    kw.set_item("request", message_to_py(py, &tx.request)?)?;
-    match &tx.response {
-        Some(r) => kw.set_item("response", message_to_py(py, r)?)?,
-        None => kw.set_item("response", py.None())?,
-    }
-    kw.set_item("start_ns", tx.start_ns)?;
-    kw.set_item("end_ns", tx.end_ns)?;
-    kw.set_item("headers_known", tx.headers_known)?;
-    match &tx.grpc {
-        Some(g) => kw.set_item("grpc", grpc_to_py(py, g)?)?,
-        None => kw.set_item("grpc", py.None())?,
-    }
-    kw.set_item("upgraded", tx.upgraded)?;
-    kw.set_item("error", tx.error.as_deref())?;
-    t.transaction.call(py, (), Some(&kw))
+    let response = match &tx.response {
+        Some(r) => message_to_py(py, r)?,
+        None => py.None(),
+    };
+    let grpc = match &tx.grpc {
+        Some(g) => grpc_to_py(py, g)?,
+        None => py.None(),
+    };
+    // Positional, in the dataclass's field order.
+    let args = (
+        tx.protocol,
+        tx.version,
+        tx.stream_id,
+        message_to_py(py, &tx.request)?,
+        response,
+        tx.start_ns,
+        tx.end_ns,
+        tx.headers_known,
+        grpc,
+        tx.upgraded,
+        tx.error.as_deref(),
+    );
+    t.transaction.call1(py, args)
 }
 
 pub fn side_to_py(py: Python<'_>, s: Side) -> PyResult<PyObject> {
@@ -256,4 +266,75 @@ pub fn http1_table(
         table::INPUTS.iter().map(|i| i.name()).collect(),
         d,
     ))
+}
+
+/// A recorded connection (both directions, in capture order) held in native memory, so a
+/// benchmark can replay it through the native parsers without Python in the loop: what
+/// the native data plane does when it feeds a parser straight from reassembly.
+#[pyclass(module = "plaintap._core", frozen)]
+pub struct RecordedStream {
+    chunks: Vec<(Side, Vec<u8>, u64)>,
+}
+
+#[pymethods]
+impl RecordedStream {
+    /// `chunks`: (side, bytes, ts_ns) in capture order.
+    #[new]
+    fn new(chunks: Vec<(i64, Vec<u8>, u64)>) -> PyResult<Self> {
+        let chunks = chunks
+            .into_iter()
+            .map(|(s, b, t)| {
+                Side::from_int(s)
+                    .map(|s| (s, b, t))
+                    .ok_or_else(|| PyValueError::new_err("side must be 0 or 1"))
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(RecordedStream { chunks })
+    }
+
+    /// Feed the chunks through fresh `protocol` parsers, `connections` of them in turn
+    /// (each gets an equal run of chunks), then close each; (transactions, parse errors).
+    #[pyo3(signature = (protocol, connections = 1, body_limit = 2 * 1024 * 1024))]
+    fn replay(
+        &self,
+        py: Python<'_>,
+        protocol: &str,
+        connections: usize,
+        body_limit: usize,
+    ) -> PyResult<(u64, u64)> {
+        let make = || match protocol {
+            "http1" => crate::http1::new_parser(body_limit, false),
+            "http2" => crate::http2::new_parser(body_limit, false),
+            _ => None,
+        };
+        if make().is_none() {
+            return Err(PyValueError::new_err(format!(
+                "no native parser for protocol {protocol:?}"
+            )));
+        }
+        let chunks = &self.chunks;
+        Ok(py.allow_threads(|| {
+            let (mut txs, mut errs) = (0u64, 0u64);
+            let per = (chunks.len() / connections.max(1)).max(1);
+            let last_ts = chunks.last().map_or(0, |c| c.2);
+            for run in chunks.chunks(per) {
+                let Some(mut p) = make() else { break };
+                let mut count = |p: &mut Box<dyn Parser>| {
+                    while let Some(ev) = p.next_event() {
+                        match ev {
+                            Event::Transaction(_) => txs += 1,
+                            Event::Error(_) => errs += 1,
+                        }
+                    }
+                };
+                for (side, data, ts) in run {
+                    p.feed(*side, data, *ts);
+                    count(&mut p);
+                }
+                p.close(last_ts + 1);
+                count(&mut p);
+            }
+            (txs, errs)
+        }))
+    }
 }

@@ -43,6 +43,21 @@ def test_keep_alive_two_exchanges():
     assert not p.upgraded
 
 
+def test_native_events_are_the_model_dataclasses_field_for_field():
+    events, _ = feed_three_ways(h1(), [
+        D(C, b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n", 10),
+        D(S, b"HTTP/1.0 201 Created\r\nContent-Length: 2\r\n\r\nok", 20)])
+    req = Message(headers=[("Host", "h"), ("Transfer-Encoding", "chunked")], method="POST",
+                  target="/p?q=1", authority="h", version="1.1", trailers=[("X-T", "1")],
+                  body=b"abc", body_size=3, first_ns=10, last_ns=10)
+    resp = Message(headers=[("Content-Length", "2")], status=201, reason="Created",
+                   version="1.0", body=b"ok", body_size=2, first_ns=20, last_ns=20,
+                   is_response=True)
+    assert events == [Transaction(protocol="http1", version="1.1", stream_id=None, request=req,
+                                  response=resp, start_ns=10, end_ns=20)]
+
+
 def test_timestamps_come_from_the_chunks_that_carried_first_and_last_byte():
     events, _ = feed_three_ways(h1(), [
         D(C, GET[:10], 100), D(C, GET[10:], 110),
