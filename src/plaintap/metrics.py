@@ -42,6 +42,16 @@ container_lookups = Counter("plaintap_container_lookups", "Container metadata lo
 connections_active = Gauge("plaintap_connections_active", "Connections currently tracked", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
                        registry=REGISTRY)
+tls_refusals = Counter("plaintap_tls_refusals", "Files not hooked for TLS (or not now), by reason: symlink, "
+                       "not_regular_file, identity_mismatch, timeout, cpu_limit, memory_limit, crashed, too_large, "
+                       "too_many_functions, function_too_long, too_many_returns, malformed, bad_offsets, "
+                       "rate_limited, queue_full, worker_unavailable, attach_failed, …", ["reason"],
+                       registry=REGISTRY)
+tls_scans_dropped = Counter("plaintap_tls_scans_dropped", "Exec-triggered TLS scans dropped because too many "
+                            "processes were waiting for one", registry=REGISTRY)
+tls_hooked_files = Gauge("plaintap_tls_hooked_files", "Files with TLS uprobes attached", registry=REGISTRY)
+tls_go_slots_used = Gauge("plaintap_tls_go_slots_used", "Go binaries holding one of the 256 Go hook slots",
+                          registry=REGISTRY)
 
 
 PARSE_PROTOCOLS = ("http1", "http2", "grpc")

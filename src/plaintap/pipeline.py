@@ -423,7 +423,9 @@ class Agent:
             metrics.register_kernel_counters(self.kernel.counters)
             self._filter_running_processes()
             self.kernel.attach()
-            self.tls.start(monotonic_ns())
+            # drain the ring while the first TLS analyses run (they are awaited: what
+            # runs now is hooked before ready)
+            self.tls.start(monotonic_ns(), idle=lambda: self._process(self.kernel.poll(20)))
             self._adopt_existing_connections()
             self.status.ready.set()
             log.info("plaintap capturing (direction=%s, ignore_loopback=%s)",
@@ -485,13 +487,15 @@ class Agent:
     def _loop(self) -> None:
         next_check = 0
         while not self._stop.is_set():
-            batch = self.kernel.poll(100)
+            # analyses in flight: come back sooner to attach their hooks
+            batch = self.kernel.poll(10 if self.tls.waiting else 100)
             if batch:
                 self._process(batch)
             self._poll_reload()
             now = monotonic_ns()
             self.tracker.tick(now)
             self.tls.tick(now)
+            self.status.progress()
             self._flush_records()
             if now >= next_check:
                 next_check = now + DROP_CHECK_NS
@@ -532,6 +536,7 @@ class Agent:
             log.info("record accounting: produced=%d exported=%d dropped=%d (%s)", self._produced,
                      sum(s.exported for s in record_sinks), sum(s.dropped for s in record_sinks),
                      ", ".join(f"{s.name}: {s.exported} exported, {s.dropped} dropped" for s in record_sinks))
+        self.tls.close()
         self.kernel.close()
         self.containers.stop()
         self.status.stop()

@@ -1,8 +1,9 @@
 """Status endpoints: GET /readyz, /healthz and /metrics on --httpd-listen.
 
 /readyz answers 503 until capture is attached (and again once the agent is stopping),
-then 200; /healthz answers 200 while the process-wide loop is alive; /metrics is the
-Prometheus exposition of plaintap.metrics.REGISTRY.
+then 200; /healthz answers 200 while the process-wide loop is alive and, once it runs,
+makes progress (the loop calls progress() every turn; no turn for STALL_S seconds is
+503); /metrics is the Prometheus exposition of plaintap.metrics.REGISTRY.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +20,8 @@ from .errors import UserError
 from .metrics import REGISTRY
 
 log = logging.getLogger("plaintap.status")
+
+STALL_S = 15.0
 
 
 def _listen_error(host: str, port: int, e: OSError) -> str:
@@ -38,7 +42,18 @@ class StatusServer:
         self.ready = threading.Event()
         self.healthy = threading.Event()
         self.healthy.set()
+        self.last_progress: float | None = None    # monotonic time of the loop's last turn
+        self.stall_s = STALL_S
         self._server: ThreadingHTTPServer | None = None
+
+    def progress(self) -> None:
+        """The capture loop finished a turn (cheap: called every turn)."""
+        self.last_progress = time.monotonic()
+
+    def is_healthy(self) -> bool:
+        last = self.last_progress
+        stalled = last is not None and time.monotonic() - last > self.stall_s
+        return self.healthy.is_set() and not stalled
 
     def start(self) -> None:
         status = self
@@ -50,8 +65,8 @@ class StatusServer:
                     ok = status.ready.is_set()
                     self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
                 elif path == "/healthz":
-                    ok = status.healthy.is_set()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+                    ok = status.is_healthy()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy: the capture loop is stuck\n")
                 elif path == "/metrics":
                     self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
                 else:

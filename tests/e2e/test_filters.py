@@ -38,7 +38,7 @@ tap:
   ignore_loopback: false
   http: {{stack: capture}}
   filters:
-    groups: [container-runtimes]
+    groups: [container-runtimes, kubernetes]
     custom:
       - exe: {PYTHON}
       - exe: {d}/curl-data
@@ -71,7 +71,9 @@ def curl(exe: str, nginx: Nginx, token: str) -> int:
 
 def test_filters_skip_or_limit_exactly_the_named_processes(start_agent, nginx, tmp_path):
     copies = {}
-    for name in ("curl-data", "curl-tls", "curl-http", "curl-plain"):
+    # "kubelet": a copy of curl named like a kubernetes group member, outside the group's
+    # install directories: it must be captured like anything else.
+    for name in ("curl-data", "curl-tls", "curl-http", "curl-plain", "kubelet"):
         copies[name] = str(tmp_path / name)
         shutil.copy2(CURL, copies[name])
     agent = start_agent(config(tmp_path))
@@ -94,9 +96,9 @@ def test_filters_skip_or_limit_exactly_the_named_processes(start_agent, nginx, t
         by_exe.setdefault(a["process.executable.path"], []).append(a)
     assert PYTHON not in by_exe, "a skipped process was reported"
     assert agent.records and agent.proc.returncode == 0
-    # nginx is not filtered: it reports all five exchanges, inspected, with transactions.
+    # nginx is not filtered: it reports all six exchanges, inspected, with transactions.
     ingress = [a for a in conns if a["connection.direction"] == "ingress" and a["server.port"] == nginx.port]
-    assert len(ingress) == 5 and all(a["tls.inspected"] for a in ingress)
+    assert len(ingress) == 6 and all(a["tls.inspected"] for a in ingress)
 
     txs = [r["attributes"] for r in records if r["attributes"].get("event.type") == "artifact_record"]
     tx_conns = {a["connection.id"] for a in txs}
@@ -133,6 +135,9 @@ def test_filters_skip_or_limit_exactly_the_named_processes(start_agent, nginx, t
     # Not filtered: everything.
     a, dump = client("curl-plain")
     assert a["tls.inspected"] is True and a["connection.id"] in tx_conns
+    a, dump = client("kubelet")
+    assert a["tls.inspected"] is True and a["connection.id"] in tx_conns
+    assert b"GET /file.bin?token=kubelet HTTP/1.1" in dump.with_suffix(".tls.send").read_bytes()
 
     assert kernel_skipped >= 1, "the kernel did not skip the filtered process itself"
 

@@ -199,7 +199,9 @@ class KernelCapture:
                       cookie: int = 0, pid: int = -1) -> int:
         """Attach a uprobe program at a file offset of `binary` (all processes mapping
         that file when pid is -1); `cookie` reaches the program via bpf_get_attach_cookie.
-        Returns a link handle; raises BpfError."""
+        `binary` is /proc/self/fd/N of a file the caller opened (capture/safeopen.py):
+        the kernel resolves it to that open file's path and inode, so no name anybody
+        else controls is looked up here. Returns a link handle; raises BpfError."""
         prog = lib.bpf_object__find_program_by_name(self._obj, prog_name.encode())
         if not prog:
             raise BpfError(f"BPF program {prog_name} not found")
@@ -212,6 +214,14 @@ class KernelCapture:
             raise BpfError(f"cannot attach uprobe {prog_name} at {binary}+{offset:#x}: {os.strerror(lib.errno())}")
         self._links.append(link)
         return link
+
+    def detach(self, link: int) -> None:
+        """Destroy one link attach_uprobe returned (a Go binary no longer in use)."""
+        try:
+            self._links.remove(link)
+        except ValueError:
+            return
+        lib.bpf_link__destroy(link)
 
     # ---- running ----
 

@@ -11,12 +11,20 @@ hold ~180k entries), so it does not walk symbols one by one in Python: it finds 
 wanted names in the string table with ``bytes.find`` and then searches the symbol table
 for the 4-byte string-table index of each hit. pyelftools is used for the headers and
 for DWARF, where speed does not matter.
+
+Files are read with bounded `pread` from one open descriptor, never mmapped (a file
+truncated under a mapping kills the reader with SIGBUS) and never reopened by name: the
+agent opens a target once (capture/safeopen.py) and everything reads that descriptor.
+Every read is capped (MAX_SECTION_BYTES per piece, a total budget per image), so a
+sparse file claiming a 64 GiB symbol table is refused, not copied; a refusal is an
+ElfError whose `reason` names the limit.
 """
 
 from __future__ import annotations
 
-import mmap
+import io
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Iterable
@@ -31,9 +39,130 @@ SHN_UNDEF = 0
 
 SYMBOL_TABLES = (".dynsym", ".symtab")
 
+# Largest single piece read (a symbol or string table, .gopclntab, a DWARF section) and
+# the most read from one file in total. node's .strtab is ~7 MiB, a large Go binary's
+# .gopclntab ~40 MiB.
+MAX_SECTION_BYTES = 128 << 20
+MAX_TOTAL_READ = 768 << 20
+MAX_SECTIONS = 4096
+FIND_CHUNK = 4 << 20
+READ_AHEAD = 64 << 10
+
 
 class ElfError(Exception):
-    """The file is not an ELF we can read (truncated, not ELF, unsupported layout)."""
+    """The file is not an ELF we can read (truncated, not ELF, unsupported layout), or
+    reading it would pass a limit. `reason` is a short label for the refusal counter."""
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class FileView:
+    """Bounded pread access to an open file descriptor of known size; slices and find()
+    like the bytes of the whole file, without mapping or copying it. Raises ElfError
+    ("too_large") past a limit and ElfError("truncated") when the file shrank."""
+
+    def __init__(self, fd: int, size: int, name: str, budget: int = MAX_TOTAL_READ):
+        self.fd = fd
+        self.size = size
+        self.name = name
+        self.budget = budget
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes at `offset` (fewer only at the end of the file)."""
+        if offset < 0 or n < 0:
+            raise ElfError(f"{self.name}: negative read", "malformed")
+        n = max(0, min(n, self.size - offset))
+        if n > MAX_SECTION_BYTES:
+            raise ElfError(f"{self.name}: refusing to read {n} bytes at {offset:#x} (limit {MAX_SECTION_BYTES})",
+                           "too_large")
+        if n > self.budget:
+            raise ElfError(f"{self.name}: read budget exhausted", "too_large")
+        self.budget -= n
+        parts, got = [], 0
+        while got < n:
+            chunk = os.pread(self.fd, min(n - got, 16 << 20), offset + got)
+            if not chunk:
+                raise ElfError(f"{self.name}: file shrank while being read (at {offset + got:#x})", "truncated")
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.size)
+            if step != 1:
+                raise ValueError("FileView slices have step 1")
+            return self.read(start, max(0, stop - start))
+        if key < 0:
+            key += self.size
+        if not 0 <= key < self.size:
+            raise IndexError(key)
+        return self.read(key, 1)[0]
+
+    def find(self, needle: bytes, start: int = 0, end: int | None = None) -> int:
+        """Like bytes.find over [start, end), read in chunks (counted in the budget)."""
+        end = self.size if end is None else min(end, self.size)
+        pos = max(0, start)
+        while pos < end:
+            chunk = self.read(pos, min(FIND_CHUNK, end - pos))
+            hit = chunk.find(needle)
+            if hit != -1 and pos + hit + len(needle) <= end:
+                return pos + hit
+            if pos + len(chunk) >= end:
+                return -1
+            pos += max(1, len(chunk) - len(needle) + 1)
+        return -1
+
+
+class _ViewStream(io.RawIOBase):
+    """The file-like object pyelftools reads from: a FileView with a position."""
+
+    def __init__(self, view: FileView):
+        self.view = view
+        self.pos = 0
+        self._win = b""
+        self._win_start = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.view.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.view.size - self.pos
+        # pyelftools reads headers a few bytes at a time: serve those from a small
+        # read-ahead window instead of one pread each
+        off = self.pos - self._win_start
+        if 0 <= off and off + n <= len(self._win):
+            data = self._win[off:off + n]
+        elif n < READ_AHEAD:
+            self._win = self.view.read(self.pos, READ_AHEAD)
+            self._win_start = self.pos
+            data = self._win[:n]
+        else:
+            data = self.view.read(self.pos, n)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
 @dataclass(frozen=True)
@@ -56,6 +185,9 @@ class Section:
     offset: int
     size: int
     type: str
+    index: int = 0
+    link: int = 0
+    entsize: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,37 +203,54 @@ class Symbol:
 class ElfImage:
     """A read-only view of one ELF file: segments, sections, symbols, bytes by vaddr.
 
-    Use as a context manager. Raises ElfError (or OSError) from the constructor when
-    the file cannot be opened or is not an ELF.
+    `source` is a path (opened here, tests and tools) or an open file descriptor (the
+    agent's way: the descriptor stays the caller's); `name` is how to call it in
+    messages. Use as a context manager. Raises ElfError (or OSError) from the
+    constructor when the file cannot be read or is not an ELF.
     """
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, source: str | int, name: str | None = None):
         self._tables: dict[str, tuple[bytes, bytes, int] | None] = {}
-        self._file = open(path, "rb")
+        if isinstance(source, int):
+            self._fd, self._own_fd = source, False
+            self.path = name or f"fd {source}"
+        else:
+            self._fd, self._own_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), True
+            self.path = name or source
+        path = self.path
+        self._mm = None
         try:
-            size = os.fstat(self._file.fileno()).st_size
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ElfError(f"{path}: not a regular file", "not_regular_file")
+            size = st.st_size
             if size < 64:
-                raise ElfError(f"{path}: too small to be ELF")
-            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+                raise ElfError(f"{path}: too small to be ELF", "not_elf")
+            self._mm = FileView(self._fd, size, path)
             if self._mm[:4] != b"\x7fELF":
-                raise ElfError(f"{path}: not an ELF file")
+                raise ElfError(f"{path}: not an ELF file", "not_elf")
             try:
-                self.elf = ELFFile(self._file)
+                self.elf = ELFFile(_ViewStream(self._mm))
+                if self.elf.num_sections() > MAX_SECTIONS or self.elf.num_segments() > MAX_SECTIONS:
+                    raise ElfError(f"{path}: implausible number of sections or segments", "too_large")
                 self.little_endian = self.elf.little_endian
                 self.elfclass = self.elf.elfclass
                 self.machine = self.elf["e_machine"]
+                headers = (self.elf._get_segment_header(i) for i in range(self.elf.num_segments()))
                 self.segments = [
                     Segment(s["p_vaddr"], s["p_offset"], s["p_filesz"], s["p_memsz"], s["p_flags"])
-                    for s in self.elf.iter_segments()
+                    for s in headers
                     if s["p_type"] == PT_LOAD
                 ]
                 self.sections = {}
-                for s in self.elf.iter_sections():
-                    if s.name and s.name not in self.sections:
-                        self.sections[s.name] = Section(
-                            s.name, s["sh_addr"], s["sh_offset"], s["sh_size"], s["sh_type"]
-                        )
+                # headers only: building pyelftools' section objects parses some of them
+                # whole (the GNU hash table: seconds for node)
+                for i in range(self.elf.num_sections()):
+                    h = self.elf._get_section_header(i)
+                    name = self.elf._get_section_name(h)
+                    if name and name not in self.sections:
+                        self.sections[name] = Section(name, h["sh_addr"], h["sh_offset"], h["sh_size"], h["sh_type"],
+                                                      i, h["sh_link"], h["sh_entsize"])
             except ElfError:
                 raise
             except Exception as exc:  # pyelftools raises assorted errors on damaged files
@@ -112,11 +261,10 @@ class ElfImage:
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
-        mm = getattr(self, "_mm", None)
-        if mm is not None:
-            mm.close()
-            self._mm = None
-        self._file.close()
+        self._mm = None
+        if self._own_fd and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> "ElfImage":
         return self
@@ -126,14 +274,24 @@ class ElfImage:
 
     # -- raw access ------------------------------------------------------------------
     @property
-    def data(self) -> mmap.mmap:
+    def data(self) -> FileView:
+        """The whole file, read on demand (slices, find); see FileView."""
         return self._mm
 
     def section_bytes(self, name: str) -> bytes | None:
+        """A section's bytes. Raises ElfError past MAX_SECTION_BYTES or when it is not
+        wholly in the file."""
         sec = self.sections.get(name)
         if sec is None or sec.type == "SHT_NOBITS":
             return None
-        return self._mm[sec.offset : sec.offset + sec.size]
+        return self.read_exact(sec.offset, sec.size)
+
+    def read_exact(self, offset: int, size: int) -> bytes:
+        """`size` bytes at file `offset`; ElfError when the file is shorter."""
+        data = self._mm.read(offset, size)
+        if len(data) != size:
+            raise ElfError(f"{self.path}: [{offset:#x}, +{size}) lies past the end of the file", "truncated")
+        return data
 
     def vaddr_to_offset(self, vaddr: int) -> int:
         """File offset of virtual address `vaddr`. Raises ValueError when no PT_LOAD
@@ -150,7 +308,12 @@ class ElfImage:
         end_ok = any(s.contains_vaddr(vaddr) and vaddr + size <= s.vaddr + s.filesz for s in self.segments)
         if not end_ok:
             raise ValueError(f"{self.path}: [{vaddr:#x}, +{size}) crosses the end of its segment")
-        return self._mm[off : off + size]
+        return self.read_exact(off, size)
+
+    def executable_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) file-offset ranges of the executable PT_LOAD segments: every
+        uprobe offset must fall inside one."""
+        return [(s.offset, s.offset + s.filesz) for s in self.segments if s.flags & PF_X and s.filesz]
 
     def is_executable_vaddr(self, vaddr: int) -> bool:
         return any(s.contains_vaddr(vaddr) and s.flags & PF_X for s in self.segments)
@@ -192,13 +355,14 @@ class ElfImage:
         symsec = self.sections.get(table)
         if symsec is not None and symsec.type in ("SHT_SYMTAB", "SHT_DYNSYM"):
             try:
-                elf_sec = self.elf.get_section_by_name(table)
-                strhdr = self.elf.get_section(elf_sec["sh_link"])
-                strtab = self._mm[strhdr["sh_offset"] : strhdr["sh_offset"] + strhdr["sh_size"]]
-                symtab = self._mm[symsec.offset : symsec.offset + symsec.size]
-                result = (symtab, strtab, elf_sec["sh_entsize"])
+                strhdr = self.elf._get_section_header(symsec.link)
             except Exception:
-                result = None
+                strhdr = None
+            if strhdr is not None:
+                # ElfError (a table past the limits or the file's end) is a refusal
+                strtab = self.read_exact(strhdr["sh_offset"], strhdr["sh_size"])
+                symtab = self.read_exact(symsec.offset, symsec.size)
+                result = (symtab, strtab, symsec.entsize)
         cache[table] = result
         return result
 
@@ -261,10 +425,11 @@ class ElfImage:
         return tables is not None and needle in tables[1]
 
     def soname(self) -> str | None:
-        dyn = self.elf.get_section_by_name(".dynamic")
-        if dyn is None:
+        sec = self.sections.get(".dynamic")
+        if sec is None:
             return None
         try:
+            dyn = self.elf.get_section(sec.index)
             for tag in dyn.iter_tags():
                 if tag.entry.d_tag == "DT_SONAME":
                     return tag.soname

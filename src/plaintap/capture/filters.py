@@ -29,7 +29,9 @@ KERNEL_BITS = SKIP_ALL | SKIP_DATA | SKIP_TLS
 ONLY_BITS = {"data": SKIP_DATA, "tls": SKIP_TLS, "http": SKIP_HTTP, "dns": SKIP_DNS}
 
 # Executable names (basenames) of each group: agents and infrastructure whose own traffic
-# is noise for most users. A group skips its processes entirely.
+# is noise for most users. A group skips its processes entirely, but only where the name
+# sits in a directory those programs are installed in (GROUP_DIRS): a binary anyone
+# copied to /tmp and named `kubelet` must not escape capture.
 GROUPS: dict[str, frozenset[str]] = {
     "qpoint": frozenset({"qtap", "qpoint", "qpoint-agent", "qtap-agent", "plaintap"}),
     "container-runtimes": frozenset({
@@ -50,6 +52,34 @@ GROUPS: dict[str, frozenset[str]] = {
 }
 
 
+# Directories (as /proc/<pid>/exe shows them, i.e. inside the process's own root) where
+# the programs of every group are installed: the system's binary directories, which only
+# root can write on a normal host.
+SYSTEM_BIN_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin", "/opt/bin")
+# Where a group's programs live besides those (distribution or cloud specific); an entry
+# ending in "/" is a prefix (versioned install directories).
+GROUP_DIRS: dict[str, tuple[str, ...]] = {
+    "qpoint": ("/app", "/opt/qpoint/bin"),
+    "container-runtimes": ("/usr/libexec/podman", "/usr/libexec/docker", "/opt/containerd/bin"),
+    "kubernetes": ("/home/kubernetes/bin", "/opt/cni/bin", "/var/lib/rancher/k3s/data/"),
+    "eks": ("/app", "/snap/amazon-ssm-agent/"),
+    "gke": ("/home/kubernetes/bin",),
+}
+
+
+def in_group_dir(exe: str, dirs: Iterable[str]) -> bool:
+    """True when executable path `exe` sits directly in one of `dirs` (or anywhere under a
+    "/"-terminated prefix)."""
+    parent = os.path.dirname(exe)
+    for d in dirs:
+        if d.endswith("/"):
+            if exe.startswith(d):
+                return True
+        elif parent == d:
+            return True
+    return False
+
+
 def describe(flags: int) -> str:
     """Human words for a flag set, for logs: 'all', or e.g. 'data,tls'."""
     if flags & SKIP_ALL:
@@ -61,7 +91,14 @@ class ProcessFilter:
     """Maps an executable path to its skip bits, per tap.filters."""
 
     def __init__(self, groups: Iterable[str] = (), custom: Iterable = ()) -> None:
+        groups = list(groups)
         self.group_names: frozenset[str] = frozenset().union(*(GROUPS[g] for g in groups)) if groups else frozenset()
+        # name -> directories it is skipped in (the system's plus its groups' own)
+        self._group_dirs: dict[str, tuple[str, ...]] = {}
+        for g in groups:
+            for name in GROUPS[g]:
+                self._group_dirs[name] = tuple(dict.fromkeys(
+                    self._group_dirs.get(name, SYSTEM_BIN_DIRS) + GROUP_DIRS.get(g, ())))
         self.custom = list(custom)
         self._cache: dict[str, int] = {}
 
@@ -85,7 +122,8 @@ class ProcessFilter:
         return flags
 
     def _compute(self, exe: str) -> int:
-        if os.path.basename(exe) in self.group_names:
+        dirs = self._group_dirs.get(os.path.basename(exe))
+        if dirs is not None and in_group_dir(exe, dirs):
             return SKIP_ALL
         flags = 0
         for entry in self.custom:

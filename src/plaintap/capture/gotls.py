@@ -41,7 +41,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from .elfsyms import ElfImage
+from .elfsyms import ElfError, ElfImage
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,19 @@ EM_AARCH64 = "EM_AARCH64"
 
 
 class GoBinaryError(Exception):
-    """A Go binary whose tables we cannot read (damaged, or a format we do not know)."""
+    """A Go binary whose tables we cannot read (damaged, or a format we do not know), or
+    that passes a limit. `reason` is a short label for the refusal counter."""
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
+
+
+# Limits: a Go binary past them is refused (counted), not analysed at any cost.
+MAX_GO_FUNCTIONS = 1_000_000           # kubelet has ~80k
+MAX_FUNCTION_BYTES = 64 * 1024         # crypto/tls.(*Conn).Read is ~1 KiB
+MAX_RETURNS_PER_FUNCTION = 64          # one uprobe (one perf fd) per RET; Read has a handful
+MAX_DWARF_DIES = 5_000_000
 
 
 # --------------------------------------------------------------------------------------
@@ -199,12 +211,13 @@ class GoFunc:
 
 
 def _find_pclntab(elf: ElfImage) -> tuple[int, int] | None:
-    """(file offset, vaddr) of the pcHeader: the .gopclntab section, else a search of the
-    read-only segments for a plausible header."""
+    """(file offset, size) of the function table starting at its pcHeader: the
+    .gopclntab section, else a search of the read-only segments for a plausible header
+    (the table then runs at most to the end of its segment)."""
     for name in PCLNTAB_SECTIONS:
         sec = elf.sections.get(name)
         if sec is not None and sec.type != "SHT_NOBITS":
-            return sec.offset, sec.addr
+            return sec.offset, sec.size
     e = "<" if elf.little_endian else ">"
     ptr_size = 8 if elf.elfclass == 64 else 4
     for magic in (PCLN_GO120, PCLN_GO118, PCLN_GO116):
@@ -214,7 +227,7 @@ def _find_pclntab(elf: ElfImage) -> tuple[int, int] | None:
             while pos != -1:
                 minlc, psz = elf.data[pos + 6], elf.data[pos + 7]
                 if psz == ptr_size and minlc in (1, 2, 4) and pos % 8 == 0:
-                    return pos, seg.vaddr + (pos - seg.offset)
+                    return pos, seg.offset + seg.filesz - pos
                 pos = elf.data.find(needle, pos + 1, seg.offset + seg.filesz)
     return None
 
@@ -225,8 +238,13 @@ def pclntab_functions(elf: ElfImage, names: set[str] | list[str] | tuple[str, ..
     loc = _find_pclntab(elf)
     if loc is None:
         raise GoBinaryError(f"{elf.path}: no .gopclntab")
-    base, _ = loc
-    buf = elf.data
+    try:
+        buf = elf.read_exact(*loc)   # bounded: ElfError("too_large") past MAX_SECTION_BYTES
+    except ElfError as exc:
+        raise GoBinaryError(str(exc), exc.reason) from exc
+    base = 0
+    if len(buf) < 8 + 8 * 8:
+        raise GoBinaryError(f"{elf.path}: truncated pclntab")
     e = "<" if elf.little_endian else ">"
     (magic,) = struct.unpack_from(e + "I", buf, base)
     if magic not in SUPPORTED_PCLN_MAGICS:
@@ -253,8 +271,10 @@ def pclntab_functions(elf: ElfImage, names: set[str] | list[str] | tuple[str, ..
             if text is None:
                 raise GoBinaryError(f"{elf.path}: cannot tell where text starts (PIE, no .text)")
             text_start = text.addr
-    if nfunc <= 0 or nfunc > 10_000_000:
+    if nfunc <= 0:
         raise GoBinaryError(f"{elf.path}: implausible function count {nfunc}")
+    if nfunc > MAX_GO_FUNCTIONS:
+        raise GoBinaryError(f"{elf.path}: {nfunc} functions (limit {MAX_GO_FUNCTIONS})", "too_many_functions")
 
     funcnametab = base + funcname_off
     pclntab = base + pcln_off
@@ -280,15 +300,15 @@ def pclntab_functions(elf: ElfImage, names: set[str] | list[str] | tuple[str, ..
         ent = struct.Struct(e + "II")
     nameoff_at = ptr_size if magic == PCLN_GO116 else 4
     out: dict[str, GoFunc] = {}
+    name_at = struct.Struct(e + "i")
     try:
-        entries = [ent.unpack_from(buf, pclntab + i * ent.size) for i in range(nfunc + 1)]
         for i in range(nfunc):
-            pc, funcoff = entries[i]
-            (nameoff,) = struct.unpack_from(e + "i", buf, pclntab + funcoff + nameoff_at)
+            pc, funcoff = ent.unpack_from(buf, pclntab + i * ent.size)
+            (nameoff,) = name_at.unpack_from(buf, pclntab + funcoff + nameoff_at)
             name = name_offsets.get(nameoff)
             if name is None or name in out:
                 continue
-            next_pc = entries[i + 1][0]
+            next_pc = ent.unpack_from(buf, pclntab + (i + 1) * ent.size)[0]
             if text_start is not None:
                 pc += text_start
                 next_pc += text_start
@@ -331,8 +351,12 @@ def return_sites(elf: ElfImage, func: GoFunc) -> list[int]:
         md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
     else:
         raise GoBinaryError(f"{elf.path}: cannot disassemble {elf.machine}")
+    length = func.end - func.entry
+    if length > MAX_FUNCTION_BYTES:
+        raise GoBinaryError(f"{elf.path}: {func.name} is {length} bytes long (limit {MAX_FUNCTION_BYTES})",
+                            "function_too_long")
     try:
-        code = elf.read_vaddr(func.entry, func.end - func.entry)
+        code = elf.read_vaddr(func.entry, length)
     except ValueError as exc:
         raise GoBinaryError(str(exc)) from exc
     rets: list[int] = []
@@ -341,6 +365,9 @@ def return_sites(elf: ElfImage, func: GoFunc) -> list[int]:
         # "ret", and prefixed forms capstone spells "repz ret" / "bnd ret"
         if mnemonic.rsplit(" ", 1)[-1] in ("ret", "retq"):
             rets.append(address)
+            if len(rets) > MAX_RETURNS_PER_FUNCTION:
+                raise GoBinaryError(f"{elf.path}: {func.name} has more than {MAX_RETURNS_PER_FUNCTION} RET "
+                                    "instructions", "too_many_returns")
         decoded_to = address + size
     if decoded_to != func.end:
         raise GoBinaryError(
@@ -437,8 +464,16 @@ def fd_offsets_from_dwarf(elf: ElfImage) -> dict | None:
                 cu for cu in cus
                 if getattr(cu.get_top_DIE().attributes.get("DW_AT_name"), "value", None) == b"runtime"
             ]
+        walked = 0
         for cu in chosen:
+            last = -1
             for die in cu.get_top_DIE().iter_children():
+                # A DIE whose DW_AT_sibling points back (at itself, or earlier) would
+                # make pyelftools walk in a circle forever: refuse the file.
+                walked += 1
+                if die.offset <= last or walked > MAX_DWARF_DIES:
+                    raise GoBinaryError(f"{elf.path}: DWARF siblings loop or never end (at DIE {die.offset:#x})")
+                last = die.offset
                 if die.tag != "DW_TAG_structure_type":
                     continue
                 name_attr = die.attributes.get("DW_AT_name")
@@ -447,7 +482,12 @@ def fd_offsets_from_dwarf(elf: ElfImage) -> dict | None:
                 tname = name_attr.value.decode("utf-8", "replace")
                 if tname not in wanted_types:
                     continue
+                mlast = die.offset
                 for member in die.iter_children():
+                    walked += 1
+                    if member.offset <= mlast or walked > MAX_DWARF_DIES:
+                        raise GoBinaryError(f"{elf.path}: DWARF siblings loop (at DIE {member.offset:#x})")
+                    mlast = member.offset
                     if member.tag != "DW_TAG_member":
                         continue
                     mname = member.attributes.get("DW_AT_name")
@@ -458,6 +498,8 @@ def fd_offsets_from_dwarf(elf: ElfImage) -> dict | None:
                             found[key] = off
                 if len(found) == len(FD_CHAIN_MEMBERS):
                     return _with_derived(found, "dwarf")
+    except GoBinaryError:
+        raise
     except Exception as exc:  # damaged DWARF must not cost us the target
         log.debug("%s: DWARF walk failed: %s", elf.path, exc)
         return None

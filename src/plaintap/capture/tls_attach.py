@@ -1,25 +1,46 @@
 """Attach TLS uprobes to every TLS library and Go binary that processes use.
 
-Targets (files with their uprobe offsets) come from `tls_targets`; this module decides
-when to look and attaches each file once, by (device, inode): a uprobe on a file covers
-every process that maps it, now and later. Looking happens
+Targets come from the files processes map (tls_targets); this module decides when to
+look, gets each file analysed, and attaches each file once, by (device, inode): a uprobe
+on a file covers every process that maps it, now and later. Looking happens
   * at start-up: all processes, plus the system's own libssl and the `node` on PATH (so
     a client that starts later and uses them is covered before its first byte);
   * after each exec (at once for the executable itself — Go binaries, Node — then at
     +50 ms, +300 ms, +2 s: libraries are mapped by the loader, or dlopen'ed later);
   * every 30 s over all processes (containers with their own copies).
-Analysis is cached per file; scans run on the pipeline thread between ring polls.
+
+Untrusted processes name these files, so (issue 9):
+  * each file is opened once (safeopen: in the process's root, no symlinks, a regular
+    file with the inode maps shows) and that descriptor is analysed and attached
+    through (/proc/self/fd/N): a name swapped meanwhile changes nothing;
+  * analysis runs in a sandboxed worker process (analysis.py), asynchronously: the
+    capture loop never waits for it, and hooks are attached when the result arrives;
+    results are cached by (dev, ino, size, mtime), and so are refusals;
+  * new files are analysed within a budget per file owner (uid), exec scans are bounded
+    in number and time per loop turn, and every refusal is counted by reason in
+    plaintap_tls_refusals_total;
+  * Go hook slots (256, one per binary, in the kernel's go_offsets map) are recycled
+    when a binary is no longer mapped by any process and is deleted, or slots run low.
 """
 from __future__ import annotations
 
 import glob
-import heapq
 import logging
 import os
 import shutil
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
 
+from .. import metrics
 from ..bpf.libbpf import BpfError
-from .tls_targets import GoTlsTarget, OpenSSLTarget, TlsTarget, analyze_file, discover, scan_process
+from .analysis import AnalysisService
+from .safeopen import OpenRefused, open_host_file
+from .tls_targets import (
+    FAMILIES, AnalysisError, GoTlsTarget, MappedFile, OpenedFile, OpenSSLTarget, TlsTarget, _all_pids, _is_node,
+    exe_inode, open_mapped, parse_maps, read_maps, read_overlay_mounts, target_from_result, validate_result,
+)
 
 log = logging.getLogger("plaintap.tls")
 
@@ -28,6 +49,21 @@ EXEC_RESCANS_NS = (0, 50 * MS, 300 * MS, 2000 * MS)
 FULL_RESCAN_NS = 30_000 * MS
 SYSTEM_LIBSSL_GLOBS = ("/usr/lib/*/libssl.so.*", "/lib/*/libssl.so.*", "/usr/lib/libssl.so.*",
                        "/usr/lib64/libssl.so.*", "/usr/local/lib*/libssl.so.*")
+# Exec storms: at most this many processes waiting for a scan, and this much scanning
+# per loop turn (the rest waits for the next turn).
+MAX_DUE_PIDS = 4096
+SCANS_PER_TICK = 64
+SCAN_BUDGET_NS = 15 * MS
+# New files analysed per owner uid: a burst, then a steady rate. Root's own files
+# (system libraries, packaged binaries) get more.
+UID_BURST, UID_PER_S = 16, 0.5
+ROOT_BURST, ROOT_PER_S = 256, 20.0
+GO_SLOTS = 256
+START_WAIT_S = 20.0
+KNOWN_CAPACITY = 65536
+FAILED_CAPACITY = 8192
+# Refusals that say nothing about the file itself: not remembered, tried again later.
+TRANSIENT = frozenset({"rate_limited", "queue_full", "worker_unavailable", "gone", "open_failed"})
 
 # (symbol, entry program, cookie): cookie bit 0 marks the _ex variants.
 OPENSSL_HOOKS = (("SSL_write", "ssl_write_enter", 0), ("SSL_write_ex", "ssl_write_enter", 1),
@@ -38,123 +74,335 @@ OPENSSL_HOOKS = (("SSL_write", "ssl_write_enter", 0), ("SSL_write_ex", "ssl_writ
 OPENSSL_INTERNAL_HOOKS = (("ssl_write_internal", "ssl_write_enter", 1), ("ssl_read_internal", "ssl_read_enter", 1))
 
 
-def system_tls_targets(families: frozenset) -> list[OpenSSLTarget]:
-    """Targets for the system's libssl files and the node on PATH, mapped or not."""
-    out, seen = [], set()
+class UidBudget:
+    """Token buckets per uid: how many new files each owner may have analysed."""
+
+    def __init__(self, burst: float = UID_BURST, per_s: float = UID_PER_S,
+                 root_burst: float = ROOT_BURST, root_per_s: float = ROOT_PER_S) -> None:
+        self.params = {True: (root_burst, root_per_s), False: (burst, per_s)}
+        self._buckets: OrderedDict[int, tuple[float, float]] = OrderedDict()
+
+    def take(self, uid: int, now_s: float) -> bool:
+        burst, rate = self.params[uid == 0]
+        tokens, last = self._buckets.pop(uid, (burst, now_s))
+        tokens = min(burst, tokens + (now_s - last) * rate)
+        ok = tokens >= 1
+        self._buckets[uid] = (tokens - 1 if ok else tokens, now_s)
+        while len(self._buckets) > 65536:
+            self._buckets.popitem(last=False)
+        return ok
+
+
+@dataclass
+class _Hooked:
+    target: TlsTarget
+    links: list = field(default_factory=list)
+    slot: int = -1          # Go offsets slot
+    fd: int = -1            # Go: kept open to notice the file's deletion (st_nlink 0)
+
+
+def refuse(reason: str, what: str, detail: str = "") -> None:
+    """Count (and log) one refusal."""
+    metrics.tls_refusals.labels(reason).inc()
+    if reason in ("rate_limited", "queue_full"):
+        log.debug("TLS target %s not analysed now (%s)", what, reason)
+    else:
+        log.warning("TLS hooks refused for %s: %s%s", what, reason, f" ({detail})" if detail else "")
+
+
+def system_tls_paths(families: frozenset) -> list[str]:
+    """The system's libssl files and the node on PATH (canonical paths)."""
     paths = []
     if "openssl" in families:
         for pattern in SYSTEM_LIBSSL_GLOBS:
             paths += sorted(glob.glob(pattern))
     node = shutil.which("node") or shutil.which("nodejs")
     if node and "nodetls" in families:
-        paths.append(os.path.realpath(node))
-    for path in paths:
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            info = analyze_file(path).openssl
-        except Exception as e:  # unreadable or odd file: not a target
-            log.debug("skipping %s: %s", path, e)
-            continue
-        if info is not None:
-            family = "nodetls" if info.node_exports else "openssl"
-            out.append(OpenSSLTarget(family, path, st.st_dev, st.st_ino, 0, path,
-                                     symbols=info.symbols, flavour=info.flavour))
-    return out
+        paths.append(node)
+    return list(dict.fromkeys(os.path.realpath(p) for p in paths))
 
 
 class TlsAttacher:
-    def __init__(self, kernel, families: tuple[str, ...]) -> None:
+    def __init__(self, kernel, families: tuple[str, ...] | frozenset, analysis: AnalysisService | None = None,
+                 budget_clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.kernel = kernel
-        self.families = frozenset(families)
-        self.attached: dict[tuple[int, int], TlsTarget] = {}
-        self.failed: set[tuple[int, int]] = set()
-        self._go_slots = 0
-        self._due: list[tuple[int, int]] = []   # (due_ns, pid); pid -1 = everything
+        self.families = frozenset(families) & FAMILIES
+        self.analysis = analysis or AnalysisService()
+        self.budget_clock = budget_clock
+        self.attached: dict[tuple[int, int], _Hooked] = {}
+        self._results: OrderedDict[tuple, dict] = OrderedDict()      # (dev, ino, size, mtime) -> result
+        self._failed: OrderedDict[tuple, str] = OrderedDict()        # same key -> refusal reason
+        self._inflight: set[tuple[int, int]] = set()                 # identities being analysed
+        # maps (dev, ino) already dealt with -> identity (None: no target), so rescans
+        # cost nothing per known file
+        self._known: OrderedDict[tuple[int, int], tuple[int, int] | None] = OrderedDict()
+        self._budget = UidBudget()
+        self._due: dict[int, list[int]] = {}       # pid -> due times (ns) of its rescans
+        self._cycle: list[int] = []                # pids left in the current full rescan
+        self._cycle_start_ns = 0
+        self._last_seen: dict[tuple[int, int], int] = {}    # hooked identity -> last time a scan saw it
+        self._free_slots = list(range(GO_SLOTS - 1, -1, -1))
         self.next_full_ns = 0
+        self._now_ns = 0
 
-    @property
-    def known(self) -> set[tuple[int, int]]:
-        return set(self.attached) | self.failed
+    # ---- lifecycle ----
 
-    def start(self, now_ns: int) -> None:
+    def start(self, now_ns: int, idle: Callable[[], None] | None = None) -> None:
+        """Hook the system's libssl, node, and every running process's TLS files. Waits
+        (bounded) for their analyses so what runs now is covered before ready, calling
+        `idle()` meanwhile (see AnalysisService.wait_idle)."""
+        self._now_ns = now_ns
         if not self.families:
             return
-        for t in system_tls_targets(self.families):
-            self._attach(t)
-        self._scan_all()
+        for path in system_tls_paths(self.families):
+            try:
+                fd, st = open_host_file(path)
+            except OpenRefused as e:
+                log.debug("not hooking %s: %s", path, e)
+                continue
+            mf = MappedFile(path, False, st.st_dev, st.st_ino, 0, 0)
+            self._consider_opened(0, mf, OpenedFile(fd, st, (st.st_dev, st.st_ino), path), None)
+        for pid in _all_pids():
+            if pid != os.getpid():
+                self.scan(pid)
+        self.analysis.wait_idle(START_WAIT_S, idle)
         self.next_full_ns = now_ns + FULL_RESCAN_NS
 
-    def on_exec(self, pid: int, now_ns: int) -> None:
-        if self.families:
-            for d in EXEC_RESCANS_NS:
-                heapq.heappush(self._due, (now_ns + d, pid))
+    @property
+    def waiting(self) -> bool:
+        """Analyses are queued or running (their hooks come on a later tick)."""
+        return bool(self.analysis.pending)
 
-    def tick(self, now_ns: int) -> None:
+    def close(self) -> None:
+        self.analysis.close()
+        for h in self.attached.values():
+            if h.fd >= 0:
+                os.close(h.fd)
+                h.fd = -1
+
+    def on_exec(self, pid: int, now_ns: int) -> None:
         if not self.families:
             return
-        due = self._due
-        pids = set()
-        while due and due[0][0] <= now_ns:
-            pids.add(heapq.heappop(due)[1])
-        for pid in pids:
-            try:
-                for t in scan_process(pid, self.families, skip=self.known):
-                    self._attach(t)
-            except Exception as e:  # a scan problem never stops capture
-                log.debug("TLS scan of pid %d failed: %s", pid, e)
-        if now_ns >= self.next_full_ns:
+        if pid not in self._due and len(self._due) >= MAX_DUE_PIDS:
+            metrics.tls_scans_dropped.inc()
+            return
+        self._due[pid] = [now_ns + d for d in EXEC_RESCANS_NS]
+
+    def tick(self, now_ns: int) -> None:
+        """Between ring polls: deliver analyses, run due scans within the budget."""
+        if not self.families:
+            return
+        self._now_ns = now_ns
+        self.analysis.poll()
+        started = self.budget_clock()
+        scans = 0
+
+        def budget_left() -> bool:
+            return scans < SCANS_PER_TICK and self.budget_clock() - started < SCAN_BUDGET_NS
+
+        for pid in [p for p, due in self._due.items() if due[0] <= now_ns]:
+            if not budget_left():
+                break
+            due = self._due[pid]
+            while due and due[0] <= now_ns:
+                due.pop(0)
+            if not due:
+                del self._due[pid]
+            self.scan(pid)
+            scans += 1
+        if not self._cycle and now_ns >= self.next_full_ns:
+            me = os.getpid()
+            self._cycle = [p for p in reversed(_all_pids()) if p != me]
+            self._cycle_start_ns = now_ns
             self.next_full_ns = now_ns + FULL_RESCAN_NS
-            self._scan_all()
+            if not self._cycle:
+                self._end_cycle()
+        while self._cycle and budget_left():
+            self.scan(self._cycle.pop())
+            scans += 1
+            if not self._cycle:
+                self._end_cycle()
+        self.analysis.poll()
 
-    def _scan_all(self) -> None:
+    # ---- scanning ----
+
+    def scan(self, pid: int) -> None:
+        """Look at the files `pid` maps executable; hook or queue the new ones."""
+        maps = read_maps(pid)
+        if maps is None:
+            return
+        exe_ino: int | None = -1
+        overlays: dict | None = None
+
+        def get_overlays() -> dict:
+            nonlocal overlays
+            if overlays is None:
+                overlays = read_overlay_mounts(pid)
+            return overlays
+
+        for mf in parse_maps(maps):
+            mkey = (mf.dev, mf.ino)
+            if mkey in self._known:
+                ident = self._known[mkey]
+                self._known.move_to_end(mkey)
+                if ident is not None and ident in self._last_seen:
+                    self._last_seen[ident] = self._now_ns
+                continue
+            if exe_ino == -1:
+                exe_ino = exe_inode(pid)
+            try:
+                opened = open_mapped(pid, mf, get_overlays)
+            except OpenRefused as e:
+                if e.reason not in TRANSIENT:
+                    refuse(e.reason, f"{mf.pathname} (pid {pid})", str(e))
+                    self._remember(mkey, None)
+                continue
+            if opened.name_refusal and opened.name_refusal not in TRANSIENT:
+                # the name led elsewhere (a symlink, a FIFO, another file): counted; the
+                # mapped file itself was opened through map_files instead
+                refuse(opened.name_refusal, f"{mf.pathname} (pid {pid})", "opened the mapped file instead")
+            self._consider_opened(pid, mf, opened, exe_ino)
+
+    def _consider_opened(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None) -> None:
+        """Takes ownership of opened.fd."""
+        mkey = (mf.dev, mf.ino)
+        ident, key = opened.ident, opened.key
+        if ident in self._last_seen:
+            self._last_seen[ident] = self._now_ns
+        if ident in self.attached or ident in self._inflight:
+            if ident in self.attached:
+                self._remember(mkey, ident)
+            os.close(opened.fd)
+            return
+        result = self._results.get(key)
+        if result is not None:
+            self._results.move_to_end(key)
+            self._apply(pid, mf, opened, exe_ino, result)
+            return
+        if key in self._failed:
+            self._remember(mkey, None)
+            os.close(opened.fd)
+            return
+        what = f"{mf.pathname} (pid {pid})" if pid else mf.pathname
+        uid = opened.st.st_uid
+        if not self._budget.take(uid, self._now_ns / 1e9):
+            refuse("rate_limited", what)
+            os.close(opened.fd)
+            return
+        self._inflight.add(ident)
+
+        def done(reply: dict) -> None:
+            self._inflight.discard(ident)
+            self._on_reply(pid, mf, opened, exe_ino, reply)
+
+        # First the programs just started (a Go binary's first request waits on this;
+        # the uid budget bounds how many one user can start), then TLS libraries by name
+        # (a hint only: it orders, it trusts nothing), then root's other files, then
+        # everybody else's.
+        if exe_ino is not None and mf.ino == exe_ino:
+            priority = 0
+        elif "ssl" in os.path.basename(mf.pathname):
+            priority = 1
+        else:
+            priority = 2 if uid == 0 else 3
+        if not self.analysis.submit(opened.fd, what, done, priority=priority):
+            self._inflight.discard(ident)
+            refuse("queue_full", what)
+            os.close(opened.fd)
+
+    def _on_reply(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None, reply: dict) -> None:
+        what = f"{mf.pathname} (pid {pid})" if pid else mf.pathname
         try:
-            found = discover(families=self.families)
-        except Exception as e:
-            log.warning("TLS discovery failed: %s", e)
+            if "refused" in reply:
+                raise AnalysisError(str(reply.get("detail", ""))[:300], str(reply["refused"])[:40])
+            result = validate_result(reply.get("result"), opened.st.st_size)
+        except AnalysisError as e:
+            os.close(opened.fd)
+            if e.reason == "not_elf":        # not a program at all: simply no target
+                self._remember((mf.dev, mf.ino), None)
+                return
+            if e.reason not in TRANSIENT:
+                self._failed[opened.key] = e.reason
+                while len(self._failed) > FAILED_CAPACITY:
+                    self._failed.popitem(last=False)
+                self._remember((mf.dev, mf.ino), None)
+            refuse(e.reason, what, str(e))
             return
-        for key, t in found.items():
-            if key not in self.attached and key not in self.failed:
-                self._attach(t)
+        if result.get("go_error"):
+            log.warning("Go TLS hooks unavailable for %s: %s", what, result["go_error"][1])
+        self._results[opened.key] = result
+        while len(self._results) > FAILED_CAPACITY:
+            self._results.popitem(last=False)
+        self._apply(pid, mf, opened, exe_ino, result)
 
-    def _attach(self, t: TlsTarget) -> None:
-        if t.key in self.attached or t.key in self.failed:
-            return
+    def _apply(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None, result: dict) -> None:
+        """Attach what `result` says through opened.fd; closes it (Go keeps it)."""
+        keep = False
+        try:
+            t = target_from_result(result, self.families, path=f"/proc/self/fd/{opened.fd}", ident=opened.ident,
+                                   pid_seen=pid, maps_path=mf.pathname,
+                                   is_exe_named_node=exe_ino is not None and _is_node(False, mf, exe_ino))
+            if t is None or opened.ident in self.attached:
+                self._remember((mf.dev, mf.ino), opened.ident if t is not None else None)
+                return
+            keep = self._attach(t, opened)
+            self._remember((mf.dev, mf.ino), opened.ident)
+        finally:
+            if not keep:
+                os.close(opened.fd)
+
+    def _remember(self, mkey: tuple[int, int], ident: tuple[int, int] | None) -> None:
+        self._known[mkey] = ident
+        self._known.move_to_end(mkey)
+        while len(self._known) > KNOWN_CAPACITY:
+            self._known.popitem(last=False)
+
+    # ---- attaching ----
+
+    def _attach(self, t: TlsTarget, opened: OpenedFile) -> bool:
+        """Attach `t` through its /proc/self/fd path. True when opened.fd is kept."""
+        hooked = _Hooked(t)
         try:
             if isinstance(t, OpenSSLTarget):
-                n = self._attach_openssl(t)
-            elif isinstance(t, GoTlsTarget):
-                n = self._attach_go(t)
+                n = self._attach_openssl(t, hooked)
             else:
-                return
+                n = self._attach_go(t, hooked)
         except BpfError as e:
-            self.failed.add(t.key)
-            log.warning("TLS hooks not attached to %s (%s): %s", t.maps_path or t.path, t.family, e)
-            return
-        self.attached[t.key] = t
+            for link in hooked.links:
+                self.kernel.detach(link)
+            if hooked.slot >= 0:
+                self._free_slots.append(hooked.slot)
+            refuse("attach_failed", f"{t.maps_path} ({t.family})", str(e))
+            self.attached[t.key] = _Hooked(t)     # known, nothing attached: not retried
+            return False
+        if isinstance(t, GoTlsTarget):
+            hooked.fd = opened.fd
+            self._last_seen[t.key] = self._now_ns
+        self.attached[t.key] = hooked
+        self._update_gauges()
         via = ""
         if isinstance(t, OpenSSLTarget):
             via = ", internal read/write" if "ssl_read_internal" in t.symbols else ", exported SSL_read/SSL_write"
-        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d)", t.family,
-                 t.maps_path or t.path, n, via, t.path, t.pid_seen)
+        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d)", t.family, t.maps_path,
+                 n, via, opened.path, t.pid_seen)
+        return hooked.fd >= 0
 
-    def _attach_openssl(self, t: OpenSSLTarget) -> int:
-        n = 0
+    def _uprobe(self, hooked: _Hooked, prog: str, t: TlsTarget, off: int, **kw) -> None:
+        hooked.links.append(self.kernel.attach_uprobe(prog, t.path, off, **kw))
+
+    def _attach_openssl(self, t: OpenSSLTarget, hooked: _Hooked) -> int:
         internal = all(sym in t.symbols for sym, _, _ in OPENSSL_INTERNAL_HOOKS)
         for sym, prog, cookie in OPENSSL_INTERNAL_HOOKS if internal else OPENSSL_HOOKS:
             off = t.symbols.get(sym)
             if off is None:
                 continue
-            self.kernel.attach_uprobe(prog, t.path, off, cookie=cookie)
-            self.kernel.attach_uprobe("ssl_exit_probe", t.path, off, retprobe=True, cookie=cookie)
-            n += 2
-        if not n:
+            self._uprobe(hooked, prog, t, off, cookie=cookie)
+            self._uprobe(hooked, "ssl_exit_probe", t, off, retprobe=True, cookie=cookie)
+        if not hooked.links:
             raise BpfError("no SSL_read/SSL_write symbols")
-        return n
+        return len(hooked.links)
 
-    def _attach_go(self, t: GoTlsTarget) -> int:
+    def _attach_go(self, t: GoTlsTarget, hooked: _Hooked) -> int:
         if not t.regabi:
             raise BpfError(f"{t.go_version} uses the stack ABI; only Go >= 1.17 (register ABI) is supported")
         fo = t.fd_offsets
@@ -162,13 +410,64 @@ class TlsAttacher:
             raise BpfError(f"no socket offsets known for {t.go_version}")
         if not t.read_returns:
             raise BpfError("no RET instructions found in crypto/tls.(*Conn).Read")
-        slot = self._go_slots
-        if slot >= 256:
-            raise BpfError("too many distinct Go binaries (256)")
+        if not self._free_slots:
+            self._recycle_go_slots(force=True)
+        if not self._free_slots:
+            raise BpfError(f"too many distinct Go binaries in use at once ({GO_SLOTS})")
+        slot = hooked.slot = self._free_slots.pop()
         self.kernel.set_go_offsets(slot, fo["conn_data"], fo["fd_ptr"], fo["sysfd"])
-        self._go_slots += 1
-        self.kernel.attach_uprobe("go_write_enter", t.path, t.write_entry, cookie=slot)
-        self.kernel.attach_uprobe("go_read_enter", t.path, t.read_entry, cookie=slot)
+        self._uprobe(hooked, "go_write_enter", t, t.write_entry, cookie=slot)
+        self._uprobe(hooked, "go_read_enter", t, t.read_entry, cookie=slot)
         for off in t.read_returns:
-            self.kernel.attach_uprobe("go_read_return", t.path, off, cookie=slot)
-        return 2 + len(t.read_returns)
+            self._uprobe(hooked, "go_read_return", t, off, cookie=slot)
+        return len(hooked.links)
+
+    # ---- Go slot recycling ----
+
+    def _end_cycle(self) -> None:
+        """A full rescan finished: recycle the slots of Go binaries that no process
+        mapped during it and that are deleted (or when slots run low)."""
+        low = len(self._free_slots) < GO_SLOTS // 4
+        for ident, h in list(self.attached.items()):
+            if h.slot >= 0 and self._last_seen.get(ident, 0) < self._cycle_start_ns and (low or _deleted(h)):
+                self._detach(ident, h)
+        self._update_gauges()
+
+    def _recycle_go_slots(self, force: bool) -> None:
+        """No slot left: free the slots of Go binaries not seen for a while, deleted
+        ones first, then the longest unseen (up to an eighth of all slots)."""
+        recent = self._now_ns - 5_000 * MS
+        stale = [(not _deleted(h), self._last_seen.get(ident, 0), ident) for ident, h in self.attached.items()
+                 if h.slot >= 0 and self._last_seen.get(ident, 0) < recent]
+        for _, _, ident in sorted(stale)[: max(1, GO_SLOTS // 8)]:
+            self._detach(ident, self.attached[ident])
+        self._update_gauges()
+
+    def _detach(self, ident: tuple[int, int], h: _Hooked) -> None:
+        for link in h.links:
+            self.kernel.detach(link)
+        gone = _deleted(h)
+        if h.fd >= 0:
+            os.close(h.fd)
+        if h.slot >= 0:
+            self._free_slots.append(h.slot)
+        del self.attached[ident]
+        self._last_seen.pop(ident, None)
+        for mkey in [k for k, v in self._known.items() if v == ident]:
+            del self._known[mkey]
+        log.info("TLS hooks detached from %s (no longer in use%s); Go slot %d free", h.target.maps_path,
+                 ", deleted" if gone else "", h.slot)
+
+    def _update_gauges(self) -> None:
+        metrics.tls_go_slots_used.set(GO_SLOTS - len(self._free_slots))
+        metrics.tls_hooked_files.set(sum(1 for h in self.attached.values() if h.links))
+
+
+def _deleted(h: _Hooked) -> bool:
+    """True when the hooked file has no name left (st_nlink 0) or cannot be checked."""
+    if h.fd < 0:
+        return True
+    try:
+        return os.fstat(h.fd).st_nlink == 0
+    except OSError:
+        return True

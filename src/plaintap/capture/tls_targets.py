@@ -42,10 +42,11 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .elfsyms import ElfError, ElfImage
 from .gotls import EM_X86_64, GoBinaryError, GoTlsInfo, analyze_go_binary
+from .safeopen import OpenRefused, open_mapped_file
 
 log = logging.getLogger(__name__)
 
@@ -181,20 +182,35 @@ def parse_maps(text: str) -> list[MappedFile]:
     return out
 
 
-def _resolve(pid: int, mf: MappedFile) -> tuple[str, os.stat_result] | None:
-    """A path from the agent's view that opens the file mapped as `mf`, and its stat."""
-    candidates = []
-    if not mf.deleted:
-        candidates.append(f"/proc/{pid}/root{mf.pathname}")
-    candidates.append(f"/proc/{pid}/map_files/{mf.start:x}-{mf.end:x}")
-    for path in candidates:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if st.st_ino == mf.ino:
-            return path, st
-    return None
+@dataclass
+class OpenedFile:
+    """A mapped file opened once (safeopen.open_mapped_file): `fd` is the caller's to
+    close; `ident` the (dev, ino) uprobes attached through it land on (the layer file's
+    for overlayfs); `path` says how it was opened, for logs and tools."""
+
+    fd: int
+    st: os.stat_result
+    ident: tuple[int, int]
+    path: str
+    name_refusal: str | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        """What an analysis is cached by: identity, size and mtime."""
+        return (*self.ident, self.st.st_size, self.st.st_mtime_ns)
+
+
+def open_mapped(pid: int, mf: MappedFile, overlays: Callable[[], dict]) -> OpenedFile:
+    """Open the file `mf` of process `pid` safely (see safeopen). `overlays()` gives the
+    process's overlay mounts, read on first need. Raises OpenRefused."""
+    fd, st, how, name_refusal = open_mapped_file(pid, mf.pathname, mf.deleted, mf.dev, mf.ino, mf.start, mf.end)
+    if how == "root":
+        path = f"/proc/{pid}/root{mf.pathname}"
+        ident = _layer_identity(overlays(), mf.pathname, st) or (st.st_dev, st.st_ino)
+    else:
+        path = f"/proc/{pid}/map_files/{mf.start:x}-{mf.end:x}"
+        ident = (st.st_dev, st.st_ino)
+    return OpenedFile(fd, st, ident, path, name_refusal)
 
 
 def _unescape_mountinfo(field: str) -> str:
@@ -381,7 +397,8 @@ def analyze_openssl(elf: ElfImage) -> _OpenSSLInfo | None:
 
 def analyze_file(path: str) -> _FileAnalysis:
     """What TLS implementation `path` contains. Raises OSError/ElfError when the file
-    cannot be read; a Go binary whose tables are unreadable is logged and left out."""
+    cannot be read; a Go binary whose tables are unreadable is logged and left out.
+    (Tests and tools; the agent analyses descriptors in its worker, see analysis.py.)"""
     with ElfImage(path) as elf:
         openssl = analyze_openssl(elf)
         go = None
@@ -392,26 +409,162 @@ def analyze_file(path: str) -> _FileAnalysis:
         return _FileAnalysis(openssl, go)
 
 
+def _decodes_at(elf: ElfImage, offset: int) -> bool:
+    """True when an instruction decodes at file `offset` (x86-64; other machines are
+    only checked for segment membership): a symbol pointing into the middle of nowhere
+    is not a place for a breakpoint."""
+    if elf.machine != EM_X86_64:
+        return True
+    import capstone
+
+    try:
+        code = elf.read_exact(offset, max(0, min(16, len(elf.data) - offset)))
+    except ElfError:
+        return False
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    return any(True for _ in md.disasm_lite(code, 0, 1))
+
+
+def analyze_image(elf: ElfImage) -> dict:
+    """Everything the agent needs to hook `elf`, as plain data (what the analysis worker
+    sends back): {"exec_ranges": [[start, end], ...] (file offsets of executable
+    segments), "openssl": {"symbols", "flavour", "node_exports"} | None, "go": {...} |
+    None, "go_error": [reason, message] | None}. Every offset lies in an executable
+    segment at an instruction boundary; symbols that do not are left out (and without
+    SSL_read/SSL_write the file is no OpenSSL target). Raises ElfError/GoBinaryError
+    (with a `reason`) when the file cannot be analysed within the limits."""
+    ranges = elf.executable_ranges()
+
+    def ok(off: int) -> bool:
+        return any(a <= off < b for a, b in ranges) and _decodes_at(elf, off)
+
+    out: dict = {"exec_ranges": [list(r) for r in ranges], "openssl": None, "go": None, "go_error": None}
+    info = analyze_openssl(elf)
+    if info is not None:
+        symbols = {name: off for name, off in info.symbols.items() if ok(off)}
+        if all(name in symbols for name in OPENSSL_REQUIRED):
+            out["openssl"] = {"symbols": symbols, "flavour": info.flavour, "node_exports": info.node_exports}
+    try:
+        go = analyze_go_binary(elf)
+    except GoBinaryError as exc:
+        if out["openssl"] is None:
+            raise
+        out["go_error"] = [exc.reason, str(exc)]
+        go = None
+    if go is not None:
+        offsets = [go.read_entry, go.write_entry, *go.read_returns, *go.write_returns]
+        if not all(ok(o) for o in offsets):
+            raise GoBinaryError(f"{elf.path}: crypto/tls offsets outside executable code", "bad_offsets")
+        out["go"] = {"go_version": go.go_version, "regabi": go.regabi, "read_entry": go.read_entry,
+                     "write_entry": go.write_entry, "read_returns": list(go.read_returns),
+                     "write_returns": list(go.write_returns),
+                     "fd_offsets": {k: v for k, v in go.fd_offsets.items()}}
+    return out
+
+
+class AnalysisError(Exception):
+    """A file that was not analysed: `reason` is the refusal counter's label."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+MAX_RESULT_OFFSETS = 256
+
+
+def validate_result(result: object, file_size: int) -> dict:
+    """Check an analysis result (plain data from the worker) before anything is
+    attached from it: types, counts, and every offset inside an executable segment
+    within the file. Returns it; raises AnalysisError("bad_offsets")."""
+    def bad(why: str) -> AnalysisError:
+        return AnalysisError(f"analysis result rejected: {why}", "bad_offsets")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(result, dict):
+        raise bad("not an object")
+    ranges = result.get("exec_ranges")
+    if not isinstance(ranges, list) or len(ranges) > 64:
+        raise bad("exec_ranges")
+    spans = []
+    for r in ranges:
+        if not (isinstance(r, list) and len(r) == 2 and all(is_int(v) for v in r) and 0 <= r[0] < r[1] <= file_size):
+            raise bad(f"exec range {r!r}")
+        spans.append((r[0], r[1]))
+
+    def check(off) -> None:
+        if not is_int(off) or not any(a <= off < b for a, b in spans):
+            raise bad(f"offset {off!r} outside executable code")
+
+    openssl = result.get("openssl")
+    if openssl is not None:
+        syms = openssl.get("symbols") if isinstance(openssl, dict) else None
+        if not isinstance(syms, dict) or len(syms) > 32 or not all(n in syms for n in OPENSSL_REQUIRED):
+            raise bad("openssl symbols")
+        for name, off in syms.items():
+            if not isinstance(name, str):
+                raise bad("symbol name")
+            check(off)
+        if not isinstance(openssl.get("flavour"), str) or not isinstance(openssl.get("node_exports"), bool):
+            raise bad("openssl facts")
+    go = result.get("go")
+    if go is not None:
+        if not isinstance(go, dict):
+            raise bad("go")
+        rets = [*(go.get("read_returns") or []), *(go.get("write_returns") or [])]
+        if len(rets) > MAX_RESULT_OFFSETS:
+            raise bad("too many RET sites")
+        for off in (go.get("read_entry"), go.get("write_entry"), *rets):
+            check(off)
+        fo = go.get("fd_offsets")
+        if not isinstance(fo, dict) or not all(is_int(fo.get(k)) and 0 <= fo[k] < 4096
+                                               for k in ("conn_data", "fd_ptr", "sysfd") if k in fo):
+            raise bad("go fd offsets")
+        if not isinstance(go.get("go_version"), str) or not isinstance(go.get("regabi"), bool):
+            raise bad("go facts")
+    return result
+
+
+def analyze_in_process(fd: int, name: str) -> dict:
+    """Analyse open file `fd` here (tools and tests; the agent uses its sandboxed
+    worker, analysis.py). Returns validated plain data; raises AnalysisError."""
+    try:
+        with ElfImage(fd, name) as elf:
+            result = analyze_image(elf)
+    except (ElfError, GoBinaryError) as exc:
+        raise AnalysisError(str(exc), getattr(exc, "reason", "malformed")) from exc
+    return validate_result(result, os.fstat(fd).st_size)
+
+
 class _AnalysisCache:
-    """LRU of _FileAnalysis by (dev, ino, size, mtime_ns); thread-safe."""
+    """LRU of analysis results (plain data) by (dev, ino, size, mtime_ns); thread-safe."""
 
     def __init__(self, capacity: int = 4096):
         self.capacity = capacity
-        self._items: OrderedDict[tuple, _FileAnalysis] = OrderedDict()
+        self._items: OrderedDict[tuple, dict] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, path: str) -> _FileAnalysis:
+    def peek(self, key: tuple) -> dict | None:
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
-                return hit
-        result = analyze_file(path)
+            return hit
+
+    def put(self, key: tuple, result: dict) -> None:
         with self._lock:
             self._items[key] = result
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-        return result
+
+    def get(self, key: tuple, fd: int, name: str) -> dict:
+        hit = self.peek(key)
+        if hit is None:
+            hit = analyze_in_process(fd, name)
+            self.put(key, hit)
+        return hit
 
     def clear(self) -> None:
         with self._lock:
@@ -430,25 +583,64 @@ def clear_cache() -> None:
 # scanning
 # --------------------------------------------------------------------------------------
 
-def _exe_inode(pid: int) -> int | None:
+MAX_MAPS_BYTES = 8 << 20
+
+
+def read_maps(pid: int) -> str | None:
+    """/proc/<pid>/maps (at most MAX_MAPS_BYTES), or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return f.read(MAX_MAPS_BYTES).decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+
+
+def exe_inode(pid: int) -> int | None:
     try:
         return os.stat(f"/proc/{pid}/exe").st_ino
     except OSError:
         return None
 
 
-def _read_overlay_mounts(pid: int) -> dict[int, list[_OverlayMount]]:
+def read_overlay_mounts(pid: int) -> dict[int, list[_OverlayMount]]:
     try:
-        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            return parse_overlay_mounts(f.read())
+        with open(f"/proc/{pid}/mountinfo", "rb") as f:
+            return parse_overlay_mounts(f.read(MAX_MAPS_BYTES).decode("utf-8", "surrogateescape"))
     except OSError:
         return {}
 
 
-def _is_node(info: _OpenSSLInfo, mf: MappedFile, exe_ino: int | None) -> bool:
-    if info.node_exports:
+def _is_node(node_exports: bool, mf: MappedFile, exe_ino: int | None) -> bool:
+    if node_exports:
         return True
     return mf.ino == exe_ino and bool(_NODE_EXE_NAME.match(os.path.basename(mf.pathname)))
+
+
+def target_from_result(result: dict, families: frozenset, *, path: str, ident: tuple[int, int], pid_seen: int,
+                       maps_path: str, is_exe_named_node: bool = False) -> TlsTarget | None:
+    """The target a (validated) analysis result gives, restricted to `families`; None
+    when the file is no TLS implementation we hook."""
+    common = dict(path=path, dev=ident[0], ino=ident[1], pid_seen=pid_seen, maps_path=maps_path)
+    openssl = result.get("openssl")
+    if openssl is not None:
+        family = "nodetls" if openssl["node_exports"] or is_exe_named_node else "openssl"
+        if family in families:
+            return OpenSSLTarget(family=family, symbols=dict(openssl["symbols"]), flavour=openssl["flavour"], **common)
+    go = result.get("go")
+    if go is not None and "gotls" in families:
+        return GoTlsTarget(family="gotls", go_version=go["go_version"], write_entry=go["write_entry"],
+                           read_entry=go["read_entry"], read_returns=list(go["read_returns"]),
+                           write_returns=list(go["write_returns"]), regabi=go["regabi"],
+                           fd_offsets=dict(go["fd_offsets"]), **common)
+    return None
+
+
+def _check_families(families: Iterable[str]) -> frozenset:
+    families = frozenset(families)
+    unknown = families - FAMILIES
+    if unknown:
+        raise ValueError(f"unknown TLS families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+    return families
 
 
 def scan_process(
@@ -457,77 +649,53 @@ def scan_process(
     *,
     skip: Iterable[tuple[int, int]] = (),
 ) -> list[TlsTarget]:
-    """TLS targets mapped in process `pid`, one per file (dev, ino), in maps order.
+    """TLS targets mapped in process `pid`, one per file (dev, ino), in maps order,
+    analysed here (tools, tests; the agent analyses in its worker: tls_attach.py).
 
     `families` limits the result to "openssl", "nodetls" and/or "gotls"; `skip` holds
     (dev, ino) identities already known to the caller, which are not analysed again.
     Returns [] for a process that does not exist (any more) or cannot be read; never
-    raises for files that vanish or are not ELF. Raises ValueError for an unknown family.
+    raises for files that vanish, are swapped, or are not ELF. Raises ValueError for an
+    unknown family.
     """
-    families = frozenset(families)
-    unknown = families - FAMILIES
-    if unknown:
-        raise ValueError(f"unknown TLS families {sorted(unknown)}; known: {sorted(FAMILIES)}")
-    try:
-        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
-            maps_text = f.read()
-    except OSError:
+    families = _check_families(families)
+    maps_text = read_maps(pid)
+    if maps_text is None:
         return []
-    exe_ino = _exe_inode(pid)
-    overlays: dict[int, list[_OverlayMount]] | None = None
+    exe_ino = exe_inode(pid)
+    overlays: dict | None = None
+
+    def get_overlays() -> dict:
+        nonlocal overlays
+        if overlays is None:
+            overlays = read_overlay_mounts(pid)
+        return overlays
+
     skip = set(skip)
     targets: list[TlsTarget] = []
     seen: set[tuple[int, int]] = set()
     for mf in parse_maps(maps_text):
-        resolved = _resolve(pid, mf)
-        if resolved is None:
-            log.debug("pid %d: cannot open %s (gone?)", pid, mf.pathname)
-            continue
-        path, st = resolved
-        ident = (st.st_dev, st.st_ino)
-        if not path.startswith(f"/proc/{pid}/map_files/"):
-            if overlays is None:
-                overlays = _read_overlay_mounts(pid)
-            ident = _layer_identity(overlays, mf.pathname, st) or ident
-        if ident in seen or ident in skip:
-            continue
-        seen.add(ident)
         try:
-            analysis = _cache.get((*ident, st.st_size, st.st_mtime_ns), path)
-        except (OSError, ElfError) as exc:
-            log.debug("pid %d: skipping %s: %s", pid, path, exc)
+            opened = open_mapped(pid, mf, get_overlays)
+        except OpenRefused as exc:
+            log.debug("pid %d: not opening %s: %s", pid, mf.pathname, exc)
             continue
-        except Exception as exc:  # a malformed file must not stop the scan
-            log.warning("pid %d: error analysing %s: %r", pid, path, exc)
-            continue
-        common = dict(path=path, dev=ident[0], ino=ident[1], pid_seen=pid, maps_path=mf.pathname)
-        if analysis.openssl is not None:
-            family = "nodetls" if _is_node(analysis.openssl, mf, exe_ino) else "openssl"
-            if family in families:
-                targets.append(
-                    OpenSSLTarget(
-                        family=family,
-                        symbols=dict(analysis.openssl.symbols),
-                        flavour=analysis.openssl.flavour,
-                        **common,
-                    )
-                )
+        try:
+            if opened.ident in seen or opened.ident in skip:
                 continue
-        if analysis.go is not None and "gotls" in families:
-            go = analysis.go
-            targets.append(
-                GoTlsTarget(
-                    family="gotls",
-                    go_version=go.go_version,
-                    write_entry=go.write_entry,
-                    read_entry=go.read_entry,
-                    read_returns=list(go.read_returns),
-                    write_returns=list(go.write_returns),
-                    regabi=go.regabi,
-                    fd_offsets=dict(go.fd_offsets),
-                    **common,
-                )
-            )
+            seen.add(opened.ident)
+            try:
+                result = _cache.get(opened.key, opened.fd, opened.path)
+            except AnalysisError as exc:
+                log.debug("pid %d: skipping %s: %s", pid, opened.path, exc)
+                continue
+            t = target_from_result(result, families, path=opened.path, ident=opened.ident, pid_seen=pid,
+                                   maps_path=mf.pathname,
+                                   is_exe_named_node=_is_node(False, mf, exe_ino))
+            if t is not None:
+                targets.append(t)
+        finally:
+            os.close(opened.fd)
     return targets
 
 
@@ -546,9 +714,7 @@ def discover(
     each file once, with the first process it was seen in. The calling process is
     skipped. Processes that vanish mid-scan are simply absent. Raises ValueError for an
     unknown family (before scanning)."""
-    families = frozenset(families)
-    if families - FAMILIES:
-        raise ValueError(f"unknown TLS families {sorted(families - FAMILIES)}; known: {sorted(FAMILIES)}")
+    families = _check_families(families)
     me = os.getpid()
     found: dict[tuple[int, int], TlsTarget] = {}
     for pid in _all_pids() if pids is None else pids:

@@ -52,10 +52,19 @@ def test_custom_strategies_and_only(exe, flags):
     assert pf(CUSTOM).flags_for(exe) == flags
 
 
-def test_groups_skip_by_executable_name_anywhere():
-    f = pf("    groups: [container-runtimes, kubernetes]")
+def test_groups_skip_by_executable_name_in_install_dirs_only():
+    f = pf("    groups: [container-runtimes, kubernetes, eks]")
     assert f.flags_for("/usr/bin/containerd") == filters.SKIP_ALL
-    assert f.flags_for("/host/usr/local/bin/kubelet") == filters.SKIP_ALL
+    assert f.flags_for("/usr/local/bin/kubelet") == filters.SKIP_ALL
+    assert f.flags_for("/home/kubernetes/bin/kubelet") == filters.SKIP_ALL      # GKE's COS layout
+    assert f.flags_for("/snap/amazon-ssm-agent/7993/amazon-ssm-agent") == filters.SKIP_ALL
+    assert f.flags_for("/app/aws-k8s-agent") == filters.SKIP_ALL                # the aws-node image
+    # The name alone is not enough: anyone can call a binary `kubelet`.
+    assert f.flags_for("/tmp/kubelet") == 0
+    assert f.flags_for("/home/eve/bin/containerd") == 0
+    assert f.flags_for("/host/usr/local/bin/kubelet") == 0
+    assert f.flags_for("/usr/bin/x/kubelet") == 0
+    assert f.flags_for("/app/kubelet") == 0                 # /app is eks's directory, not kubernetes'
     assert f.flags_for("/usr/bin/containerd-helper") == 0
     assert f.flags_for("/usr/bin/qtap") == 0            # qpoint group not asked for
 
