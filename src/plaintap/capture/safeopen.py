@@ -76,14 +76,10 @@ def _walk_open(rootfd: int, path: str) -> int:
             nxt = os.open(comp, O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        # O_PATH|O_NOFOLLOW on a symlink opens the link itself: caught by S_ISLNK below
-        last = os.open(parts[-1], O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        # O_PATH|O_NOFOLLOW on a symlink opens the link itself: caught by the caller
+        return os.open(parts[-1], O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     finally:
         os.close(fd)
-    if stat.S_ISLNK(os.fstat(last).st_mode):
-        os.close(last)
-        raise OSError(errno.ELOOP, "is a symlink", path)
-    return last
 
 
 def open_path_in_root(root: str, path: str) -> int:
@@ -95,15 +91,22 @@ def open_path_in_root(root: str, path: str) -> int:
     except OSError as e:
         raise OpenRefused(f"{root}: {e.strerror}", "gone") from e
     try:
+        fd = -1
         if not _openat2_missing:
             try:
-                return _openat2(rootfd, path.lstrip("/") or ".", O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
+                fd = _openat2(rootfd, path.lstrip("/") or ".", O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS)
             except OSError as e:
                 if e.errno != errno.ENOSYS:
                     raise
                 _openat2_missing = True
-        return _walk_open(rootfd, path)
+        if fd < 0:
+            fd = _walk_open(rootfd, path)
+        # with O_PATH|O_NOFOLLOW a final symlink is opened as the link itself
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ELOOP, "is a symlink", path)
+        return fd
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
             raise OpenRefused(f"{path}: a symlink on the way ({e.strerror})", "symlink") from e
