@@ -91,12 +91,19 @@ http {{
                 self.proc.kill()
 
 
+_BUILT: dict[bool, Path] = {}
+
+
 def build_go_client(dest: Path, stripped: bool = False) -> Path:
-    """Build the Go client; `stripped` builds with -ldflags='-s -w' (no symbol table, no DWARF)."""
+    """Build the Go client; `stripped` builds with -ldflags='-s -w' (no symbol table, no DWARF).
+    Built once per test session (later calls return the first build)."""
+    if stripped in _BUILT and _BUILT[stripped].exists():
+        return _BUILT[stripped]
     exe = dest / ("goclient-stripped" if stripped else "goclient")
     env = dict(os.environ, GOPROXY="off", GOFLAGS="-mod=mod", GOCACHE=str(dest / "gocache"),
                GOPATH=str(dest / "gopath"), CGO_ENABLED="0")
     flags = ["-ldflags=-s -w"] if stripped else []
     subprocess.run(["go", "build", *flags, "-o", str(exe), "."], cwd=HELPERS / "goclient", env=env, check=True,
                    capture_output=True)
+    _BUILT[stripped] = exe
     return exe

@@ -144,6 +144,7 @@ class TlsAttacher:
         self._free_slots = list(range(GO_SLOTS - 1, -1, -1))
         self.next_full_ns = 0
         self._now_ns = 0
+        self._closing = False
 
     # ---- lifecycle ----
 
@@ -174,6 +175,7 @@ class TlsAttacher:
         return bool(self.analysis.pending)
 
     def close(self) -> None:
+        self._closing = True          # what is still queued is dropped quietly
         self.analysis.close()
         for h in self.attached.values():
             if h.fd >= 0:
@@ -312,6 +314,9 @@ class TlsAttacher:
 
     def _on_reply(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None, reply: dict) -> None:
         what = f"{mf.pathname} (pid {pid})" if pid else mf.pathname
+        if self._closing:
+            os.close(opened.fd)
+            return
         try:
             if "refused" in reply:
                 raise AnalysisError(str(reply.get("detail", ""))[:300], str(reply["refused"])[:40])

@@ -13,13 +13,16 @@ How a process is scanned (`scan_process`):
   SSL_read and SSL_write (OpenSSL linked statically: family "nodetls" when the file is
   Node — Node exports its bundled OpenSSL's SSL_* from the executable — else
   "openssl"), and Go binaries containing crypto/tls (family "gotls").
-* Files are opened through /proc/<pid>/root/<path>, so a process in another mount
-  namespace (a container) is resolved inside its own filesystem. A file that was
-  deleted or replaced after it was mapped (" (deleted)" in maps, or an inode that no
-  longer matches) is opened through /proc/<pid>/map_files/<start>-<end>, which is the
-  mapped file itself. Either path is valid only while the process lives: attach soon.
-* Analysis results are cached by (dev, ino, size, mtime), so a host-wide `discover`
-  reads each distinct file once, however many processes map it.
+* Files are opened once (safeopen.py, `open_mapped`): by name inside the process's own
+  root (/proc/<pid>/root, openat2 with no symlinks and no magic links), so a process in
+  another mount namespace (a container) is resolved inside its own filesystem; it must
+  be a regular file with the inode maps shows. A file deleted or replaced since it was
+  mapped, or whose name now leads elsewhere, is opened through
+  /proc/<pid>/map_files/<start>-<end>, which is the mapped file itself. Everything after
+  — analysis (`analyze_image`, from the descriptor with bounded reads) and the uprobe
+  attach — uses that descriptor, never the name again.
+* Analysis results are plain data (what the agent's sandboxed worker sends back,
+  checked by `validate_result`), cached by (dev, ino, size, mtime).
 
 Identity: `dev`/`ino` name the inode the kernel will put the uprobes on. For ordinary
 filesystems that is st_dev/st_ino of `path`. For a file on overlayfs (container images)
