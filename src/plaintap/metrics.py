@@ -42,11 +42,8 @@ container_lookups = Counter("plaintap_container_lookups", "Container metadata lo
 connections_active = Gauge("plaintap_connections_active", "Connections currently tracked", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
                        registry=REGISTRY)
-tls_refusals = Counter("plaintap_tls_refusals", "Files not hooked for TLS (or not now), by reason: symlink, "
-                       "not_regular_file, identity_mismatch, timeout, cpu_limit, memory_limit, crashed, too_large, "
-                       "too_many_functions, function_too_long, too_many_returns, malformed, bad_offsets, "
-                       "rate_limited, queue_full, worker_unavailable, attach_failed, …", ["reason"],
-                       registry=REGISTRY)
+tls_refusals = Counter("plaintap_tls_refusals", "Files not hooked for TLS (or not now), by reason "
+                       "(TLS_REFUSAL_REASONS)", ["reason"], registry=REGISTRY)
 tls_scans_dropped = Counter("plaintap_tls_scans_dropped", "Exec-triggered TLS scans dropped because too many "
                             "processes were waiting for one", registry=REGISTRY)
 tls_hooked_files = Gauge("plaintap_tls_hooked_files", "Files with TLS uprobes attached", registry=REGISTRY)
@@ -56,6 +53,10 @@ tls_go_slots_used = Gauge("plaintap_tls_go_slots_used", "Go binaries holding one
 
 PARSE_PROTOCOLS = ("http1", "http2", "grpc")
 SINK_DROP_REASONS = ("queue_full", "shutdown", "export_error")
+TLS_REFUSAL_REASONS = ("symlink", "not_regular_file", "identity_mismatch", "too_large", "truncated",
+                       "too_many_functions", "function_too_long", "too_many_returns", "malformed", "bad_offsets",
+                       "read_failed", "timeout", "cpu_limit", "memory_limit", "crashed", "attach_failed",
+                       "rate_limited", "queue_full", "worker_unavailable")
 
 
 def preset_labels() -> None:
@@ -70,6 +71,8 @@ def preset_labels() -> None:
         config_reloads.labels(result)
     for protocol in PARSE_PROTOCOLS:
         parse_errors.labels(protocol)
+    for reason in TLS_REFUSAL_REASONS:
+        tls_refusals.labels(reason)
 
 
 def preset_sink(name: str) -> None:

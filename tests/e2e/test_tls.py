@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -319,19 +320,37 @@ t.recv(100)
 """
 
 
-def tls_calls_of(tgid: int) -> list:
-    out = subprocess.run(["bpftool", "-j", "map", "dump", "name", "tls_calls"], capture_output=True, text=True,
-                         check=True).stdout
+def agent_map_ids(agent_pid: int, name: str) -> list[int]:
+    """Ids of the BPF maps called `name` that the agent holds (its fdinfo names them):
+    other agents on the machine have maps of the same name."""
+    ids = []
+    for fd in os.listdir(f"/proc/{agent_pid}/fdinfo"):
+        try:
+            info = Path(f"/proc/{agent_pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^map_id:\s*(\d+)", info, re.M)
+        if m:
+            ids.append(int(m.group(1)))
+    out = []
+    for map_id in ids:
+        shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)], capture_output=True,
+                                          text=True, check=True).stdout)
+        if shown.get("name") == name:
+            out.append(map_id)
+    return out
+
+
+def tls_calls_of(tgid: int, agent_pid: int) -> list:
     keys = []
-    entries = []
-    for e in json.loads(out):
-        # several maps of that name (other agents running): one object per map
-        entries.extend(e["elements"] if "elements" in e else [e])
-    for e in entries:
-        k = e.get("formatted", e)["key"]   # with BTF, bpftool adds a "formatted" view
-        if isinstance(k, list):   # raw bytes, little endian
-            k = int.from_bytes(bytes(int(b, 16) for b in k), "little")
-        keys.append(int(k))
+    for map_id in agent_map_ids(agent_pid, "tls_calls"):
+        out = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)], capture_output=True, text=True,
+                             check=True).stdout
+        for e in json.loads(out):
+            k = e.get("formatted", e)["key"]   # with BTF, bpftool adds a "formatted" view
+            if isinstance(k, list):   # raw bytes, little endian
+                k = int.from_bytes(bytes(int(b, 16) for b in k), "little")
+            keys.append(int(k))
     return [k for k in keys if k >> 32 == tgid]
 
 
@@ -346,14 +365,14 @@ def test_client_killed_inside_ssl_read_leaves_no_tls_state_behind(start_agent, t
         cl = subprocess.Popen([sys.executable, "-c", BLOCKED_CLIENT, str(port)], stdout=subprocess.PIPE, text=True)
         assert cl.stdout.readline().strip() == "sent"
         deadline = time.monotonic() + 10
-        while not tls_calls_of(cl.pid) and time.monotonic() < deadline:
+        while not tls_calls_of(cl.pid, agent.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        # (one entry per running agent: other agents may hook the same libssl)
-        assert set(tls_calls_of(cl.pid)) == {(cl.pid << 32) | cl.pid}, "the client's pending SSL_read is not tracked"
+        assert tls_calls_of(cl.pid, agent.pid) == [(cl.pid << 32) | cl.pid], \
+            "the client's pending SSL_read is not tracked"
         cl.kill()
         cl.wait(10)
         time.sleep(0.2)
-        assert tls_calls_of(cl.pid) == [], "a killed thread's TLS call state was left in the kernel"
+        assert tls_calls_of(cl.pid, agent.pid) == [], "a killed thread's TLS call state was left in the kernel"
         assert agent.proc.poll() is None
     finally:
         for p in (cl, srv):
