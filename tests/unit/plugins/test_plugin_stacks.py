@@ -240,3 +240,42 @@ def test_http_metrics_counts_by_status_class():
     conn, tx = h1_json_post()
     tx.response.status = 999
     assert status_class(tx) == "none"
+
+
+def test_http_metrics_with_qtaps_label_set():
+    cfg = load_config_text("stacks:\n  m:\n    plugins:\n      - type: http_metrics\n")
+    stack = build_stack(cfg.stacks["m"])
+    labels = {"method": "POST", "host": "api.example.com", "status_code": "201", "protocol": "http1"}
+
+    def value(name, **extra):
+        return metrics.REGISTRY.get_sample_value(name, {**labels, **extra}) or 0
+
+    before = (value("plaintap_http_requests_total"), value("plaintap_http_responses_total"),
+              value("plaintap_http_responses_size_bytes_sum"), value("plaintap_http_requests_duration_ms_count"))
+    run(stack, *h1_json_post())
+    conn, tx = h1_json_post()
+    assert (value("plaintap_http_requests_total"), value("plaintap_http_responses_total"),
+            value("plaintap_http_responses_size_bytes_sum"), value("plaintap_http_requests_duration_ms_count")) == (
+        before[0] + 1, before[1] + 1, before[2] + tx.response.body_size, before[3] + 1)
+    assert metrics.REGISTRY.get_sample_value("plaintap_http_duration_ms_count") >= 1
+
+
+
+def test_http_metrics_hosts_are_bounded(monkeypatch):
+    from plaintap.plugins import http_metrics
+    monkeypatch.setattr(http_metrics, "MAX_HOSTS", 2)
+    monkeypatch.setattr(http_metrics, "_hosts", set())
+    assert [http_metrics._host_label(h) for h in ("a", "b", "c", "a")] == ["a", "b", "other", "a"]
+
+
+def test_http_dashboard_queries_name_registered_metrics():
+    import json
+    import re
+    from plaintap.plugins import http_metrics  # noqa: F401  (registers the families)
+    dash = json.loads((GOLDEN.parents[1] / ".." / "examples" / "monitoring" / "grafana-http.json").resolve().read_text())
+    names = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"\bplaintap_[a-z_]+\b", t["expr"])}
+    registered = set()
+    for family in metrics.REGISTRY.collect():
+        registered |= {family.name, family.name + "_total", family.name + "_bucket", family.name + "_sum",
+                       family.name + "_count"}
+    assert names and names <= registered, names - registered
