@@ -85,7 +85,7 @@ impl Config {
             max_held_bytes: 256 * 1024,
             clock_slack_ns: 1_000_000,
             max_pending: 1024,
-            max_queued_bytes: (64 << 20).max(body_limit.saturating_mul(4)),
+            max_queued_bytes: (16 << 20).max(body_limit.saturating_mul(4)),
             max_pending_gaps: 1024,
         }
     }

@@ -335,6 +335,28 @@ fn pipelined_exchanges_are_capped_and_counted() {
 }
 
 #[test]
+fn stored_bytes_of_waiting_exchanges_are_capped_and_counted() {
+    let mut cfg = Config::new(1024);
+    cfg.max_queued_bytes = 4096;
+    let mut p = Http1Parser::new(cfg, false);
+    for _ in 0..20 {
+        p.feed(C, b"POST /u HTTP/1.1\r\nContent-Length: 1000\r\n\r\n", 1);
+        p.feed(C, &[b'b'; 1000], 1);
+        assert!(p.core.queued_bytes <= 4096 + 1100);
+    }
+    assert_eq!(stat(&p, "pipeline_overflows"), 1);
+    let mut n = 0;
+    while let Some(ev) = p.next_event() {
+        n += usize::from(matches!(ev, Event::Transaction(_)));
+    }
+    p.close(2);
+    while let Some(ev) = p.next_event() {
+        n += usize::from(matches!(ev, Event::Transaction(_)));
+    }
+    assert_eq!(n, 20);
+}
+
+#[test]
 fn huge_header_and_held_bytes_stay_bounded() {
     let mut p = parser(false);
     p.feed(C, b"GET / HTTP/1.1\r\n", 1);
@@ -474,8 +496,16 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     )
 }
 
+/// 512 cases per property in `cargo test`; `PROPTEST_CASES=100000` for a deep run.
+fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_corpus_never_panics(
@@ -489,6 +519,26 @@ proptest! {
         let corpus = corpus();
         let (c, s) = corpus[pick % corpus.len()].clone();
         drive(&mutate(c, &muts_c), &mutate(s, &muts_s), &ops, midstream, close);
+    }
+
+    #[test]
+    fn mutated_corpus_gives_the_same_events_however_it_is_split(
+        pick in 0usize..64,
+        muts_c in prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..4),
+        muts_s in prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..4),
+        gap in prop::option::of((any::<bool>(), 1u64..50)),
+        midstream in any::<bool>(),
+    ) {
+        let corpus = corpus();
+        let (c, s) = corpus[pick % corpus.len()].clone();
+        let (c, s) = (mutate(c, &muts_c), mutate(s, &muts_s));
+        let (c1, c2) = c.split_at(c.len() / 2);
+        let mut steps = vec![d(C, c1, 1)];
+        if let Some((server, n)) = gap {
+            steps.push(St::Gap(if server { S } else { C }, n, 2));
+        }
+        steps.extend([d(C, c2, 3), d(S, &s, 4), St::Close(5)]);
+        three_ways(&steps, midstream);
     }
 
     #[test]

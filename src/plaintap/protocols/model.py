@@ -193,8 +193,9 @@ class ParseError:
     """A protocol error the parser saw and recovered from (it never raises).
 
     `side` sent the offending bytes; `stream_id` is set for HTTP/2 stream errors. The
-    parser continues where it can: HTTP/1 resynchronises at the next request/status line,
-    HTTP/2 drops the stream (or hunts for the next frame boundary).
+    parser continues where it can: HTTP/1 stops parsing a client stream after a malformed
+    request (a server answers 400 and closes) and resynchronises a server stream at the
+    next status line; HTTP/2 drops the stream (or hunts for the next frame boundary).
     """
 
     side: Side
