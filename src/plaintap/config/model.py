@@ -43,6 +43,7 @@ from pydantic import (
 
 from .errors import OneOf, describe, problem, show
 from .variables import is_known, unknown_variable_message
+from .regex import RegexError, compile_regex
 from .rules import Rule, RuleSyntaxError, compile_expr
 from .values import ENV_PLACEHOLDER, UnsetVariables, ValueSource, substitute_env
 
@@ -593,21 +594,21 @@ class CustomFilter(_Section):
     only: Annotated[list[Annotated[Literal["data", "dns", "tls", "http"], OneOf()]], BeforeValidator(_none_is_empty_list)] = Field(
         default_factory=list
     )
-    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+    _pattern: Any = PrivateAttr(default=None)   # RE2 (config/regex.py): exe paths are chosen by local users
 
     @field_validator("exe")
     @classmethod
     def _valid_regex(cls, exe: str, info: ValidationInfo) -> str:
         if info.data.get("strategy") == "regex":
             try:
-                re.compile(exe)
-            except re.error as err:
+                compile_regex(exe)
+            except RegexError as err:
                 raise problem(f"not a valid regular expression: {err}") from None
         return exe
 
     def model_post_init(self, context: Any) -> None:
         if self.strategy == "regex":
-            self._pattern = re.compile(self.exe)
+            self._pattern = compile_regex(self.exe)
 
     @property
     def skips_everything(self) -> bool:

@@ -33,8 +33,9 @@ The language::
 * `a in [..]`: membership; list items that are IP addresses or CIDR blocks also match
   any address inside them (`dst.ip in ["10.0.0.0/8", "192.168.1.5"]`). `a in "text"`
   is a substring test.
-* `a matches /re/flags` (flags i, m, s) or `a matches "re"`: Python `re.search`; the
-  pattern is compiled once, here.
+* `a matches /re/flags` (flags i, m, s) or `a matches "re"`: a search with RE2
+  (config/regex.py: linear time on the hostile text rules read; no backreferences or
+  lookaround); the pattern is compiled once, here.
 * `name()` expands the macro `name` (from `rulekit.macros`) in place; a macro that
   reaches itself again is an error.
 * IP addresses and CIDR blocks may be written bare, as in rulekit: `dst.ip == 10.0.0.1`,
@@ -58,6 +59,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .regex import RegexError, compile_regex
 
 __all__ = ["Rule", "RuleSyntaxError", "compile_expr", "HEADER_PREFIXES"]
 
@@ -258,7 +261,7 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
     raise RuleSyntaxError(f"text starting with {quote} is never closed", start + 1)
 
 
-def _read_regex(text: str, start: int) -> tuple[re.Pattern[str], int]:
+def _read_regex(text: str, start: int) -> tuple[Any, int]:
     out: list[str] = []
     pos = start + 1
     while pos < len(text):
@@ -285,10 +288,11 @@ def _read_regex(text: str, start: int) -> tuple[re.Pattern[str], int]:
     return _compile_regex("".join(out), flags, start + 1), pos
 
 
-def _compile_regex(pattern: str, flags: int, column: int) -> re.Pattern[str]:
+def _compile_regex(pattern: str, flags: int, column: int) -> Any:
     try:
-        return re.compile(pattern, flags)
-    except (re.error, OverflowError, RecursionError, ValueError) as err:
+        return compile_regex(pattern, ignore_case=bool(flags & re.IGNORECASE), multiline=bool(flags & re.MULTILINE),
+                             dot_all=bool(flags & re.DOTALL))
+    except RegexError as err:
         raise RuleSyntaxError(f"invalid regular expression: {err}", column) from None
 
 

@@ -85,8 +85,10 @@ _HEADER_OPTIONS = frozenset({"-H", "--header", "--proxy-header"})
 # Options whose next argument is `user:password` (curl -u/-U, --user, --proxy-user).
 _USERPASS_OPTIONS = frozenset({"-u", "-U", "--user", "--proxy-user"})
 _ENV_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.DOTALL)
-_URL_IN_ARG = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@]*?):([^/?#@]*)@")
+# Linear on hostile input: the user part cannot hold ':', so there is one way to match.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@:]*):([^/?#@]*)@")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_URL_END = frozenset(" \t\r\n'\"")
 
 
 def _is_secret_name(name: str) -> bool:
@@ -226,17 +228,24 @@ class Redaction:
         at MAX_COMMAND_LINE characters (marked `…[truncated]`), always.
         """
         args = list(argv) if argv else (cmdline.split(" ") if cmdline else [])
-        if self.enabled and self.mask_command_line and args:
-            args = self._mask_args(args)
-        text = " ".join(a for a in args if a)
-        if len(text) > MAX_COMMAND_LINE:
+        # Only what can be shown is looked at: masking work is bounded by MAX_COMMAND_LINE.
+        budget, total, kept = MAX_COMMAND_LINE + 1, 0, []
+        for a in args:
+            if total >= budget:
+                break
+            kept.append(a[:budget - total])
+            total += len(a) + 1
+        if self.enabled and self.mask_command_line and kept:
+            kept = self._mask_args(kept)
+        text = " ".join(a for a in kept if a)
+        if len(text) > MAX_COMMAND_LINE or total > budget:
             text = text[:MAX_COMMAND_LINE - len(TRUNCATED_MARK)] + TRUNCATED_MARK
         return text
 
     def _mask_args(self, args: list[str]) -> list[str]:
         out: list[str] = []
         mask_next: str | None = None      # how to mask the next argument
-        for arg in args[:1 + MAX_COMMAND_LINE // 2]:  # more args than this cannot fit anyway
+        for arg in args:
             if mask_next is not None:
                 kind, mask_next = mask_next, None
                 if kind == "value":
@@ -293,8 +302,27 @@ class Redaction:
             shown = self.header_value(name.strip(), value.strip())
             return f"{name}: {shown}" if shown else f"{name}:"
         if "://" in arg:
-            return _URL_IN_ARG.sub(lambda m: self.url(m[0]), arg)
+            return self._urls_in(arg)
         return arg
+
+    def _urls_in(self, text: str) -> str:
+        """Every `scheme://…` in `text` (up to whitespace or a quote) through `url()`; linear."""
+        out, i = [], 0
+        while True:
+            j = text.find("://", i)
+            if j < 0:
+                break
+            start = j
+            while start > i and text[start - 1] in _SCHEME_CHARS:
+                start -= 1
+            end = j + 3
+            while end < len(text) and text[end] not in _URL_END:
+                end += 1
+            out.append(text[i:start])
+            out.append(self.url(text[start:end]) if start < j else text[start:end])
+            i = end
+        out.append(text[i:])
+        return "".join(out)
 
     def _userpass(self, arg: str) -> str:
         user, colon, password = arg.partition(":")
