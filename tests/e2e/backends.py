@@ -206,12 +206,16 @@ class _HttpHandler(BaseHTTPRequestHandler):
 class OtlpReceiver:
     """OTLP logs receiver on 127.0.0.1 (gRPC and HTTP), recording what arrives.
 
-    `tls`: serve both with this certificate. `require_header`: (name, value) that every
-    request must carry, else gRPC UNAUTHENTICATED / HTTP 401 (and nothing is recorded).
+    `tls`: serve both with this certificate. `client_ca`: with `tls`, require a client
+    certificate issued by (or equal to) this one (mutual TLS). `require_header`: (name,
+    value) that every request must carry, else gRPC UNAUTHENTICATED / HTTP 401 (and
+    nothing is recorded).
     """
 
-    def __init__(self, tls: CertFiles | None = None, require_header: tuple[str, str] | None = None) -> None:
+    def __init__(self, tls: CertFiles | None = None, require_header: tuple[str, str] | None = None,
+                 client_ca: CertFiles | None = None) -> None:
         self.tls = tls
+        self.client_ca = client_ca
         self.require_header = (require_header[0].lower(), require_header[1]) if require_header else None
         self.exports: list[ReceivedExport] = []
         self._cond = threading.Condition()
@@ -227,7 +231,10 @@ class OtlpReceiver:
                                  options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)])
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), self._grpc)
         if self.tls:
-            creds = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
+            creds = grpc.ssl_server_credentials(
+                [(self.tls.key_pem, self.tls.cert_pem)],
+                root_certificates=self.client_ca.cert_pem if self.client_ca else None,
+                require_client_auth=self.client_ca is not None)
             self.grpc_port = self._grpc.add_secure_port(f"{LOOPBACK}:0", creds)
         else:
             self.grpc_port = self._grpc.add_insecure_port(f"{LOOPBACK}:0")
@@ -239,6 +246,9 @@ class OtlpReceiver:
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(self.tls.cert, self.tls.key)
+            if self.client_ca is not None:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(self.client_ca.cert)
             self._http.socket = ctx.wrap_socket(self._http.socket, server_side=True)
         self.http_port = self._http.server_address[1]
         self._http_thread = threading.Thread(target=self._http.serve_forever, name="otlp-http", daemon=True)

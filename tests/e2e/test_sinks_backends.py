@@ -267,6 +267,51 @@ def test_self_signed_tls_with_and_without_insecure_skip_verify(protocol, cert, c
         assert r.log_count() == len(sent)
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ca_file_and_client_certificate(protocol, cert, tmp_path):
+    """tls.ca_file trusts the collector's own CA without insecure_skip_verify;
+    tls.cert_file/key_file present a client certificate the collector requires (mTLS)."""
+    client = self_signed_cert(tmp_path / "client", "plaintap-agent")
+    with OtlpReceiver(tls=cert, client_ca=client) as r:
+        endpoint = (r.grpc_endpoint if protocol == "grpc" else r.http_url).replace("127.0.0.1", "localhost")
+        tls = {"enabled": True, "ca_file": str(cert.cert), "cert_file": str(client.cert), "key_file": str(client.key)}
+        ok = OtelSink(unique("otel"), otel_store(protocol=protocol, endpoint=endpoint, tls=tls))
+        sent = sample_records()
+        ok.export(sent)
+        ok.shutdown()
+        assert_delivered_exactly(r.wait_for_logs(len(sent)), sent, expected_resource("plaintap", "production"))
+
+        without_client_cert = OtelSink(unique("otel"), otel_store(
+            protocol=protocol, endpoint=endpoint, tls={"enabled": True, "ca_file": str(cert.cert)}),
+            retry=NO_RETRY)
+        with pytest.raises(SinkExportError):
+            without_client_cert.export(sent)
+        without_client_cert.shutdown()
+        assert r.log_count() == len(sent)
+
+
+def test_headers_over_plaintext_are_warned_about(caplog, monkeypatch):
+    monkeypatch.setenv("PT_TEST_KEY", "k")
+    headers = {"x-api-key": {"type": "env", "value": "PT_TEST_KEY"}}
+    for protocol, endpoint in (("grpc", "collector.example:4317"), ("http", "http://collector.example:4318")):
+        caplog.clear()
+        OtelSink(unique("otel"), otel_store(protocol=protocol, endpoint=endpoint, headers=headers)).shutdown()
+        assert any("headers x-api-key are sent to" in rec.getMessage() and "without TLS" in rec.getMessage()
+                   for rec in caplog.records), protocol
+    caplog.clear()
+    for quiet in ({"endpoint": "127.0.0.1:4317"}, {"endpoint": "collector.example:4317", "tls": {"enabled": True}}):
+        OtelSink(unique("otel"), otel_store(protocol="grpc", headers=headers, **quiet)).shutdown()
+    assert not [rec for rec in caplog.records if "without TLS" in rec.getMessage()]
+
+
+def test_unreadable_ca_file_is_one_line(tmp_path):
+    from plaintap.config import ConfigError
+    with pytest.raises(ConfigError) as err:
+        OtelSink(unique("otel"), otel_store(protocol="grpc", endpoint="localhost:4317",
+                                            tls={"enabled": True, "ca_file": str(tmp_path / "missing.pem")}))
+    assert str(err.value).endswith("tls.ca_file: cannot read " + str(tmp_path / "missing.pem") + ": No such file or directory")
+
+
 def test_unreachable_collector_is_one_clear_line():
     (port,) = free_ports(1)
     sink = OtelSink(unique("otel"), otel_store(endpoint=f"127.0.0.1:{port}"), retry=NO_RETRY)

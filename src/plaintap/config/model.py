@@ -237,8 +237,25 @@ class DisabledStore(_Section):
 
 
 class OtelTls(_Section):
+    """TLS to the collector. `ca_file`: PEM roots to verify the collector with (instead of
+    the system's); `cert_file` + `key_file`: a client certificate (mutual TLS), given
+    together. `insecure_skip_verify` trusts whatever certificate the collector presents
+    (encryption without authentication: anyone who can intercept the connection can read
+    what is sent, headers included) — for a self-signed test collector, never in
+    production; `ca_file` is the way to trust a private CA."""
+
     enabled: bool = False
     insecure_skip_verify: bool = False
+    ca_file: Text | None = None
+    cert_file: Text | None = None
+    key_file: Text | None = None
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> OtelTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
+            raise problem(f"required when {given} is given (a client certificate needs both)", field=missing)
+        return self
 
 
 class OtelEventStore(_Section):

@@ -39,7 +39,14 @@ exactly that one as the root, and, when the endpoint's host is not among the
 certificate's names, overrides the name gRPC checks (`grpc.ssl_target_name_override`).
 That accepts self-signed certificates (the case this setting exists for); the
 certificate is fetched again whenever a handshake fails, so a collector restarted with
-a new self-signed certificate is picked up.
+a new self-signed certificate is picked up. It is encryption without authentication:
+whoever can intercept the connection can present a certificate and read everything,
+headers (API keys) included. `tls.ca_file` (PEM roots) is the way to trust a private CA;
+`tls.cert_file` + `tls.key_file` send a client certificate (mutual TLS), over gRPC and
+HTTP alike. Files are read once, when the sink is built (at most 1 MiB each).
+
+Headers (usually API keys) configured for a store whose connection is not TLS are sent
+in clear text: the sink logs a warning naming them, unless the collector is on loopback.
 """
 from __future__ import annotations
 
@@ -473,6 +480,34 @@ class _HttpExporter(_HttpLogExporter):
         return LogRecordExportResult.SUCCESS if result.success else LogRecordExportResult.FAILURE
 
 
+MAX_PEM_BYTES = 1 << 20
+
+
+def _read_pem(path: str, where: str) -> bytes:
+    """A PEM file named in the config, read once. Raises ConfigError (one line)."""
+    from ..config import ConfigError
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM_BYTES + 1)
+    except OSError as err:
+        raise ConfigError([f"{where}: cannot read {path}: {err.strerror or err}"]) from None
+    if len(data) > MAX_PEM_BYTES or b"-----BEGIN " not in data:
+        raise ConfigError([f"{where}: {path} is not a PEM file (expected -----BEGIN …-----, at most 1 MiB)"])
+    return data
+
+
+def _is_loopback_target(target: str) -> bool:
+    """Whether a gRPC `host:port` or an HTTP URL points at this host's loopback."""
+    host = urlsplit(target).hostname if "://" in target else _split_host_port(target)[0]
+    if not host or host == "localhost":
+        return host == "localhost"
+    try:
+        import ipaddress
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class _TlsVerifyError(Exception):
     """A TLS set-up problem (untrusted certificate, endpoint not speaking TLS), raised outside
     requests' ConnectionError family so that the HTTP exporter does not spend its timeout
@@ -483,9 +518,12 @@ class _ObservingSession(requests.Session):
     """The requests session given to the HTTP exporter: remembers each thread's last outcome
     (response or exception) and, with `skip_verify`, does not verify certificates."""
 
-    def __init__(self, skip_verify: bool) -> None:
+    def __init__(self, skip_verify: bool, ca_file: str | None = None,
+                 client_cert: tuple[str, str] | None = None) -> None:
         super().__init__()
         self.skip_verify = skip_verify
+        self.ca_file = ca_file
+        self.client_cert = client_cert
         self._local = threading.local()
 
     @property
@@ -498,6 +536,10 @@ class _ObservingSession(requests.Session):
     def request(self, method, url, *args, **kwargs):  # type: ignore[override]
         if self.skip_verify:
             kwargs["verify"] = False  # the exporter sets session.verify=True; per-request wins
+        elif self.ca_file:
+            kwargs["verify"] = self.ca_file
+        if self.client_cert:
+            kwargs["cert"] = self.client_cert
         try:
             response = super().request(method, url, *args, **kwargs)
         except requests.exceptions.SSLError as err:
@@ -636,6 +678,18 @@ class OtelSink:
         if self._skip_verify and self.protocol == "http":
             import urllib3
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self._ca_file = getattr(tls, "ca_file", None) if tls else None
+        self._client_cert = ((tls.cert_file, tls.key_file) if tls is not None and getattr(tls, "cert_file", None)
+                             else None)
+        self._ca_pem = _read_pem(self._ca_file, f"{name}.tls.ca_file") if self._ca_file else None
+        self._client_pem = (tuple(_read_pem(path, f"{name}.tls.{key}") for path, key in
+                                  zip(self._client_cert, ("cert_file", "key_file")))
+                            if self._client_cert else None)
+        if self._headers and self.protocol in ("grpc", "http") and not self._use_tls \
+                and not _is_loopback_target(self.target):
+            log.warning("%s: headers %s are sent to %s without TLS: anyone on the path can read them; set "
+                        "tls.enabled: true (or an https:// endpoint)", name, ", ".join(sorted(self._headers)),
+                        self.target)
 
         self._exporter: Any = None
         self._session: _ObservingSession | None = None
@@ -766,12 +820,15 @@ class OtelSink:
             if self._skip_verify:
                 host, port = _split_host_port(self.target)
                 pem, names = fetch_server_certificate(host, port or DEFAULT_GRPC_PORT, self.timeout)
-                credentials = grpc.ssl_channel_credentials(root_certificates=pem.encode())
+                roots = pem.encode()
                 override = _name_override(host, names)
                 if override:
                     options.append(("grpc.ssl_target_name_override", override))
             else:
-                credentials = grpc.ssl_channel_credentials()
+                roots = self._ca_pem
+            cert_chain, key = self._client_pem or (None, None)
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots, private_key=key,
+                                                       certificate_chain=cert_chain)
         headers = tuple((k.lower(), v) for k, v in self._headers.items())
         return _GrpcExporter(
             endpoint=self.target,
@@ -786,7 +843,8 @@ class OtelSink:
         )
 
     def _make_http_exporter(self) -> Any:
-        self._session = _ObservingSession(skip_verify=self._skip_verify)
+        self._session = _ObservingSession(skip_verify=self._skip_verify, ca_file=self._ca_file,
+                                          client_cert=self._client_cert)
         return _HttpExporter(
             endpoint=self.target,
             headers=dict(self._headers) or None,

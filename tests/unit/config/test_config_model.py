@@ -526,3 +526,11 @@ def test_version_other_than_2_loads_with_a_warning() -> None:
     assert v2.model_dump() == v1.model_copy(update={"version": 2}).model_dump()
     assert v2.warnings == []
     assert v1.warnings == ["version: 1 is not 2; plaintap reads qtap's version 2 format and may misread this file"]
+
+
+def test_otel_tls_files_and_client_certificate_pair() -> None:
+    base = "services:\n  event_stores:\n    - type: otel\n      tls: {enabled: true, %s}\n"
+    assert problems(base % "ca_file: /etc/ca.pem, cert_file: /c.pem, key_file: /k.pem") == []
+    assert problems(base % "cert_file: /c.pem") == [
+        "services.event_stores[0].tls.key_file: required when cert_file is given (a client certificate needs both)"]
+    assert problems(base % "ca_flie: /etc/ca.pem")[0].startswith("services.event_stores[0].tls.ca_flie: unknown key")
