@@ -5,6 +5,8 @@
 //! malformed input becomes a counted event.
 use pyo3::prelude::*;
 
+pub mod grpc;
+pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod model;
@@ -23,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py_parser::NativeParser>()?;
     m.add_function(wrap_pyfunction!(py_parser::http1_table, m)?)?;
     m.add_class::<py_parser::RecordedStream>()?;
+    http2::py::register(m)?;
     Ok(())
 }
 

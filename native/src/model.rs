@@ -135,4 +135,9 @@ pub trait Parser: Send {
     fn buffered(&self, _side: Side) -> usize {
         0
     }
+    /// The state of HTTP/2 stream `stream_id` while the parser tracks it (for tests that
+    /// walk the stream state table); None when untracked or not HTTP/2.
+    fn stream_state(&self, _stream_id: u32) -> Option<&'static str> {
+        None
+    }
 }

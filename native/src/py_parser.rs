@@ -194,6 +194,12 @@ impl NativeParser {
         self.protocol
     }
 
+    /// The state name of HTTP/2 stream `stream_id` while it is tracked, else None (for
+    /// tests that walk the stream state table).
+    fn stream_state(&self, stream_id: u32) -> Option<&'static str> {
+        self.inner.stream_state(stream_id)
+    }
+
     #[getter]
     fn upgraded(&self) -> bool {
         self.inner.upgraded()

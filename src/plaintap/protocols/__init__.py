@@ -18,13 +18,14 @@ True once an HTTP/1 connection switched protocols (101 / CONNECT 2xx); later byt
 counted, not parsed.
 
 Modules: `model` (the values), `detect`, `http1` (the native parser, both directions
-paired), `http2` (hyperframe + hpack, one decoder per direction), `hpack_partial`
-(mid-stream HPACK), `tls` (ClientHello / ServerHello).
+paired), `http2` (the native HTTP/2 + HPACK + gRPC observer, `native/src/http2/`), `tls`
+(ClientHello / ServerHello).
 """
 from __future__ import annotations
 
 from .detect import Detected, detect
 from . import http1 as _http1
+from . import http2 as _http2
 from .http1 import Http1Parser
 from .http2 import Http2Parser
 from .model import GrpcInfo, Message, ParseError, Side, Transaction
@@ -40,7 +41,7 @@ def new_parser(protocol: str, body_limit: int = DEFAULT_BODY_LIMIT,
     if protocol == "http1":
         return _http1.new_parser(body_limit, midstream)
     if protocol == "http2":
-        return Http2Parser(body_limit=body_limit, midstream=midstream)
+        return _http2.new_parser(body_limit, midstream)
     raise ValueError(f"no parser for protocol {protocol!r} (expected 'http1' or 'http2')")
 
 

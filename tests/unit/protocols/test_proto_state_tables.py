@@ -273,11 +273,11 @@ def test_h2_every_state_and_input_driven_by_frames(state, event):
     while (ev := p.next_event()) is not None:
         before.append(ev)
     assert not [e for e in before if isinstance(e, ParseError)]
-    tracked = p._streams.get(sid)
+    tracked = p.stream_state(sid)
     if state in (I, X):
         assert tracked is None
     else:
-        assert tracked is not None and tracked.state == state
+        assert tracked == state
     side, data = _h2_input(event, b, sid, state)
     p.feed(side, data, 100)
     p.close(200)
