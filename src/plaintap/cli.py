@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cri-runtime-socket", metavar="PATH",
                      default=_env("cri_runtime_socket", "/run/crio/crio.sock"),
                      help="CRI API socket, e.g. CRI-O's (default /run/crio/crio.sock, or $CRI_RUNTIME_SOCKET)")
+    run.add_argument("--memory-limit", default=_env("memory_limit", "512mb"), metavar="SIZE",
+                     help="memory the agent aims to stay under; half of it bounds the sink queues (default 512mb)")
+    run.add_argument("--shutdown-timeout", default=_env("shutdown_timeout", "10"), metavar="SECONDS",
+                     help="at SIGINT/SIGTERM, deliver what the sinks hold for at most this long (default 10)")
+    run.add_argument("--spool-dir", default=_env("spool_dir", "/var/lib/plaintap/spool"), metavar="DIR",
+                     help="disk spool for records a network backend cannot take now (default /var/lib/plaintap/spool)")
+    run.add_argument("--spool-size", default=_env("spool_size", "1gb"), metavar="SIZE",
+                     help="disk the spools may use together; 0 turns the spool off (default 1gb)")
+    run.add_argument("--retry-window", default=_env("retry_window", "60"), metavar="SECONDS",
+                     help="without a spool, how long an outage is retried before records are dropped (default 60)")
 
     doc = sub.add_parser("doctor", help="check what this kernel supports and whether plaintap can run")
     common(doc)
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             logging.getLogger("plaintap").exception("fatal")
         if isinstance(e, (BpfError, ConfigError, UserError)) \
-                or type(e).__name__ in ("ConfigUnsupported", "AbiMismatch") \
+                or type(e).__name__ in ("ConfigUnsupported", "AbiMismatch", "SpoolError") \
                 or (isinstance(e, ValueError) and args.command != "doctor"):
             print(f"plaintap: {e}", file=sys.stderr)
             return EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_RUNTIME
@@ -216,13 +226,25 @@ def _validate(path: str, allow_http: bool = False) -> int:
     return EXIT_CONFIG
 
 
+def _seconds(text: str) -> float:
+    """A non-negative number of seconds (`10`, `2.5`, `30s`); ValueError says what is expected."""
+    try:
+        value = float(str(text).strip().removesuffix("s"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds (e.g. 10)") from None
+    if value < 0 or value != value:
+        raise ValueError(f"must be 0 or more seconds, not {text!r}")
+    return value
+
+
 def _run(args) -> int:
     from .config import default_config, load_config, parse_size
     from .pipeline import Agent, RunOptions, install_signal_handlers, parse_tags
 
     values = {}
     for name, parse in (("http_buffer_size", parse_size), ("ring_buffer_size", parse_size),
-                        ("tags", parse_tags), ("httpd_listen", parse_listen)):
+                        ("tags", parse_tags), ("httpd_listen", parse_listen), ("memory_limit", parse_size),
+                        ("spool_size", parse_size), ("shutdown_timeout", _seconds), ("retry_window", _seconds)):
         try:
             values[name] = parse(getattr(args, name))
         except ValueError as e:
@@ -252,14 +274,20 @@ def _run(args) -> int:
                           config_source=args.config, no_redact=args.no_redact,
                           runtime_sockets=RuntimeSockets(containerd=args.containerd_socket,
                                                          docker=args.docker_socket, cri=args.cri_runtime_socket),
-                          config_allow_http=args.config_allow_http)
+                          config_allow_http=args.config_allow_http,
+                          memory_limit=values["memory_limit"], shutdown_timeout=values["shutdown_timeout"],
+                          spool_dir=args.spool_dir, spool_size=values["spool_size"],
+                          retry_window=values["retry_window"])
 
         agent = Agent(cfg, opts)
         install_signal_handlers(agent)
-        return agent.run()
+        code = agent.run()
     finally:
         if lock is not None:
             lock.release()
+    from .pipeline import exit_now
+    exit_now(code)      # without waiting seconds for the kernel to release the BPF links
+    return code
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ gap_bytes = Counter("plaintap_stream_gap_bytes", "Bytes missing from reassembled
                     ["reason"], registry=REGISTRY)
 records = Counter("plaintap_records", "Records produced, by scope", ["scope"], registry=REGISTRY)
 sink_exported = Counter("plaintap_sink_exported_records", "Records a sink delivered", ["sink"], registry=REGISTRY)
+sink_accepted = Counter("plaintap_sink_accepted_records", "Records handed to a sink (accepted = delivered + dropped "
+                        "+ held)", ["sink"], registry=REGISTRY)
+sink_recovered = Counter("plaintap_sink_recovered_records", "Records found in a sink's spool at start, left by an "
+                         "earlier run", ["sink"], registry=REGISTRY)
 sink_dropped = Counter("plaintap_sink_dropped_records", "Records a sink dropped, by reason",
                        ["sink", "reason"], registry=REGISTRY)
 filtered_connections = Counter("plaintap_filtered_connections", "Connections not reported because tap.filters skip "
@@ -52,7 +56,7 @@ tls_go_slots_used = Gauge("plaintap_tls_go_slots_used", "Go binaries holding one
 
 
 PARSE_PROTOCOLS = ("http1", "http2", "grpc")
-SINK_DROP_REASONS = ("queue_full", "shutdown", "export_error")
+SINK_DROP_REASONS = ("queue_full", "spool_full", "export_error", "shutdown", "interrupted", "spool_corrupt")
 TLS_REFUSAL_REASONS = ("symlink", "not_regular_file", "identity_mismatch", "too_large", "truncated",
                        "too_many_functions", "function_too_long", "too_many_returns", "malformed", "bad_offsets",
                        "read_failed", "timeout", "cpu_limit", "memory_limit", "crashed", "attach_failed",
@@ -78,6 +82,8 @@ def preset_labels() -> None:
 def preset_sink(name: str) -> None:
     """A sink's series at 0 (called when the sink is made)."""
     sink_exported.labels(name)
+    sink_accepted.labels(name)
+    sink_recovered.labels(name)
     for reason in SINK_DROP_REASONS:
         sink_dropped.labels(name, reason)
 

@@ -8,8 +8,12 @@
 The ring buffer is the bounded queue between the kernel and this loop; sinks sit behind
 their own bounded queues. Everything from decode to record building runs on the loop's
 thread, driven by kernel timestamps. Stages that are not configured are not wired.
-Start order: status server, sinks, BPF load, attach, ready. Stop order: not ready, drain
-the ring, finalise connections, flush sinks (deadline), detach.
+Start order: status server, sinks, BPF load, attach, ready. Stop order (first SIGINT/SIGTERM):
+not ready, drain the ring (at most RING_DRAIN_SECONDS), finalise connections, deliver what
+the sinks hold for at most --shutdown-timeout with a progress line (the rest is spooled or
+counted as dropped{reason="shutdown"}), log the record accounting, detach. A second signal
+exits at once (what is still held counted as dropped{reason="interrupted"}); a watchdog
+does the same if the stop itself hangs past the timeout.
 """
 from __future__ import annotations
 
@@ -44,7 +48,10 @@ from .records.transaction import make_transaction_id
 from .conn.tracker import ConnectionTracker
 from .records.connection import connection_record
 from .records.model import Record
-from .sinks.base import QueuedSink
+from .health import Health, HealthCollector
+from .sinks.base import MemoryBudget, QueuedSink
+from .sinks.retry import NO_RETRY, RetryPolicy
+from .sinks.spool import Spool, SpoolBudget
 from .sinks.stdout import STDOUT_LOCK, JsonLinesSink, access_log_stream
 from .status import StatusServer
 
@@ -60,6 +67,10 @@ DIRECTION_MASKS = {
 
 
 DROP_CHECK_NS = 5_000_000_000
+RING_DRAIN_SECONDS = 1.0        # at stop: how long to keep reading what the kernel already produced
+PROGRESS_EVERY = 2.0            # at stop: a progress line this often while sinks drain
+WATCHDOG_GRACE = 5.0            # a stop that hangs this long past --shutdown-timeout is forced
+DEFAULT_SPOOL_DIR = "/var/lib/plaintap/spool"
 
 
 @dataclass
@@ -92,6 +103,30 @@ class RunOptions:
     no_redact: bool = False                    # --no-redact: store credentials as captured
     runtime_sockets: RuntimeSockets = field(default_factory=RuntimeSockets)  # container runtimes' APIs
     config_allow_http: bool = False            # --config-allow-http: accept an http:// --config URL
+    memory_limit: int = 512 << 20              # --memory-limit; half of it bounds the sink queues
+    shutdown_timeout: float = 10.0             # --shutdown-timeout: delivering at stop, at most
+    spool_dir: str = DEFAULT_SPOOL_DIR         # --spool-dir: one subdirectory per network sink
+    spool_size: int = 1 << 30                  # --spool-size (0: no spool)
+    retry_window: float = 60.0                 # --retry-window: outage retried without a spool before dropping
+
+
+class SinkEnv:
+    """What every sink is built with: the shared memory and disk budgets, the outage policy
+    and where the spools live (a spool only for network sinks: OTLP over gRPC/HTTP, S3)."""
+
+    def __init__(self, opts: "RunOptions | None" = None) -> None:
+        opts = opts or RunOptions()
+        self.budget = MemoryBudget(opts.memory_limit // 2)
+        self.spool_budget = SpoolBudget(opts.spool_size) if opts.spool_size > 0 else None
+        self.spool_dir = opts.spool_dir
+        self.retry = RetryPolicy(max_elapsed=opts.retry_window)
+
+    def queued(self, inner, kind: str, network: bool) -> QueuedSink:
+        spool = None
+        if network and self.spool_budget is not None:
+            spool = Spool(os.path.join(self.spool_dir, inner.name), kind, self.spool_budget)
+        return QueuedSink(inner, kind=kind, budget=self.budget, retry=self.retry if network else None,
+                          spool=spool)
 
 
 def monotonic_ns() -> int:
@@ -125,36 +160,41 @@ def resource_tags(cfg, opts: RunOptions) -> dict:
     return {**cfg.resource_tags(os.environ), **opts.tags}
 
 
-def build_event_sink(cfg, tags: dict | None = None) -> QueuedSink | None:
+def build_event_sink(cfg, tags: dict | None = None, env: SinkEnv | None = None) -> QueuedSink | None:
     """The sink for events (connections, artifact_record), or None when disabled."""
+    env = env or SinkEnv()
     store = cfg.services.event_store
     if store.type == "disabled":
         return None
     if store.type == "stdout":
-        return QueuedSink(JsonLinesSink("events-stdout"))
+        return env.queued(JsonLinesSink("events-stdout"), "events", network=False)
     if store.type == "otel":
         from .sinks.otel import OtelSink
-        return QueuedSink(OtelSink("events-otel", store, "events", resource_attrs=tags))
+        network = store.protocol != "stdout"
+        return env.queued(OtelSink("events-otel", store, "events", resource_attrs=tags, retry=NO_RETRY),
+                          "events", network)
     raise ConfigUnsupported(f"services.event_stores[0].type: '{store.type}' is not supported (use stdout, otel "
                             "or disabled)")
 
 
-def build_object_sink(cfg, tags: dict | None = None) -> tuple[QueuedSink | None, Callable[[str], str | None] | None]:
+def build_object_sink(cfg, tags: dict | None = None, env: SinkEnv | None = None
+                      ) -> tuple[QueuedSink | None, Callable[[str], str | None] | None]:
     """The sink for objects and the function giving an object's URL from its digest
     (None when objects are not stored at all)."""
+    env = env or SinkEnv()
     store = cfg.services.object_store
     if store.type == "disabled":
         return None, None
     if store.type == "stdout":
-        return QueuedSink(JsonLinesSink("objects-stdout")), (lambda digest: None)
+        return env.queued(JsonLinesSink("objects-stdout"), "objects", network=False), (lambda digest: None)
     if store.type == "otel":
         from .sinks.otel import OtelSink
-        sink = OtelSink("objects-otel", store, "objects", resource_attrs=tags)
-        return QueuedSink(sink), sink.url_for
+        sink = OtelSink("objects-otel", store, "objects", resource_attrs=tags, retry=NO_RETRY)
+        return env.queued(sink, "objects", network=store.protocol != "stdout"), sink.url_for
     if store.type == "s3":
         from .sinks.s3 import S3Sink
-        sink = S3Sink("objects-s3", store)
-        return QueuedSink(sink), sink.url_for
+        sink = S3Sink("objects-s3", store, retry=NO_RETRY)
+        return env.queued(sink, "objects", network=True), sink.url_for
     raise ConfigUnsupported(f"services.object_stores[0].type: '{store.type}' is not supported (use stdout, otel, "
                             "s3 or disabled)")
 
@@ -186,11 +226,17 @@ class Agent:
         self.cfg = cfg
         self.opts = opts
         self.clock = WallClock()
-        self.status = StatusServer(opts.httpd_listen)
-        self.event_sink = build_event_sink(cfg, resource_tags(cfg, opts))
-        self.object_sink, self.object_url = build_object_sink(cfg, resource_tags(cfg, opts))
+        self.sink_env = SinkEnv(opts)
+        self.health = Health()
+        self.health.memory_limit = opts.memory_limit
+        self.health.budget = self.sink_env.budget
+        self.health.spool_limit = opts.spool_size
+        _register_health(self.health)
+        self.status = StatusServer(opts.httpd_listen, self.health)
+        self.event_sink = build_event_sink(cfg, resource_tags(cfg, opts), self.sink_env)
+        self.object_sink, self.object_url = build_object_sink(cfg, resource_tags(cfg, opts), self.sink_env)
         self.console_lines = ConsoleLines(access_log_stream(cfg))
-        self.console = QueuedSink(self.console_lines)
+        self.console = QueuedSink(self.console_lines, budget=self.sink_env.budget, records=False)
         self.redaction = cfg.redaction.policy(force_off=opts.no_redact)
         self.stacks = PluginStacks(cfg, color=self.console_lines.stream.isatty(), redaction=self.redaction)
         tap = cfg.tap
@@ -227,6 +273,9 @@ class Agent:
         self._reload_worker: threading.Thread | None = None
         self._reload_results: queue.SimpleQueue = queue.SimpleQueue()
         self._retired: list[tuple[QueuedSink, threading.Thread]] = []   # sinks replaced by a reload
+        self._stopping = False
+        self._stop_at: float | None = None    # when the stop was asked for (the drain deadline counts from it)
+        self._force_lock = threading.Lock()
         self._drops_seen = 0
         self._produced = 0
 
@@ -308,8 +357,60 @@ class Agent:
 
     # ---- lifecycle ----
 
-    def stop(self, *_args) -> None:
+    def stop(self, signum=None, _frame=None) -> None:
+        """First SIGINT/SIGTERM: stop capturing and drain (bounded). Second: exit at once."""
+        if self._stopping:
+            self.force_exit(f"second {_signal_name(signum)}")
+            return
+        self._stopping = True
+        self._stop_at = time.monotonic()
+        self.health.stopping = True
         self._stop.set()
+        if signum is not None:
+            log.info("%s: stopping capture; delivering what the sinks hold for at most %.0fs (again to exit "
+                     "at once)", _signal_name(signum), self.opts.shutdown_timeout)
+            deadline = self.opts.shutdown_timeout + RING_DRAIN_SECONDS + WATCHDOG_GRACE + 3.0
+            threading.Thread(target=self._watchdog, args=(deadline,), name="stop-watchdog", daemon=True).start()
+
+    def _watchdog(self, seconds: float) -> None:
+        time.sleep(seconds)
+        where = ""
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        if frame is not None:
+            import traceback
+            last = traceback.extract_stack(frame)[-3:]
+            where = " (the main thread is at " + " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                                                           for f in reversed(last)) + ")"
+        self.force_exit(f"the stop took longer than {seconds:.0f}s{where}")
+
+    def force_exit(self, why: str) -> None:
+        """Exit now: what the sinks still hold is counted as dropped{reason="interrupted"}
+        (spooled records stay on disk), the accounting is logged, and the process ends."""
+        if not self._force_lock.acquire(blocking=False):
+            return
+        try:
+            lost = sum(s.abandon("interrupted") for s in self._record_sinks())
+            for s in self._sinks():
+                if not s.is_records:
+                    s.abandon("interrupted")
+            log.warning("%s: exiting now; %d records still held in memory are counted as dropped "
+                        "(reason=interrupted)", why, lost)
+            self._log_accounting()
+            for handler in logging.getLogger().handlers:
+                try:
+                    handler.flush()
+                except Exception:
+                    pass
+        finally:
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+            exit_now(130)
+
+    def _record_sinks(self) -> list[QueuedSink]:
+        sinks = [s for s in (self.event_sink, self.object_sink) if s is not None]
+        return sinks + [s for s, _ in self._retired]
 
     def request_reload(self, *_args) -> None:
         """SIGHUP: re-read the config off the capture loop; the loop swaps it in."""
@@ -359,8 +460,8 @@ class Agent:
             services_changed = cfg.services.model_dump() != self.cfg.services.model_dump()
             event_sink = object_sink = object_url = None
             if services_changed:
-                event_sink = build_event_sink(cfg, resource_tags(cfg, self.opts))
-                object_sink, object_url = build_object_sink(cfg, resource_tags(cfg, self.opts))
+                event_sink = build_event_sink(cfg, resource_tags(cfg, self.opts), self.sink_env)
+                object_sink, object_url = build_object_sink(cfg, resource_tags(cfg, self.opts), self.sink_env)
         except (ConfigError, ConfigUnsupported, ValueError, OSError) as e:
             return e
         return _Prepared(cfg, redaction, stacks, services_changed, event_sink, object_sink, object_url)
@@ -397,12 +498,19 @@ class Agent:
         if services_changed:
             self._flush_records()
             old = [s for s in (self.event_sink, self.object_sink) if s is not None]
+            for new in (event_sink, object_sink):    # the same spool directory: hand the open spool over
+                for prev in old:
+                    if new is not None and new.spool is not None and prev.spool is not None \
+                            and prev.spool.is_open and new.spool.directory == prev.spool.directory:
+                        new.spool = prev.spool.share()
+                        prev.retire()
             self.event_sink, self.object_sink, self.object_url = event_sink, object_sink, object_url
             for sink in (self.event_sink, self.object_sink):
                 if sink is not None:
                     sink.start()
             for sink in old:   # drain the old sinks off the loop thread
-                t = threading.Thread(target=_drain_and_stop, args=(sink,), name=f"retire-{sink.name}", daemon=True)
+                t = threading.Thread(target=_drain_and_stop, args=(sink, self.opts.shutdown_timeout),
+                                     name=f"retire-{sink.name}", daemon=True)
                 t.start()
                 self._retired.append((sink, t))
             changes.append("services (event and object stores)")
@@ -491,6 +599,7 @@ class Agent:
             batch = self.kernel.poll(10 if self.tls.waiting else 100)
             if batch:
                 self._process(batch)
+            self.health.beat(_newest_ts(batch))
             self._poll_reload()
             now = monotonic_ns()
             self.tracker.tick(now)
@@ -512,34 +621,102 @@ class Agent:
             self._drops_seen = drops
 
     def _shutdown(self) -> None:
-        # Drain what the kernel already produced, then finalise and flush.
+        self._stopping = True
+        self.health.stopping = True
+        # Drain what the kernel already produced (bounded: capture stops now), then finalise.
         try:
-            for _ in range(100):
+            until = time.monotonic() + RING_DRAIN_SECONDS
+            while time.monotonic() < until:
                 batch = self.kernel.poll(0)
                 if not batch:
                     break
                 self._process(batch)
+                self.health.beat(_newest_ts(batch))
         except Exception as e:
             log.debug("drain at shutdown: %s", e)
-        self.tracker.close_all(monotonic_ns())
+        t0, open_conns = time.monotonic(), len(self.tracker.conns)
+        try:
+            self.tracker.close_all(monotonic_ns())
+        except Exception:  # bad state must not keep the records already made from the sinks
+            log.exception("finalising connections at shutdown")
         self._flush_records(final=True)
+        log.info("stopping: capture stopped; %d open connections finalised in %.1fs", open_conns,
+                 time.monotonic() - t0)
         lost = {k: v for k, v in (self._safe_counters()).items() if k.startswith("ringbuf") and v}
         if lost:
             log.warning("kernel ring buffer lost %s during this run (raise --ring-buffer-size)", lost)
-        for sink in self._sinks():
-            _drain_and_stop(sink)
+        self._drain_sinks(self.opts.shutdown_timeout)
         for _sink, t in self._retired:
-            t.join(15)
-        record_sinks = [s for s in (self.event_sink, self.object_sink) if s is not None]
-        record_sinks += [s for s, _ in self._retired]
-        if record_sinks:
-            log.info("record accounting: produced=%d exported=%d dropped=%d (%s)", self._produced,
-                     sum(s.exported for s in record_sinks), sum(s.dropped for s in record_sinks),
-                     ", ".join(f"{s.name}: {s.exported} exported, {s.dropped} dropped" for s in record_sinks))
-        self.tls.close()
-        self.kernel.close()
-        self.containers.stop()
+            t.join(max(0.0, self.opts.shutdown_timeout))
+        self._log_accounting()
+        try:
+            self.tls.close()
+        except Exception as e:
+            log.debug("stopping the TLS analysis: %s", e)
+        try:
+            self.containers.stop()
+        except Exception as e:
+            log.debug("stopping the container lookups: %s", e)
         self.status.stop()
+        # The BPF links are not released here: the kernel takes seconds to release them one
+        # by one; `exit_now` leaves that to a short-lived child (the CLI calls it).
+
+    def _drain_sinks(self, timeout: float) -> None:
+        """Deliver what the sinks hold for at most `timeout` seconds, saying how it goes."""
+        sinks = self._sinks()
+        # The deadline counts from the signal, not from here (finalising connections took some
+        # of it), but every sink gets at least a second.
+        start = self._stop_at if self._stop_at is not None else time.monotonic()
+        deadline = max(start + timeout, time.monotonic() + min(1.0, timeout))
+        for s in sinks:
+            s.begin_shutdown()
+        next_line = time.monotonic() + PROGRESS_EVERY
+        while time.monotonic() < deadline:
+            busy = [s for s in sinks if s._thread is not None and s._thread.is_alive()]
+            if not busy:
+                break
+            if time.monotonic() >= next_line:
+                next_line += PROGRESS_EVERY
+                log.info("stopping: %.0fs left; %s", deadline - time.monotonic(), "; ".join(
+                    f"{s.name}: {st['queue_records']} records in memory, {st['spool_records']} on disk"
+                    + (f", backend failing ({st['last_error']})" if st["retrying"] else "")
+                    for s, st in ((s, s.state()) for s in busy)))
+            time.sleep(0.05)
+        for s in sinks:
+            s.finish_shutdown(deadline, grace=2.0)
+
+    def _log_accounting(self) -> None:
+        record_sinks = self._record_sinks()
+        if not record_sinks:
+            return
+        by_name: dict[str, dict] = {}
+        for s in record_sinks:
+            a = by_name.setdefault(s.name, {"accepted": 0, "recovered": 0, "exported": 0, "dropped": 0,
+                                            "spooled": 0, "memory": 0, "reasons": {}})
+            a["accepted"] += s.accepted
+            a["recovered"] += s.recovered
+            a["exported"] += s.exported
+            a["dropped"] += s.dropped
+            for reason, n in s.dropped_by.items():
+                a["reasons"][reason] = a["reasons"].get(reason, 0) + n
+            st = s.state()
+            a["memory"] += st["queue_records"]
+        # A spool shared by a retired sink and its successor is counted once.
+        spools = {id(s.spool): s.spool for s in record_sinks if s.spool is not None}
+        for sp in spools.values():
+            name = os.path.basename(sp.directory)
+            if name in by_name:
+                by_name[name]["spooled"] += sp.records
+        tot = {k: sum(a[k] for a in by_name.values()) for k in ("accepted", "recovered", "exported", "dropped",
+                                                                 "spooled", "memory")}
+        log.info("record accounting: produced=%d recovered=%d exported=%d dropped=%d spooled=%d unaccounted=%d (%s)",
+                 tot["accepted"], tot["recovered"], tot["exported"], tot["dropped"], tot["spooled"],
+                 tot["accepted"] + tot["recovered"] - tot["exported"] - tot["dropped"] - tot["spooled"],
+                 "; ".join(f"{n}: {a['accepted']} produced, {a['recovered']} recovered, {a['exported']} exported, "
+                           f"{a['dropped']} dropped"
+                           + (" (" + ", ".join(f"{r}={v}" for r, v in sorted(a["reasons"].items())) + ")"
+                              if a["reasons"] else "")
+                           + f", {a['spooled']} spooled" for n, a in sorted(by_name.items())))
 
     def _safe_counters(self) -> dict:
         try:
@@ -565,14 +742,81 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _drain_and_stop(sink: QueuedSink) -> None:
-    """Deliver what a sink holds (10 s deadline), then stop it: at shutdown, and for the
-    sinks a reload replaced (on their own thread)."""
+def _drain_and_stop(sink: QueuedSink, timeout: float = 10.0) -> None:
+    """Deliver what a sink a reload replaced holds (deadline), then stop it (on its own thread)."""
     try:
-        sink.force_flush(10)
-        sink.shutdown()
+        sink.shutdown(timeout)
     except Exception as e:  # its accounting still counts what it could not deliver
         log.warning("stopping %s: %s", sink.name, e)
+
+
+def exit_now(code: int) -> None:
+    """End the process with `code` at once. Releasing the BPF links in our own exit takes the
+    kernel seconds (each tracepoint/uprobe unregistration waits for an RCU-tasks-trace grace
+    period, one at a time under a kernel mutex): a short-lived child keeps only the anonymous
+    kernel objects (BPF programs, maps, links, perf events), so the last reference to them,
+    and the slow release, is the child's; it closes everything else at once (spool locks,
+    sockets, pipes), so a restarted agent finds its port and spool free."""
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            os.setsid()
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    if not os.readlink(f"/proc/self/fd/{name}").startswith("anon_inode:"):
+                        os.close(int(name))
+                except OSError:
+                    pass
+            time.sleep(1.0)   # the parent's exit must drop its references first
+        finally:
+            os._exit(0)
+    os._exit(code)
+
+
+def _newest_ts(batch) -> int | None:
+    """Kernel time (ns) of the last event of a batch, for the pipeline-lag gauge."""
+    if not batch:
+        return None
+    try:
+        ev = decode(batch[-1])
+    except Exception:
+        return None
+    return getattr(ev, "ts_ns", None)
+
+
+def _signal_name(signum) -> str:
+    try:
+        return signal.Signals(signum).name
+    except (ValueError, TypeError):
+        return "signal"
+
+
+_HEALTH_COLLECTOR: HealthCollector | None = None
+
+
+def _register_health(health: Health) -> None:
+    """Point the gauges at this agent's Health (registered once per process)."""
+    global _HEALTH_COLLECTOR
+    if _HEALTH_COLLECTOR is None:
+        _HEALTH_COLLECTOR = HealthCollector(health)
+        metrics.REGISTRY.register(_HEALTH_COLLECTOR)
+    else:
+        _HEALTH_COLLECTOR.health = health
 
 
 def install_signal_handlers(agent: Agent) -> None:

@@ -110,18 +110,19 @@ def start_agent(kernel, tmp_path):
     """start_agent(config_yaml_text, *extra_args) → RunningAgent, ready (/readyz 200)."""
     agents: list[RunningAgent] = []
 
-    def _start(config: str, *args: str, ready_timeout: float = 60) -> RunningAgent:
+    def _start(config: str, *args: str, ready_timeout: float = 60, dump_streams: bool = True) -> RunningAgent:
         n = len(agents)
         cfg = tmp_path / f"qtap{n}.yaml"
         cfg.write_text(config)
         out, err = tmp_path / f"agent{n}.out", tmp_path / f"agent{n}.err"
         dump = tmp_path / f"dump{n}"
         port = free_port()
-        # Each agent its own lock file: tests (and other checkouts' test runs) may run agents
-        # side by side; test_first_hour covers the one-agent-per-host lock itself.
+        # Each agent its own lock file and spool: tests (and other checkouts' test runs) may run
+        # agents side by side; test_first_hour covers the one-agent-per-host lock itself.
+        spool = [] if any(a.startswith("--spool-dir") for a in args) else ["--spool-dir", str(tmp_path / f"spool{n}")]
+        dumping = ["--dump-streams", str(dump)] if dump_streams else []
         cmd = [str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{port}",
-               "--dump-streams", str(dump), "--log-level", "info", "--lock-file", str(tmp_path / f"agent{n}.lock"),
-               *args]
+               *dumping, "--log-level", "info", "--lock-file", str(tmp_path / f"agent{n}.lock"), *spool, *args]
         proc = subprocess.Popen(cmd, stdout=out.open("wb"), stderr=err.open("wb"), cwd=tmp_path)
         agent = RunningAgent(proc, out, err, port, dump)
         agents.append(agent)

@@ -727,7 +727,8 @@ class OtelSink:
                     if self._stop.is_set():
                         suffix += " (shutting down)"
                     raise SinkExportError(err.message + suffix, failed=len(batch) - delivered,
-                                          delivered=delivered) from None
+                                          delivered=delivered,
+                                          retryable=err.retryable and not self._stop.is_set()) from None
                 delivered += len(chunk)
 
     def force_flush(self, timeout: float = 5.0) -> bool:

@@ -53,13 +53,18 @@ class SinkExportError(Exception):
     """A batch (or part of it) is given up. Raised from a sink's `export()`.
 
     `failed` records were not delivered; `delivered` records of the same batch were
-    (when a batch was sent in several requests and a later one failed).
+    (when a batch was sent in several requests and a later one failed). `remaining`: the
+    records not delivered, when they are not simply the last `failed` of the batch.
+    `retryable`: trying again later can help (the backend is down, not refusing).
     """
 
-    def __init__(self, message: str, *, failed: int, delivered: int = 0) -> None:
+    def __init__(self, message: str, *, failed: int, delivered: int = 0, retryable: bool = False,
+                 remaining=None) -> None:
         super().__init__(message)
         self.failed = failed
         self.delivered = delivered
+        self.retryable = retryable
+        self.remaining = remaining
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,12 @@ class S3Sink:
                 suffix = f" ({delivered} of {len(batch)} records were stored)" if delivered else ""
                 if self._stop.is_set():
                     suffix += " (shutting down)"
-                raise SinkExportError(first.message + suffix, failed=failed, delivered=delivered)
+                failed_keys = {key for key, _ in failures}
+                remaining = [rec for rec in batch
+                             if (data := artifact_bytes(rec.attributes.get("artifact.data"))) is not None
+                             and object_key(rec, data) in failed_keys]
+                raise SinkExportError(first.message + suffix, failed=failed, delivered=delivered,
+                                      retryable=first.retryable and not self._stop.is_set(), remaining=remaining)
 
     def force_flush(self, timeout: float = 5.0) -> bool:
         return True  # every upload is finished when export() returns
