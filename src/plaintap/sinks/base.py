@@ -42,6 +42,7 @@ from typing import Protocol, Sequence
 from .. import metrics
 from ..records.model import Record
 from .retry import RetryPolicy, SinkExportError
+from .spool import SpoolBusy
 
 log = logging.getLogger("plaintap.sinks")
 
@@ -163,6 +164,7 @@ class QueuedSink:
         self._in_flight_since = 0.0
         self._retry_number = 0
         self._final_attempt = False
+        self._corrupt_seen = 0
         # Tallies (plain ints beside the Prometheus counters): the accounting line and /status.
         self.accepted = 0
         self.exported = 0
@@ -235,11 +237,18 @@ class QueuedSink:
         if self._thread is not None:
             return
         if self.spool is not None and not self.spool.is_open:
-            self.spool.open()
+            try:
+                self.spool.open()
+            except SpoolBusy as e:   # a second agent (--allow-multiple) on the same directory
+                log.warning("%s sink: %s; running without a spool (an outage longer than the retry window drops "
+                            "records)", self.name, e)
+                self.spool = None
+        if self.spool is not None and self.spool.users == 1 and not self.recovered:
             self.recovered = self.spool.recovered
-            if self.spool.corrupt:
+            if self.spool.corrupt:     # damaged at start: counted as recovered, then dropped
                 self._drop(self.spool.corrupt, "spool_corrupt")
                 self.recovered += self.spool.corrupt
+            self._corrupt_seen = self.spool.corrupt
             if self.recovered:
                 metrics.sink_recovered.labels(self.name).inc(self.recovered)
                 log.info("%s sink: %d records left in the spool by an earlier run (%s) will be delivered first",
@@ -379,6 +388,10 @@ class QueuedSink:
                     return None
                 self._cond.wait(0.5)
         peeked = spool.peek(self.batch_records)
+        if spool.corrupt > self._corrupt_seen:     # damaged frames found while reading: counted
+            with self._cond:
+                self._drop(spool.corrupt - self._corrupt_seen, "spool_corrupt")
+            self._corrupt_seen = spool.corrupt
         if not peeked.records:
             return self._take()
         return "spool", peeked.records, peeked

@@ -60,6 +60,10 @@ class SpoolError(Exception):
     """The spool directory cannot be used; the message says why and what to do."""
 
 
+class SpoolBusy(SpoolError):
+    """Another agent holds the spool directory (the sink then runs without a spool)."""
+
+
 # --------------------------------------------------------------------------------------
 # Pure: record <-> bytes
 
@@ -240,8 +244,8 @@ class Spool:
                 fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self.close()
-                raise SpoolError(f"spool directory {self.directory} is in use by another plaintap; give each "
-                                 "agent its own --spool-dir") from None
+                raise SpoolBusy(f"spool directory {self.directory} is in use by another plaintap; give each "
+                                "agent its own --spool-dir") from None
             self._load()
             return self
 
