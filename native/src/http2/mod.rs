@@ -201,6 +201,9 @@ struct Dir {
     /// Largest non-DATA frame accepted.
     frame_limit: usize,
     block: Option<HeaderBlock>,
+    /// A header block given up as too large: the rest of its CONTINUATION frames (stream
+    /// id) are skipped quietly.
+    discarding: Option<u32>,
     f_flags: u8,
     f_len: usize,
     f_first_ns: u64,
@@ -228,6 +231,7 @@ impl Dir {
             table_limit: None,
             frame_limit: MIN_FRAME_LIMIT,
             block: None,
+            discarding: None,
             f_flags: 0,
             f_len: 0,
             f_first_ns: 0,
@@ -433,6 +437,16 @@ impl Http2Parser {
         }
         let h = head(&self.dirs[d].inp.buf, pos);
         let ts0 = self.dirs[d].inp.ts_at(pos);
+        if let Some(sid) = self.dirs[d].discarding.take() {
+            if h.ftype == CONTINUATION && h.sid == sid && h.length <= self.dirs[d].frame_limit {
+                if h.flags & FLAG_END_HEADERS == 0 {
+                    self.dirs[d].discarding = Some(sid);
+                }
+                self.bump(Stat::DiscardedBytes, 9 + h.length as u64);
+                self.skip_frame(d, pos, h.length);
+                return Step::Progress;
+            }
+        }
         if let Some(block) = &self.dirs[d].block {
             if h.ftype != CONTINUATION || h.sid != block.sid {
                 let bsid = block.sid;
@@ -482,8 +496,12 @@ impl Http2Parser {
         if header_frame && h.sid != 0 {
             let so_far = self.dirs[d].block.as_ref().map_or(0, |b| b.data.len());
             if so_far + h.length > MAX_HEADER_BLOCK {
-                // A CONTINUATION flood or a huge block: skip it, the stream is lost.
+                // A CONTINUATION flood or a huge block: skip it and the rest of the
+                // block, the stream is lost.
                 self.header_too_large(d, h, ts0);
+                if h.flags & FLAG_END_HEADERS == 0 {
+                    self.dirs[d].discarding = Some(h.sid);
+                }
                 self.skip_frame(d, pos, h.length);
                 return Step::Progress;
             }
@@ -800,6 +818,7 @@ impl Http2Parser {
         dir.state = Reader::Hunt;
         dir.preface_checked = true;
         dir.f_stream = None;
+        dir.discarding = None;
         if dir.block.is_some() {
             self.abandon_block(d);
         }

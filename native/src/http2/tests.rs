@@ -228,8 +228,11 @@ fn continuation_flood_is_capped_and_other_streams_still_parse() {
         p.feed(C, &frame(CONTINUATION, 0, 1, &chunk), 4);
     }
     assert!(p.dirs[0].block.is_none());
+    p.feed(C, &frame(CONTINUATION, FLAG_END_HEADERS, 1, &[0x20]), 4);
+    assert!(p.dirs[0].discarding.is_none());
     let stats: std::collections::HashMap<_, _> = p.stats().into_iter().collect();
     assert_eq!(stats["oversized_header_blocks"], 1);
+    assert_eq!(stats["parse_errors"], 1);
     // A later stream still works (HPACK state lost, but these literals need none).
     p.feed(C, &req_headers(3, "/ok", true), 5);
     p.feed(S, &headers(3, &[(":status", "200")], true), 6);

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hpack
-from hyperframe.frame import DataFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame
 
 from plaintap.protocols import ParseError, Side, Transaction, new_parser
 
@@ -532,3 +532,92 @@ def test_encoder_built_fixture_sanity():
     b = H2()
     block = b.block(C, get("/z"))
     assert hpack.Decoder().decode(block) == get("/z")
+
+
+# ---------------------------------------------------------------------------------------
+# Bounds: each one holds whatever the peer sends, is counted, and the connection goes on.
+
+def test_continuation_flood_is_cut_at_the_header_block_limit():
+    b = H2()
+    flood = HeadersFrame(1, data=b.block(C, get("/flood"))).serialize()
+    flood += ContinuationFrame(1, data=b"\x20" * 16000).serialize() * 80   # ~1.3 MB block
+    steps = start(b) + [
+        D(C, flood, 10),
+        # The flooded block may have changed the client's table: stream 3 uses only
+        # literals, so it decodes fully again.
+        D(C, H2.headers_raw(3, hpack.Encoder().encode(get("/after")), end_stream=True)
+          + H2.ping(), 11),
+        D(S, b.headers(S, 3, [(":status", "200")], end_stream=True), 20)]
+    events, p = feed_three_ways(h2(), steps, seeds=(1,))
+    assert [(e.stream_id, e.reason) for e in errors(events)] == [
+        (1, "header block of stream 1 too large")]
+    assert [t.stream_id for t in transactions(events)] == [3]
+    assert transactions(events)[0].request.target == "/after"
+    assert p.stats["oversized_header_blocks"] == 1 and p.stats["abandoned_blocks"] == 1
+
+
+def _frames_alternating(client: bytes, server: bytes):
+    """(side, one frame) pairs: client frame, server frame, client frame, ..."""
+    def split(buf):
+        out, i = [], 0
+        while i < len(buf):
+            n = 9 + int.from_bytes(buf[i:i + 3], "big")
+            out.append(buf[i:i + n])
+            i += n
+        return out
+    for c, s in zip(split(client), split(server)):
+        yield C, c
+        yield S, s
+
+
+def test_huge_header_table_size_is_capped_and_decoded_partially_beyond():
+    # The server allows the client's encoder a 1 GiB table and the client fills 1 MiB of
+    # it: the observer keeps 64 KiB (counted) and still decodes every field it can.
+    b = H2()
+    steps = start(b, server_settings={"header_table_size": 1 << 30})
+    b.enc[C].header_table_size = 1 << 20
+    first = [("x-old-%04d" % i, "v" * 200) for i in range(20)]
+    done = H2.headers_raw
+    steps.append(D(C, b.headers(C, 1, get("/one", extra=first), end_stream=True), 10))
+    steps.append(D(S, done(1, b"\x89", end_stream=True), 10))      # :status 204 (static)
+    client = b""
+    server = b""
+    for k, sid in enumerate(range(3, 3 + 2 * 400, 2)):
+        fresh = [("x-new-%04d" % k, "w" * 200)]
+        client += b.headers(C, sid, get("/n", extra=fresh), end_stream=True)
+        server += done(sid, b"\x89", end_stream=True)
+    last = 3 + 2 * 400
+    # Re-sends stream 1's fields: the encoder refers to its (now far too old) entries.
+    client += b.headers(C, last, get("/one", extra=first), end_stream=True)
+    server += done(last, b"\x89", end_stream=True)
+    # Each response right after its request, so no more than two streams are open.
+    steps += [D(side, frames, 11 + i // 2)
+              for i, (side, frames) in enumerate(_frames_alternating(client, server))]
+    events, p = feed_three_ways(h2(), steps, seeds=(1,))
+    assert not errors(events)
+    txs = transactions(events)
+    assert len(txs) == 402 and p.stats["hpack_table_capped"] == 1
+    assert txs[0].headers_known and txs[0].request.headers[4:] == first
+    # Entries stay resolvable while they are among the newest 64 KiB: `:authority` and
+    # `:path /n`, inserted by stream 3 and referenced by every later stream, fall out of
+    # our copy after ~260 streams of new 200-byte entries; from there on the fields that
+    # refer to them are left out and the transaction says so.
+    known = [t.headers_known for t in txs[1:-1]]
+    assert known == sorted(known, reverse=True) and 200 < sum(known) < 400
+    assert all(t.response.status == 204 for t in txs)
+    assert txs[-2].request.method == "GET" and txs[-2].request.authority is None
+    assert not txs[-1].headers_known
+    assert ("x-old-0000", "v" * 200) not in txs[-1].request.headers
+
+
+def test_streams_per_connection_are_bounded_oldest_given_up_first():
+    b = H2()
+    opened = list(range(1, 2 * 300, 2))
+    steps = start(b) + [D(C, b"".join(b.headers(C, sid, get(f"/{sid}")) for sid in opened), 10),
+                        CLOSE(20)]
+    events, p = feed_three_ways(h2(), steps, seeds=(1,))
+    txs = transactions(events)
+    assert p.stats["streams_evicted"] == 300 - 256
+    assert [t.stream_id for t in txs] == opened
+    assert {t.error for t in txs[:44]} == {"too many open streams"}
+    assert {t.error for t in txs[44:]} == {"connection closed"}
