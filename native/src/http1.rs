@@ -615,13 +615,39 @@ impl Core {
         }
         let c = s.inp.buf[pos];
         if c == b'\r' || c == b'\n' {
-            // Empty lines between messages are tolerated (RFC 9112 §2.2).
-            while pos < limit && matches!(s.inp.buf[pos], b'\r' | b'\n') {
-                pos += 1;
+            // Empty lines (CRLF or LF) between messages are tolerated (RFC 9112 §2.2); a
+            // bare CR is not a line end.
+            let start = pos;
+            let mut bare_cr = false;
+            while pos < limit {
+                match s.inp.buf[pos] {
+                    b'\n' => pos += 1,
+                    b'\r' if pos + 1 >= limit => break,
+                    b'\r' if s.inp.buf[pos + 1] == b'\n' => pos += 2,
+                    b'\r' => {
+                        bare_cr = true;
+                        break;
+                    }
+                    _ => break,
+                }
             }
+            let s = &mut self.sides[si];
             s.inp.pos = pos;
             s.scan_abs = s.inp.abs(pos);
-            return Step::Progress;
+            if bare_cr {
+                let ts = s.inp.ts_at(pos);
+                let why = "bare CR before a start line".to_string();
+                return if si == CLIENT {
+                    self.reject(si, why, pos, ts)
+                } else {
+                    self.error(si, why, pos + 1, ts)
+                };
+            }
+            return if pos > start {
+                Step::Progress
+            } else {
+                Step::Need
+            };
         }
         if !s.is_req && self.awaiting.is_empty() {
             if self.pairing_lost {

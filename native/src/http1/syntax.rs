@@ -3,8 +3,8 @@
 //! its caller), chunk-size lines, trailer sections and the body framing rules (§6.3).
 use crate::model::Header;
 
-/// Request methods llhttp knows in HTTP mode; a request line with any other method is
-/// neither recognised when hunting nor accepted as a request head.
+/// Request methods llhttp knows in HTTP mode: only these are recognised when hunting for
+/// a request line after a loss (a request head at a known boundary may use any token).
 pub const METHODS: [&[u8]; 35] = [
     b"GET",
     b"HEAD",
@@ -251,16 +251,13 @@ pub fn parse_request_head(block: &[u8]) -> Result<RequestHead, String> {
         }
         Err(e) => return Err(format!("malformed request head: {e}")),
     }
+    // Any token is a method (RFC 9110 §9.1): servers answer an unknown one (405/501) and
+    // keep the connection, so it is a request they received. The target is what httparse
+    // accepts (visible ASCII, or UTF-8).
     let method = req.method.unwrap_or("").as_bytes();
-    if !is_method(method) {
-        return Err("malformed request head: unknown method".to_string());
-    }
     let target = req.path.unwrap_or("").as_bytes();
-    if target.is_empty()
-        || target.len() > MAX_TARGET
-        || !target.iter().all(|c| (0x21..=0x7e).contains(c))
-    {
-        return Err("malformed request head: invalid request target".to_string());
+    if method.is_empty() || target.is_empty() || target.len() > MAX_TARGET {
+        return Err("malformed request head: invalid request line".to_string());
     }
     Ok(RequestHead {
         method: method.to_vec(),

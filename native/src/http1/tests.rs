@@ -217,7 +217,9 @@ fn bad_request_head_stops_the_client_stream() {
         &b"GET /bad path HTTP/1.1\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nA: b\n\r\n",
         b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n",
-        b"FOO / HTTP/1.1\r\n\r\n",
+        b"G@T / HTTP/1.1\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
         b"\rZGET /evil: HTTP/1.1\r\n\r\n",
@@ -236,6 +238,29 @@ fn bad_request_head_stops_the_client_stream() {
         assert_eq!(errs(&ev).len(), 1);
         assert_eq!(stat(&p, "rejected_requests"), 1);
     }
+}
+
+#[test]
+fn any_token_method_and_utf8_targets_are_requests() {
+    let (ev, _) = three_ways(
+        &[
+            d(
+                C,
+                "FOO /x HTTP/1.1\r\n\r\nGET /caf\u{e9} HTTP/1.1\r\n\r\n".as_bytes(),
+                1,
+            ),
+            d(
+                S,
+                b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\n\r\n",
+                2,
+            ),
+            d(S, OK0, 3),
+        ],
+        false,
+    );
+    assert!(errs(&ev).is_empty(), "{ev:?}");
+    assert_eq!(targets(&ev), vec!["/x", "/caf\u{e9}"]);
+    assert_eq!(txs(&ev)[0].request.method.as_deref(), Some(&b"FOO"[..]));
 }
 
 #[test]

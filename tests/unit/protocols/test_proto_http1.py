@@ -713,3 +713,15 @@ def test_too_many_outstanding_pipelined_requests_give_up_pairing_counted():
     p.close(2)
     rest = [e for e in iter(p.next_event, None) if isinstance(e, Transaction)]
     assert len(reported) + len(rest) == 5000
+
+
+def test_any_token_method_is_a_request_and_a_bare_cr_before_a_request_line_is_not():
+    # Servers answer an unknown method (405/501) and keep the connection: it was received.
+    steps = [D(C, b"FOO /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n", 1),
+             D(S, b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2)]
+    events, _ = feed_three_ways(h1(), steps)
+    assert [(t.request.method, t.response.status) for t in transactions(events)] == [
+        ("FOO", 501), ("GET", 200)]
+    events, _ = _rejected(b"\rGET /z HTTP/1.1\r\n\r\n", [])
+    assert errors(events)[0].reason == "bare CR before a start line"
