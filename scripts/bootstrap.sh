@@ -17,7 +17,7 @@ pkgs=(clang llvm libbpf-dev libbpf1 bpftool make gcc libc6-dev ca-certificates)
 if [ "$want_test" = 1 ]; then
   pkgs+=(nginx-light curl golang-go nghttp2-client openssl wrk iproute2 util-linux procps prometheus)
   # deployment tests: podman (runc, see deploy/podman/containers.conf), a private containerd, mmdebstrap for the base image
-  pkgs+=(podman runc containerd mmdebstrap uidmap catatonit)
+  pkgs+=(podman runc containerd mmdebstrap uidmap catatonit systemd)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 fi
 missing=()
