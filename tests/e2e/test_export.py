@@ -93,8 +93,8 @@ def check_exported(logs, nginx, pid: int, token: str, body: bytes) -> dict:
     r = recs[0].attributes
     assert recs[0].scope == "plaintap.events"
     assert r["http.request.method"] == "POST" and r["http.response.status_code"] == 200
-    assert r["url.full"] == f"https://{SNI}:{nginx.port}/file.bin?token={token}"
-    assert r["url.scheme"] == "https" and r["url.path"] == "/file.bin" and r["url.query"] == f"token={token}"
+    assert r["url.full"] == f"https://{SNI}:{nginx.port}/file.bin?run={token}"
+    assert r["url.scheme"] == "https" and r["url.path"] == "/file.bin" and r["url.query"] == f"run={token}"
     assert r["server.address"] == SNI and r["network.protocol.version"] == "1.1"
     assert isinstance(r["http.duration_ms"], float) and r["http.duration_ms"] > 0
     assert r["http.request.body.size"] == len(body) and r["http.response.body.size"] == len(nginx.file)
@@ -110,7 +110,7 @@ def check_exported(logs, nginx, pid: int, token: str, body: bytes) -> dict:
     assert objs["http_request"].scope == "plaintap.objects"
     req_data, resp_data = as_bytes(req["artifact.data"]), as_bytes(resp["artifact.data"])
     head, _, req_body = req_data.partition(b"\r\n\r\n")
-    assert head.startswith(f"POST /file.bin?token={token} HTTP/1.1\r\n".encode())
+    assert head.startswith(f"POST /file.bin?run={token} HTTP/1.1\r\n".encode())
     assert f"x-token: {token}".encode() in head.lower() and req_body == body
     rhead, _, resp_body = resp_data.partition(b"\r\n\r\n")
     assert rhead.startswith(b"HTTP/1.1 200") and hashlib.sha256(resp_body).hexdigest() == nginx.file_sha

@@ -63,7 +63,7 @@ def run_client(kind: str, nginx: Nginx, tmp_path: Path, go_client: Path | None =
     """Run one client; returns (pid, token, body, response_body)."""
     token, body, bf = client_request(tmp_path)
     out = tmp_path / f"resp-{token}"
-    path = f"/file.bin?token={token}"
+    path = f"/file.bin?run={token}"
     url = f"https://{SNI}:{nginx.port}{path}"
     wrap = wrap or []
     if kind == "curl":
@@ -138,7 +138,7 @@ def check_exchange(agent, nginx: Nginx, pid: int, token: str, body: bytes, exe: 
         assert any(sha(v) == nginx.file_sha for v in data_in.values()), "response body not captured whole"
     else:
         head, rest = split_http1(sent)
-        assert head.startswith(f"POST /file.bin?token={token} HTTP/1.1\r\n".encode()), head[:100]
+        assert head.startswith(f"POST /file.bin?run={token} HTTP/1.1\r\n".encode()), head[:100]
         assert f"x-token: {token}".encode() in head.lower()
         assert rest == body, "request body differs from what the client sent"
         rhead, rbody = split_http1(recv)

@@ -135,9 +135,7 @@ def config_warnings(document: Any) -> list[str]:
         return []
     out = []
     version = document.get("version")
-    if version is None:
-        out.append(f"no version: qtap configs say `version: {SUPPORTED_VERSION}` (plaintap reads that format)")
-    elif version != SUPPORTED_VERSION:
+    if version is not None and version != SUPPORTED_VERSION:
         out.append(f"version: {version!r} is not {SUPPORTED_VERSION}; plaintap reads qtap's version "
                    f"{SUPPORTED_VERSION} format and may misread this file")
     return out + _unused_keys(document)
