@@ -343,10 +343,32 @@ fn body_budget_is_shared_and_counted() {
 use proptest::prelude::*;
 
 /// Valid conversations (client bytes, server bytes) the mutations start from: the seed
-/// corpus. Covers padding, priority, CONTINUATION, trailers, gRPC, push, RST, GOAWAY,
-/// CONNECT tunnels and dynamic-table references.
+/// corpus checked in under `fuzz-corpus/http2/` (`NAME.c` / `NAME.s`, written by a real
+/// HPACK encoder: Huffman strings, dynamic table) plus the ones built here. Covers
+/// padding, priority, CONTINUATION, trailers, 1xx, gRPC, push, RST, GOAWAY, CONNECT
+/// tunnels and dynamic-table references.
 fn corpus() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/http2");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fuzz-corpus/http2 is checked in")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    names.sort();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = names
+        .iter()
+        .map(|c| {
+            (
+                std::fs::read(c).unwrap_or_default(),
+                std::fs::read(c.with_extension("s")).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        out.len() >= 5,
+        "fuzz-corpus/http2 holds the seed conversations"
+    );
     // GET with a padded, prioritised HEADERS split over CONTINUATION; padded DATA.
     let mut c = PREFACE.to_vec();
     c.extend(frame(SETTINGS, 0, 0, &[0, 1, 0, 0, 0x20, 0]));
@@ -559,12 +581,13 @@ proptest! {
 
     #[test]
     fn mutated_corpus_never_panics(
-        pick in 0usize..3,
+        pick in 0usize..64,
         muts in proptest::collection::vec(mutation_strategy(), 0..5),
         cuts in proptest::collection::vec((any::<bool>(), any::<u16>(), any::<u8>()), 0..40),
         midstream in any::<bool>(),
     ) {
-        let (mut c, mut s) = corpus().swap_remove(pick);
+        let mut all = corpus();
+        let (mut c, mut s) = all.swap_remove(pick % all.len());
         for (client, m) in &muts {
             mutate(if *client { &mut c } else { &mut s }, m);
         }
@@ -573,10 +596,11 @@ proptest! {
 
     #[test]
     fn corpus_events_do_not_depend_on_chunking(
-        pick in 0usize..3,
+        pick in 0usize..64,
         splits in proptest::collection::vec(1usize..40, 1..20),
     ) {
-        let (c, s) = corpus().swap_remove(pick);
+        let mut all = corpus();
+        let (c, s) = all.swap_remove(pick % all.len());
         let whole: Steps = vec![(Some(C), c.clone(), 1), (Some(S), s.clone(), 2), (None, vec![], 3)];
         let (expected, _) = run(&whole, 0, false);
         prop_assert!(!txs(&expected).is_empty());
