@@ -27,8 +27,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
+#define IPPROTO_TCP 6
 #define MAX_IOV 64
+#define MAX_MMSG 1024 /* UIO_MAXIOV: the kernel caps sendmmsg/recvmmsg's vlen there too */
 
 
 struct sk_ref {
@@ -37,13 +40,23 @@ struct sk_ref {
 	__s32 fd;
 };
 
+/* Data ring: EV_DATA and EV_GAP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 32 * 1024 * 1024); /* user space may resize before load */
 } events SEC(".maps");
 
+/* Control ring: every other event. Data floods fill `events`, never this one. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024); /* user space may resize before load */
+} control SEC(".maps");
+
+/* A plain hash, not an LRU: an LRU evicts tracked connections silently; a full hash
+ * refuses new ones, and each refusal is counted (CNT_CONN_TABLE_FULL). Sized by user
+ * space before load (--max-connections). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 131072);
 	__type(key, struct conn_key);
 	__type(value, struct conn);
@@ -121,12 +134,22 @@ struct {
 	__type(value, __u32);
 } proc_filters SEC(".maps");
 
-/* Last socket an SSL* used: serves reads answered from the library's buffer (no syscall). */
+/* Last socket an SSL* used: serves reads answered from the library's buffer (no syscall).
+ * The connection id is kept with the fd and checked at each use: a server that frees an
+ * SSL* and gets the same address for the next client, whose old fd was closed or now
+ * names another connection, must not have one client's plaintext recorded under another
+ * connection (the stale entry is dropped and counted, CNT_SSL_FD_STALE). */
+struct ssl_fd {
+	__s32 fd;
+	__u32 _pad;
+	__u64 conn_id;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ssl_key);
-	__type(value, __s32);
+	__type(value, struct ssl_fd);
 } ssl_fds SEC(".maps");
 
 struct thread_fd_t {
@@ -178,6 +201,52 @@ static __always_inline void count(__u32 idx, __u64 n)
 		*v += n;
 }
 
+/* Every non-data event goes out through here, on the control ring. */
+static __always_inline void control_out(void *ev, __u64 size)
+{
+	if (bpf_ringbuf_output(&control, ev, size, 0))
+		count(CNT_CONTROL_DROPS, 1);
+}
+
+/* Per-process byte budgets: a token bucket per tgid (settings budget_rate/budget_burst). */
+struct budget {
+	__u64 tokens;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct budget);
+} proc_budget SEC(".maps");
+
+/* The agent's own TCP sockets (struct sock *), marked when they start connecting, and
+ * the 4-tuples they established with: an accept() on this host whose peer is one of
+ * them is the other end of the agent's own traffic (a same-host collector) and is not
+ * tracked, so exports never come back as captured traffic. */
+struct tuple_key {
+	__u8 saddr[16];         /* v4 (also v4-mapped v6) in the first 4 bytes, rest zero */
+	__u8 daddr[16];
+	__u16 sport;            /* host order */
+	__u16 dport;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, __u8);
+} agent_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct tuple_key);
+	__type(value, __u8);
+} agent_tuples SEC(".maps");
+
 static __always_inline struct settings *get_settings(void)
 {
 	__u32 zero = 0;
@@ -221,6 +290,33 @@ static __always_inline struct sock *sock_of_fd(__s32 fd)
 	if (!sock)
 		return NULL;
 	return BPF_CORE_READ(sock, sk);
+}
+
+/* An address as the agent_tuples key holds it: v4 and v4-mapped v6 both as 4 bytes. */
+static __always_inline void norm_addr(__u8 *dst, __u16 family, const __u8 *a)
+{
+	if (family == AF_INET6) {
+		__u64 hi = 0;
+		__builtin_memcpy(&hi, a, 8);
+		if (!(hi == 0 && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff)) {
+			__builtin_memcpy(dst, a, 16);
+			return;
+		}
+		a += 12;
+	}
+	__builtin_memcpy(dst, a, 4);
+}
+
+/* True when the peer of an accepted connection is one of the agent's own sockets. */
+static __always_inline bool is_agent_peer(__u16 family, const __u8 *laddr, __u16 lport,
+					  const __u8 *raddr, __u16 rport)
+{
+	struct tuple_key k = {};
+	norm_addr(k.saddr, family, raddr);
+	norm_addr(k.daddr, family, laddr);
+	k.sport = rport;
+	k.dport = lport;
+	return bpf_map_lookup_elem(&agent_tuples, &k) != NULL;
 }
 
 static __always_inline bool is_loopback(__u16 family, const __u8 *a)
@@ -297,6 +393,10 @@ static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 r
 		BPF_CORE_READ_INTO(&ev.local_addr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO(&ev.remote_addr, sk, __sk_common.skc_v6_daddr);
 	}
+	if (role == ROLE_SERVER && is_agent_peer(family, ev.local_addr, ev.local_port, ev.remote_addr, ev.remote_port)) {
+		count(CNT_AGENT_PEER_CONNS, 1);
+		return;
+	}
 	if (s->ignore_loopback && is_loopback(family, ev.remote_addr)) {
 		count(CNT_CONNS_FILTERED, 1);
 		return;
@@ -329,6 +429,7 @@ static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 r
 		count(CNT_CONN_TABLE_FULL, 1);
 		return;
 	}
+	count(CNT_CONNS_TRACKED, 1);
 	struct sk_ref ref = { .conn_id = id, .tgid = tgid, .fd = fd };
 	__u64 skey = (__u64)sk;
 	bpf_map_update_elem(&socks, &skey, &ref, BPF_ANY);
@@ -342,8 +443,7 @@ static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 r
 	ev.fd = fd;
 	ev.uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
-		count(CNT_RINGBUF_DROPS, 1);
+	control_out(&ev, sizeof(ev));
 }
 
 static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u64 offset, __u64 len,
@@ -455,6 +555,39 @@ static long walk_step(__u32 i, void *unused)
 	return 0;
 }
 
+/* Charge a process's token bucket; false when it has not `cost` bytes left (shed). */
+#define BUDGET_EVENT_COST 64 /* per call, so a flood of tiny writes is bounded too */
+
+static __always_inline bool take_budget(struct settings *s, __u32 tgid, __u64 cost)
+{
+	if (!s->budget_rate)
+		return true;
+	__u64 now = bpf_ktime_get_ns();
+	struct budget *b = bpf_map_lookup_elem(&proc_budget, &tgid);
+	if (!b) {
+		struct budget fresh = { .tokens = s->budget_burst, .last_ns = now };
+		bpf_map_update_elem(&proc_budget, &tgid, &fresh, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&proc_budget, &tgid);
+		if (!b)
+			return true;
+	}
+	__u64 elapsed = now - b->last_ns;
+	if ((__s64)elapsed < 0)
+		elapsed = 0;
+	if (elapsed > (1ULL << 32)) /* 4.3 s: refills the bucket; keeps the product in 64 bits */
+		elapsed = 1ULL << 32;
+	__u64 tokens = b->tokens + elapsed * s->budget_rate / 1000000000ULL;
+	if (tokens > s->budget_burst)
+		tokens = s->budget_burst;
+	b->last_ns = now;
+	if (tokens < cost) {
+		b->tokens = tokens;
+		return false;
+	}
+	b->tokens = tokens - cost;
+	return true;
+}
+
 /* Emit `total` bytes that a syscall moved, from a buffer or an iovec array. */
 static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8 flow, __u8 source,
 				      __u64 base, __u64 iov_ptr, __u64 iov_cnt, __u64 total)
@@ -468,6 +601,12 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 	struct settings *s = get_settings();
 	if (!s || !s->capture_data || (c->flags & CONN_NO_DATA))
 		return;
+	if (!take_budget(s, tgid, total + BUDGET_EVENT_COST)) {
+		count(CNT_BUDGET_SHED_CALLS, 1);
+		count(CNT_BUDGET_SHED_BYTES, total);
+		emit_gap(c->id, tgid, offset, total, flow, source, GAP_PROC_BUDGET);
+		return;
+	}
 	__u32 zero = 0;
 	struct data_scratch_t *sc = bpf_map_lookup_elem(&data_scratch, &zero);
 	if (!sc)
@@ -506,15 +645,50 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 
 #define K_READ   1 /* one buffer */
 #define K_WRITE  2
-#define K_READV  3 /* iovec array */
+#define K_READV  3 /* iovec array (readv, preadv2) */
 #define K_WRITEV 4
 #define K_RECVMSG 5 /* msghdr */
 #define K_SENDMSG 6
+#define K_RECVFROM 7 /* one buffer, flags in the 4th argument */
 #define K_SENDFILE 8
+#define K_SENDMMSG 9 /* mmsghdr array: bytes counted as a gap */
+#define K_RECVMMSG 10
 
 /* MSG_PEEK reads leave the bytes in the socket: the real read comes later and is the one
- * that counts (nginx peeks one byte to tell TLS from plain HTTP). */
+ * that counts (nginx peeks one byte to tell TLS from plain HTTP). Only calls that take
+ * flags are tested: read(2) has three arguments, and its 4th register holds whatever the
+ * caller left there. */
 #define MSG_PEEK 2
+
+struct mmsg_sum {
+	__u64 vec;
+	__u64 n;
+	__u64 total;
+};
+
+static long mmsg_step(__u32 i, struct mmsg_sum *m)
+{
+	if (i >= m->n)
+		return 1;
+	__u32 len = 0;
+	if (bpf_probe_read_user(&len, sizeof(len),
+				(void *)(m->vec + (__u64)i * sizeof(struct mmsghdr) + offsetof(struct mmsghdr, msg_len))))
+		return 1;
+	m->total += len;
+	return 0;
+}
+
+/* Bytes a call moved that are not copied (they do not pass through user memory, or the
+ * call is not decoded): the stream offset advances and user space sees a gap naming why. */
+static __always_inline void skip_as_gap(struct conn *c, __u32 tgid, __u8 flow, __u64 total, __u16 reason,
+					__u32 counter)
+{
+	__u64 *ctr = flow == FLOW_SEND ? &c->sent : &c->recv;
+	__u64 off = __sync_fetch_and_add(ctr, total);
+	count(counter, 1);
+	if (!(c->flags & CONN_TLS_INSPECTED))
+		emit_gap(c->id, tgid, off, total, flow, SRC_SOCKET, reason);
+}
 
 static __always_inline int on_data_exit(long ret, __u32 kind)
 {
@@ -529,12 +703,22 @@ static __always_inline int on_data_exit(long ret, __u32 kind)
 		return 0;
 	__u64 ptr = PT_REGS_PARM2_CORE_SYSCALL(regs);
 	__u64 cnt = PT_REGS_PARM3_CORE_SYSCALL(regs);
-	if (kind == K_READ && (PT_REGS_PARM4_CORE_SYSCALL(regs) & MSG_PEEK)) /* recvfrom flags; read: r10 unused */
+	if ((kind == K_RECVFROM || kind == K_RECVMMSG) && (PT_REGS_PARM4_CORE_SYSCALL(regs) & MSG_PEEK))
 		return 0;
 	if (kind == K_RECVMSG && (cnt & MSG_PEEK))
 		return 0;
 	__u64 total = ret;
-	bool recv = kind == K_READ || kind == K_READV || kind == K_RECVMSG;
+	if (kind == K_SENDMMSG || kind == K_RECVMMSG) {
+		/* ret is a message count: the bytes are the sum of each message's msg_len. */
+		struct mmsg_sum m = { .vec = ptr, .n = ret, .total = 0 };
+		bpf_loop(MAX_MMSG, mmsg_step, &m, 0);
+		if (kind == K_SENDMMSG)
+			skip_as_gap(c, tgid, FLOW_SEND, m.total, GAP_SENDMMSG, CNT_SENDMMSG_GAPS);
+		else
+			skip_as_gap(c, tgid, FLOW_RECV, m.total, GAP_RECVMMSG, CNT_RECVMMSG_GAPS);
+		return 0;
+	}
+	bool recv = kind == K_READ || kind == K_RECVFROM || kind == K_READV || kind == K_RECVMSG;
 	if (kind != K_SENDFILE) {
 		/* A syscall inside a TLS library call names the call's socket. */
 		struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
@@ -542,7 +726,8 @@ static __always_inline int on_data_exit(long ret, __u32 kind)
 			tc->fd = fd;
 			c->flags |= CONN_TLS_INSPECTED;
 			struct ssl_key sk = { .tgid = tgid, .ssl = tc->ssl };
-			bpf_map_update_elem(&ssl_fds, &sk, &fd, BPF_ANY);
+			struct ssl_fd sf = { .fd = fd, .conn_id = c->id };
+			bpf_map_update_elem(&ssl_fds, &sk, &sf, BPF_ANY);
 		}
 	}
 	if (recv) {
@@ -559,6 +744,7 @@ static __always_inline int on_data_exit(long ret, __u32 kind)
 	}
 	switch (kind) {
 	case K_READ:
+	case K_RECVFROM:
 		emit_data(c, tgid, fd, FLOW_RECV, SRC_SOCKET, ptr, 0, 0, total);
 		break;
 	case K_WRITE:
@@ -581,20 +767,37 @@ static __always_inline int on_data_exit(long ret, __u32 kind)
 		emit_data(c, tgid, fd, flow, SRC_SOCKET, 0, (__u64)m.msg_iov, m.msg_iovlen, total);
 		break;
 	}
-	case K_SENDFILE: {
+	case K_SENDFILE:
 		/* The bytes come from a file, not user memory: count them, mark them missing. */
-		__u64 off = __sync_fetch_and_add(&c->sent, total);
-		emit_gap(c->id, tgid, off, total, FLOW_SEND, SRC_SOCKET, GAP_SENDFILE);
+		skip_as_gap(c, tgid, FLOW_SEND, total, GAP_SENDFILE, CNT_SENDFILE_GAPS);
 		break;
 	}
-	}
+	return 0;
+}
+
+/* splice(fd_in, off_in, fd_out, off_out, len, flags): either end may be a tracked socket;
+ * the bytes move through a pipe inside the kernel, so they are a gap on that socket. */
+static __always_inline int on_splice_exit(long ret)
+{
+	if (ret <= 0)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__s32 fd_in = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	__s32 fd_out = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	struct conn *c = tracked_conn(tgid, fd_in);
+	if (c)
+		skip_as_gap(c, tgid, FLOW_RECV, ret, GAP_SPLICE, CNT_SPLICE_GAPS);
+	c = tracked_conn(tgid, fd_out);
+	if (c)
+		skip_as_gap(c, tgid, FLOW_SEND, ret, GAP_SPLICE, CNT_SPLICE_GAPS);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
 int exit_read(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_READ); }
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_READ); }
+int exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_RECVFROM); }
 SEC("tracepoint/syscalls/sys_exit_write")
 int exit_write(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_WRITE); }
 SEC("tracepoint/syscalls/sys_exit_sendto")
@@ -609,6 +812,93 @@ SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_SENDMSG); }
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
 int exit_sendfile(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_SENDFILE); }
+SEC("tracepoint/syscalls/sys_exit_preadv2")
+int exit_preadv2(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_READV); }
+SEC("tracepoint/syscalls/sys_exit_pwritev2")
+int exit_pwritev2(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_WRITEV); }
+SEC("tracepoint/syscalls/sys_exit_sendmmsg")
+int exit_sendmmsg(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_SENDMMSG); }
+SEC("tracepoint/syscalls/sys_exit_recvmmsg")
+int exit_recvmmsg(struct trace_event_raw_sys_exit *ctx) { return on_data_exit(ctx->ret, K_RECVMMSG); }
+SEC("tracepoint/syscalls/sys_exit_splice")
+int exit_splice(struct trace_event_raw_sys_exit *ctx) { return on_splice_exit(ctx->ret); }
+
+/* ---- io_uring: requests on tracked sockets are seen at submit and completion ----
+ * The payload is not copied (the buffers belong to the ring's requests); each completion
+ * that moved bytes becomes a gap naming io_uring, so the loss is counted and visible.
+ * Requests on registered (fixed) files cannot be mapped to a socket: counted only. */
+
+struct uring_req {
+	__u32 tgid;
+	__s32 fd;
+	__u8 flow;
+	__u8 _pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* struct io_kiocb * */
+	__type(value, struct uring_req);
+} uring_reqs SEC(".maps");
+
+#define UR_NONE 0xff
+#define REQ_F_FIXED_FILE 1
+#define IORING_CQE_F_MORE 2
+
+static __always_inline __u8 uring_flow(__u8 op)
+{
+	switch (op) {
+	case 1: case 4: case 10: case 22: case 27: case 49: case 58: case 60: /* READV READ_FIXED RECVMSG READ RECV READ_MULTISHOT RECV_ZC READV_FIXED */
+		return FLOW_RECV;
+	case 2: case 5: case 9: case 23: case 26: case 30: case 47: case 48: case 61: /* WRITEV WRITE_FIXED SENDMSG WRITE SEND SPLICE SEND_ZC SENDMSG_ZC WRITEV_FIXED */
+		return FLOW_SEND;
+	}
+	return UR_NONE;
+}
+
+SEC("tracepoint/io_uring/io_uring_submit_req")
+int uring_submit(struct trace_event_raw_io_uring_submit_req *ctx)
+{
+	__u8 flow = uring_flow(ctx->opcode);
+	if (flow == UR_NONE)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!should_trace(tgid))
+		return 0;
+	if (ctx->flags & REQ_F_FIXED_FILE) {
+		count(CNT_IO_URING_FIXED, 1);
+		return 0;
+	}
+	struct io_kiocb *req = ctx->req;
+	if (!bpf_core_field_exists(req->cqe.fd))
+		return 0;
+	__s32 fd = BPF_CORE_READ(req, cqe.fd);
+	if (!tracked_conn(tgid, fd))
+		return 0;
+	struct uring_req r = { .tgid = tgid, .fd = fd, .flow = flow };
+	__u64 key = (__u64)req;
+	bpf_map_update_elem(&uring_reqs, &key, &r, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/io_uring/io_uring_complete")
+int uring_complete(struct trace_event_raw_io_uring_complete *ctx)
+{
+	__u64 key = (__u64)ctx->req;
+	struct uring_req *r = bpf_map_lookup_elem(&uring_reqs, &key);
+	if (!r)
+		return 0;
+	struct uring_req req = *r;
+	if (!(ctx->cflags & IORING_CQE_F_MORE))
+		bpf_map_delete_elem(&uring_reqs, &key);
+	if (ctx->res <= 0)
+		return 0;
+	struct conn *c = tracked_conn(req.tgid, req.fd);
+	if (c)
+		skip_as_gap(c, req.tgid, req.flow, ctx->res, GAP_IO_URING, CNT_IO_URING_GAPS);
+	return 0;
+}
 
 SEC("tracepoint/syscalls/sys_exit_connect")
 int exit_connect(struct trace_event_raw_sys_exit *ctx)
@@ -650,9 +940,9 @@ static __always_inline void untrack(__u32 tgid, __s32 fd, struct conn *c, __u32 
 	__u64 skey = c->sk;
 	bpf_map_delete_elem(&socks, &skey);
 	struct conn_key k = { .tgid = tgid, .fd = fd };
-	bpf_map_delete_elem(&conns, &k);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
-		count(CNT_RINGBUF_DROPS, 1);
+	if (bpf_map_delete_elem(&conns, &k) == 0)
+		count(CNT_CONNS_UNTRACKED, 1);
+	control_out(&ev, sizeof(ev));
 }
 
 SEC("tracepoint/syscalls/sys_enter_close")
@@ -666,12 +956,56 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+/* The agent's own connections: a socket is marked when the agent starts connecting it
+ * (SYN_SENT happens inside connect(), in the agent's context); once established, its
+ * 4-tuple is recorded — before the final ACK leaves, so before the peer's accept() on
+ * this host can return — and forgotten at close. */
+static __always_inline void note_agent_socket(struct trace_event_raw_inet_sock_set_state *ctx, __u64 skey,
+					      int newstate)
+{
+	if (newstate == TCP_SYN_SENT) {
+		struct settings *s = get_settings();
+		__u8 one = 1;
+		if (s && (bpf_get_current_pid_tgid() >> 32) == s->agent_pid)
+			bpf_map_update_elem(&agent_socks, &skey, &one, BPF_ANY);
+		return;
+	}
+	if (!bpf_map_lookup_elem(&agent_socks, &skey))
+		return;
+	__u16 family = ctx->family;
+	__u8 sa[16] = {}, da[16] = {};
+	if (family == AF_INET) {
+		bpf_probe_read_kernel(sa, 4, ctx->saddr);
+		bpf_probe_read_kernel(da, 4, ctx->daddr);
+	} else {
+		bpf_probe_read_kernel(sa, 16, ctx->saddr_v6);
+		bpf_probe_read_kernel(da, 16, ctx->daddr_v6);
+	}
+	struct tuple_key k = {};
+	norm_addr(k.saddr, family, sa);
+	norm_addr(k.daddr, family, da);
+	k.sport = ctx->sport;
+	k.dport = ctx->dport;
+	if (newstate == TCP_ESTABLISHED) {
+		__u8 one = 1;
+		bpf_map_update_elem(&agent_tuples, &k, &one, BPF_ANY);
+	} else {
+		bpf_map_delete_elem(&agent_tuples, &k);
+		bpf_map_delete_elem(&agent_socks, &skey);
+	}
+}
+
 SEC("tracepoint/sock/inet_sock_set_state")
 int sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 {
-	if (ctx->newstate != TCP_ESTABLISHED && ctx->newstate != TCP_CLOSE)
+	int newstate = ctx->newstate;
+	if (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE && newstate != TCP_SYN_SENT)
 		return 0;
 	__u64 skey = (__u64)ctx->skaddr;
+	if (ctx->protocol == IPPROTO_TCP)
+		note_agent_socket(ctx, skey, newstate);
+	if (newstate == TCP_SYN_SENT)
+		return 0;
 	struct sk_ref *ref = bpf_map_lookup_elem(&socks, &skey);
 	if (!ref)
 		return 0;
@@ -682,10 +1016,29 @@ int sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	ev.conn_id = ref->conn_id;
 	ev.oldstate = ctx->oldstate;
 	ev.newstate = ctx->newstate;
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
-		count(CNT_RINGBUF_DROPS, 1);
+	control_out(&ev, sizeof(ev));
 	if (ctx->newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&socks, &skey);
+	return 0;
+}
+
+/* ---- the agent's own tgid, as the kernel sees it ----
+ * Inside a PID namespace the agent's getpid() is not the tgid the programs see. User space
+ * writes its pid namespace (device, inode) and its pid there into the settings, attaches
+ * this program alone, calls getppid() once and reads agent_pid back; the program is
+ * detached before any other is attached. Only the process whose pid in that namespace
+ * is the agent's can set it. */
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int learn_self(void *ctx)
+{
+	struct settings *s = get_settings();
+	if (!s || !s->agent_nspid)
+		return 0;
+	struct bpf_pidns_info ns = {};
+	if (bpf_get_ns_current_pid_tgid(s->agent_pidns_dev, s->agent_pidns_ino, &ns, sizeof(ns)))
+		return 0;
+	if (ns.tgid == s->agent_nspid)
+		s->agent_pid = bpf_get_current_pid_tgid() >> 32;
 	return 0;
 }
 
@@ -722,8 +1075,7 @@ int proc_exec(struct trace_event_raw_sched_process_exec *ctx)
 	if (al && bpf_probe_read_user(ev->args, al, (void *)arg_start))
 		al = 0;
 	ev->args_len = al;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
-		count(CNT_RINGBUF_DROPS, 1);
+	control_out(ev, sizeof(*ev));
 	return 0;
 }
 
@@ -739,6 +1091,7 @@ int proc_exit(void *ctx)
 	if ((__u32)pid_tgid != tgid)
 		return 0; /* the rest only for the whole process, not each thread */
 	bpf_map_delete_elem(&proc_filters, &tgid);
+	bpf_map_delete_elem(&proc_budget, &tgid);
 	if (!should_trace(tgid))
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -747,8 +1100,7 @@ int proc_exit(void *ctx)
 	ev.h.pid = tgid;
 	ev.h.ts_ns = bpf_ktime_get_ns();
 	ev.exit_code = BPF_CORE_READ(task, exit_code);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
-		count(CNT_RINGBUF_DROPS, 1);
+	control_out(&ev, sizeof(ev));
 	return 0;
 }
 
@@ -809,14 +1161,24 @@ static __always_inline int ssl_exit(struct pt_regs *ctx)
 	struct ssl_key sk = { .tgid = tgid, .ssl = tc.ssl };
 	__s32 fd = tc.fd;
 	if (fd < 0) {
-		__s32 *known = bpf_map_lookup_elem(&ssl_fds, &sk);
+		struct ssl_fd *known = bpf_map_lookup_elem(&ssl_fds, &sk);
 		if (known) {
-			fd = *known;
-		} else if (tc.flow == FLOW_RECV) {
+			struct conn *kc = tracked_conn(tgid, known->fd);
+			if (kc && kc->id == known->conn_id) {
+				fd = known->fd;
+			} else {
+				/* that socket was closed, or its fd now names another connection */
+				bpf_map_delete_elem(&ssl_fds, &sk);
+				count(CNT_SSL_FD_STALE, 1);
+			}
+		}
+		if (fd < 0 && tc.flow == FLOW_RECV) {
 			struct thread_fd_t *t = bpf_map_lookup_elem(&thread_fd, &pid_tgid);
-			if (t && bpf_ktime_get_ns() - t->ts_ns < THREAD_FD_FRESH_NS) {
+			struct conn *tcn = t ? tracked_conn(tgid, t->fd) : NULL;
+			if (t && tcn && bpf_ktime_get_ns() - t->ts_ns < THREAD_FD_FRESH_NS) {
 				fd = t->fd;
-				bpf_map_update_elem(&ssl_fds, &sk, &fd, BPF_ANY);
+				struct ssl_fd sf = { .fd = fd, .conn_id = tcn->id };
+				bpf_map_update_elem(&ssl_fds, &sk, &sf, BPF_ANY);
 			}
 		}
 	}

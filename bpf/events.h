@@ -34,11 +34,21 @@
 #define SRC_SOCKET 0 /* bytes on the socket (syscalls) */
 #define SRC_TLS    1 /* plaintext from inside a TLS library */
 
-/* gap reasons */
+/* Two ring buffers (maps): `events` carries EV_DATA and EV_GAP; `control` carries every
+ * other event (connection open/close, socket state, exec, exit), so a flood of data can
+ * never crowd out the events that say which connections and processes exist. User space
+ * drains both and merges them by ts_ns (see src/plaintap/bpf/loader.py). */
+
+/* gap reasons: why bytes of a stream are missing (each names its cause) */
 #define GAP_RINGBUF_FULL   1
 #define GAP_CHUNK_BUDGET   2
 #define GAP_SENDFILE       3
 #define GAP_READ_FAULT     4
+#define GAP_PROC_BUDGET    5 /* the process exceeded its byte budget (token bucket): shed */
+#define GAP_SENDMMSG       6 /* bytes moved by sendmmsg(2): counted, not copied */
+#define GAP_RECVMMSG       7 /* recvmmsg(2) */
+#define GAP_SPLICE         8 /* splice(2): bytes go through a pipe, not user memory */
+#define GAP_IO_URING       9 /* an io_uring request on the socket */
 
 /* Bytes of payload carried by one EV_DATA event at most. A larger read or write is sent
  * as several events with their offsets; nothing is cut at this size. */
@@ -54,7 +64,20 @@
 #define CNT_TLS_NO_FD            6 /* TLS library calls whose socket could not be found */
 #define CNT_TLS_UNTRACKED        7 /* TLS library calls on sockets not tracked (filtered) */
 #define CNT_PROCS_FILTERED       8 /* connections skipped because tap.filters skip their process */
-#define CNT__MAX                 9
+#define CNT_CONTROL_DROPS        9 /* control events (open/close/state/exec/exit) lost: `control` ring full */
+#define CNT_BUDGET_SHED_CALLS   10 /* calls whose bytes were shed: process over its byte budget */
+#define CNT_BUDGET_SHED_BYTES   11
+#define CNT_SENDMMSG_GAPS       12 /* calls counted as gaps, by syscall */
+#define CNT_RECVMMSG_GAPS       13
+#define CNT_SPLICE_GAPS         14
+#define CNT_SENDFILE_GAPS       15
+#define CNT_IO_URING_GAPS       16 /* io_uring completions on tracked sockets (bytes shown as gaps) */
+#define CNT_IO_URING_FIXED      17 /* io_uring data requests on registered (fixed) files: not attributable */
+#define CNT_AGENT_PEER_CONNS    18 /* accepted connections whose peer is the agent itself: not tracked */
+#define CNT_SSL_FD_STALE        19 /* SSL* -> socket entries found stale (socket closed or reused) */
+#define CNT_CONNS_TRACKED       20 /* entries added to `conns` (minus untracked ones: the table's fill) */
+#define CNT_CONNS_UNTRACKED     21 /* entries removed from `conns` by close */
+#define CNT__MAX                22
 
 /* Per-process filters from tap.filters (map `proc_filters`: tgid -> __u32 of these bits),
  * written by user space when it learns a process's executable (start-up scan, exec). */
@@ -151,14 +174,19 @@ struct ev_sock_state {
 /* Settings: one entry of the `settings` array map, written by user space after load
  * and before attach. */
 struct settings {
-	__u32 agent_pid;        /* 0: never traced */
+	__u32 agent_pid;        /* 0: the agent's tgid as the kernel sees it (init pid ns): never traced */
 	__u8  ignore_loopback;  /* 4 */
 	__u8  direction_mask;   /* 5: DIR_* bits that are tracked */
 	__u8  capture_data;     /* 6: stream payload bytes (else count only) */
 	__u8  _pad0;            /* 7 */
 	__u32 max_chunks;       /* 8: per syscall; past it, a gap event */
-	__u32 _pad1;            /* 12 */
-};                              /* 16 */
+	__u32 budget_rate;      /* 12: payload bytes/s per process (token bucket); 0: unlimited */
+	__u64 budget_burst;     /* 16: bucket size in bytes */
+	__u64 agent_pidns_dev;  /* 24: the agent's pid namespace (stat of /proc/self/ns/pid) ... */
+	__u64 agent_pidns_ino;  /* 32 */
+	__u32 agent_nspid;      /* 40: ... and its pid there: how learn_self finds agent_pid */
+	__u32 _pad1;            /* 44 */
+};                              /* 48 */
 
 /* The kernel's connection table (map `conns`): key and value. User space writes entries
  * too, for connections that were open before the agent started. */

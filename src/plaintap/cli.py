@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="disk the spools may use together; 0 turns the spool off (default 1gb)")
     run.add_argument("--retry-window", default=_env("retry_window", "60"), metavar="SECONDS",
                      help="without a spool, how long an outage is retried before records are dropped (default 60)")
+    run.add_argument("--process-byte-rate", default=_env("process_byte_rate", "32mb"), metavar="SIZE",
+                     help="payload bytes per second one process may put on the ring (bursts of two "
+                          "seconds' worth, at most a quarter of the ring); past it its bytes are shed as "
+                          "counted gaps; 0: no limit (default 32mb)")
+    run.add_argument("--max-connections", default=_env("max_connections", "131072"), metavar="N",
+                     help="connections the kernel tracks at once; more are counted, not tracked (default 131072)")
 
     doc = sub.add_parser("doctor", help="check what this kernel supports and whether plaintap can run")
     common(doc)
@@ -237,6 +243,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _parse_max_connections(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a whole number (e.g. 131072)") from None
+    if not 1 <= n <= 1 << 24:
+        raise ValueError(f"{n} is out of range (1 to {1 << 24})")
+    return n
+
+
 def _run(args) -> int:
     from .config import default_config, load_config, parse_size
     from .pipeline import Agent, RunOptions, install_signal_handlers, parse_tags
@@ -244,7 +260,8 @@ def _run(args) -> int:
     values = {}
     for name, parse in (("http_buffer_size", parse_size), ("ring_buffer_size", parse_size),
                         ("tags", parse_tags), ("httpd_listen", parse_listen), ("memory_limit", parse_size),
-                        ("spool_size", parse_size), ("shutdown_timeout", _seconds), ("retry_window", _seconds)):
+                        ("spool_size", parse_size), ("shutdown_timeout", _seconds), ("retry_window", _seconds),
+                        ("process_byte_rate", parse_size), ("max_connections", _parse_max_connections)):
         try:
             values[name] = parse(getattr(args, name))
         except ValueError as e:
@@ -277,7 +294,8 @@ def _run(args) -> int:
                           config_allow_http=args.config_allow_http,
                           memory_limit=values["memory_limit"], shutdown_timeout=values["shutdown_timeout"],
                           spool_dir=args.spool_dir, spool_size=values["spool_size"],
-                          retry_window=values["retry_window"])
+                          retry_window=values["retry_window"],
+                          process_byte_rate=values["process_byte_rate"], max_connections=values["max_connections"])
 
         agent = Agent(cfg, opts)
         install_signal_handlers(agent)

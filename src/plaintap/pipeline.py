@@ -73,6 +73,13 @@ PROGRESS_EVERY = 2.0            # at stop: a progress line this often while sink
 WATCHDOG_GRACE = 5.0            # a stop that hangs this long past --shutdown-timeout is forced
 DEFAULT_SPOOL_DIR = "/var/lib/plaintap/spool"
 
+# Kernel counters (abi.KERNEL_COUNTERS) that mean something was lost, and what to say.
+KERNEL_LOSS_WARNINGS = {
+    "control_ring_drops": "control events (connection open/close, exec, exit) lost, control ring full",
+    "conn_table_full": "connections not tracked, the kernel's connection table is full (raise --max-connections)",
+    "budget_shed_calls": "calls whose bytes were shed as gaps, a process over --process-byte-rate",
+}
+
 
 @dataclass
 class _Prepared:
@@ -99,6 +106,8 @@ class RunOptions:
     btf: str | None = None
     dump_streams: str | None = None
     ring_buffer_size: int = 64 << 20
+    process_byte_rate: int = 32 << 20          # per-process payload budget in the kernel (0: none)
+    max_connections: int = 131072              # kernel connection table size
     tags: dict = field(default_factory=dict)   # --tags: resource attributes on OTLP exports
     config_source: str | None = None           # --config, re-read on SIGHUP (None: built-in default)
     no_redact: bool = False                    # --no-redact: store credentials as captured
@@ -248,6 +257,8 @@ class Agent:
             capture_data=True,
             ring_bytes=opts.ring_buffer_size,
             btf_path=opts.btf,
+            budget_rate=opts.process_byte_rate,
+            max_connections=opts.max_connections,
         ))
         consumers = [ProtocolClassifier()]
         if self.stacks.active:  # no plugin wants HTTP: do not parse it
@@ -278,6 +289,7 @@ class Agent:
         self._stop_at: float | None = None    # when the stop was asked for (the drain deadline counts from it)
         self._force_lock = threading.Lock()
         self._drops_seen = 0
+        self._kernel_seen: dict[str, int] = {}
         self._produced = 0
 
     # ---- tap.filters ----
@@ -553,11 +565,17 @@ class Agent:
     def _adopt_existing_connections(self) -> None:
         """Track connections opened before the agent (after attach, so none falls between)."""
         tap = self.cfg.tap
+        me = {os.getpid(), self.kernel.settings.agent_pid}
         try:
-            found = find_existing({os.getpid()}, DIRECTION_MASKS[tap.direction], bool(tap.ignore_loopback))
+            found = find_existing(set(), DIRECTION_MASKS[tap.direction], bool(tap.ignore_loopback))
         except OSError as e:
             log.warning("could not list existing connections: %s", e)
             return
+        # The agent's own connections, and their other ends on this host (a local collector
+        # that accepted the agent's export connection before capture started): never joined.
+        mine = {(ec.local_addr, ec.local_port, ec.remote_addr, ec.remote_port) for ec in found if ec.pid in me}
+        found = [ec for ec in found if ec.pid not in me
+                 and (ec.remote_addr, ec.remote_port, ec.local_addr, ec.local_port) not in mine]
         now = monotonic_ns()
         adopted = 0
         for i, ec in enumerate(found):
@@ -621,6 +639,11 @@ class Agent:
                         "gaps; raise --ring-buffer-size or narrow tap.direction", drops,
                         c.get("ringbuf_drop_bytes", 0))
             self._drops_seen = drops
+        for name, what in KERNEL_LOSS_WARNINGS.items():
+            n = c.get(name, 0)
+            if n > self._kernel_seen.get(name, 0):
+                log.warning("kernel: %s: %d so far", what, n)
+                self._kernel_seen[name] = n
 
     def _shutdown(self) -> None:
         self._stopping = True

@@ -48,7 +48,13 @@ FLOW_RECV = 1
 SRC_SOCKET = 0
 SRC_TLS = 1
 
-GAP_REASONS = {1: "ringbuf_full", 2: "chunk_budget", 3: "sendfile", 4: "read_fault"}
+GAP_REASONS = {1: "ringbuf_full", 2: "chunk_budget", 3: "sendfile", 4: "read_fault", 5: "process_budget",
+               6: "sendmmsg", 7: "recvmmsg", 8: "splice", 9: "io_uring"}
+
+# Ring-buffer maps (events.h): `events` carries EV_DATA and EV_GAP, `control` every other type.
+DATA_RING = "events"
+CONTROL_RING = "control"
+CONTROL_TYPES = frozenset({EV_CONN_OPEN, EV_CONN_CLOSE, EV_PROC_EXEC, EV_PROC_EXIT, EV_SOCK_STATE})
 
 # Index → name of the kernel's per-CPU `counters` map (CNT_* in events.h).
 KERNEL_COUNTERS = {
@@ -61,8 +67,21 @@ KERNEL_COUNTERS = {
     6: "tls_no_fd",
     7: "tls_untracked",
     8: "procs_filtered",
+    9: "control_ring_drops",
+    10: "budget_shed_calls",
+    11: "budget_shed_bytes",
+    12: "sendmmsg_gaps",
+    13: "recvmmsg_gaps",
+    14: "splice_gaps",
+    15: "sendfile_gaps",
+    16: "io_uring_gaps",
+    17: "io_uring_fixed_file_ops",
+    18: "agent_peer_conns",
+    19: "ssl_fd_stale",
+    20: "conns_tracked",
+    21: "conns_untracked",
 }
-KERNEL_COUNTER_SLOTS = 9
+KERNEL_COUNTER_SLOTS = 22
 
 # tap.filters bits in the `proc_filters` map (PF_* in events.h).
 PF_SKIP_ALL = 1
@@ -116,7 +135,9 @@ PROC_EXIT = Layout("ev_proc_exit", _HDR + (("exit_code", "i"), ("_pad0", "I")))
 SOCK_STATE = Layout("ev_sock_state", _HDR + (("conn_id", "Q"), ("oldstate", "i"), ("newstate", "i")))
 SETTINGS = Layout("settings", (
     ("agent_pid", "I"), ("ignore_loopback", "B"), ("direction_mask", "B"),
-    ("capture_data", "B"), ("_pad0", "B"), ("max_chunks", "I"), ("_pad1", "I")))
+    ("capture_data", "B"), ("_pad0", "B"), ("max_chunks", "I"), ("budget_rate", "I"),
+    ("budget_burst", "Q"), ("agent_pidns_dev", "Q"), ("agent_pidns_ino", "Q"), ("agent_nspid", "I"),
+    ("_pad1", "I")))
 
 CONN_KEY = Layout("conn_key", (("tgid", "I"), ("fd", "i")))
 CONN = Layout("conn", (

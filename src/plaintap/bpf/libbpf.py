@@ -88,6 +88,8 @@ _SIGNATURES = {
     "ring_buffer__new": (c_void_p, [c_int, RINGBUF_SAMPLE_FN, c_void_p, c_void_p]),
     "ring_buffer__poll": (c_int, [c_void_p, c_int]),
     "ring_buffer__consume": (c_int, [c_void_p]),
+    "ring_buffer__add": (c_int, [c_void_p, c_int, RINGBUF_SAMPLE_FN, c_void_p]),
+    "ring_buffer__epoll_fd": (c_int, [c_void_p]),
     "ring_buffer__free": (None, [c_void_p]),
 }
 

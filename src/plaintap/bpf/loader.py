@@ -9,25 +9,47 @@
     cap.counters()                       # kernel drop counters, summed over CPUs
     cap.close()                          # idempotent: detaches and frees everything
 
-Records are copied out of the ring buffer inside one libbpf callback per record and
+Two ring buffers (maps in bpf/capture.bpf.c, names in abi.DATA_RING / abi.CONTROL_RING):
+`events` carries EV_DATA and EV_GAP, `control` every other event (connection open/close,
+socket state, exec, exit), so a data flood cannot drop the events that say which
+connections and processes exist. `poll` returns ONE list with both, control events
+placed among the data by ts_ns (header offset 8) so that a connection's open comes before
+its data and its close after it:
+
+    W = now (CLOCK_MONOTONIC); drain `events` and `control`;
+    events of either ring with ts < W (and any held from before) are merged by ts;
+    events with ts >= W are held back for the next poll.
+
+Why it is exact for the pairs that matter: an event caused by another (data after its
+open, a close after its data) takes its timestamp after the cause was committed, so an
+event older than W has all its causes committed before W, hence drained now (or
+before); one newer than W may not, and waits with its causes. A native ring reader
+(rust-core) must keep the same rule. Map fds: `KernelCapture.ring_fds()` →
+{"events": fd, "control": fd}.
+
+Records are copied out of the ring buffers inside one libbpf callback per record and
 handed up as a list per poll, so Python-level work above this layer is per batch.
 """
 from __future__ import annotations
 
+import bisect
 import ctypes
 import logging
 import os
+import select
 import struct
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib import resources
 
-from . import abi
+from . import abi, integrity
 from .libbpf import BpfError, ObjectOpenOpts, RINGBUF_SAMPLE_FN, UprobeOpts, lib
 
 log = logging.getLogger("plaintap.bpf")
 
 TRACEFS = "/sys/kernel/tracing"
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # src/plaintap
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 
 
@@ -40,8 +62,12 @@ class KernelSettings:
     direction_mask: int = abi.DIR_EGRESS_EXTERNAL
     capture_data: bool = True
     max_chunks: int = 2048          # per syscall: 2048 × 16 KiB = 32 MiB before a gap
-    ring_bytes: int = 64 << 20      # ring buffer size (power of two, ≥ page size)
+    ring_bytes: int = 64 << 20      # data ring buffer size (power of two, ≥ page size)
+    control_ring_bytes: int = 8 << 20   # control ring (open/close/state/exec/exit)
     btf_path: str | None = None     # custom BTF for kernels without /sys/kernel/btf
+    budget_rate: int = 32 << 20     # payload bytes/s per process before shedding (0: unlimited)
+    budget_burst: int = 0           # token bucket size; 0: 2 s of budget_rate, at most ring_bytes / 4
+    max_connections: int = 131072   # size of the kernel's connection table
 
 
 def object_path(name: str = "capture") -> str:
@@ -98,6 +124,25 @@ def ensure_tracefs() -> None:
     log.info("mounted tracefs on %s", TRACEFS)
 
 
+# Programs whose tracepoint may be missing on other kernels: left unloaded there (the
+# capture they add is then absent, and `plaintap doctor` says so), never fatal.
+OPTIONAL_TRACEPOINTS = {"uring_submit": "io_uring/io_uring_submit_req",
+                        "uring_complete": "io_uring/io_uring_complete"}
+LEARN_SELF = "learn_self"   # attached alone at start-up: finds the agent's own tgid
+_TS = struct.Struct("<Q")
+_RING_DATA, _RING_CONTROL = 1, 2
+
+
+def _ts(raw: bytes) -> int:
+    return _TS.unpack_from(raw, 8)[0] if len(raw) >= 16 else 0
+
+
+def pid_namespace_identity() -> tuple[int, int, int]:
+    """(device, inode) of this process's pid namespace and its pid there."""
+    st = os.stat("/proc/self/ns/pid")
+    return st.st_dev, st.st_ino, os.getpid()
+
+
 class KernelCapture:
     def __init__(self, settings: KernelSettings, obj_name: str = "capture") -> None:
         self.settings = settings
@@ -105,19 +150,30 @@ class KernelCapture:
         self._obj = None
         self._links: list[int] = []
         self._ring = None
-        self._batch: list[bytes] = []
+        self._epoll_fd = -1
+        self._data: list[bytes] = []
+        self._control: list[bytes] = []
+        self._held: list[bytes] = []          # events newer than the last watermark
         self._cb = RINGBUF_SAMPLE_FN(self._on_sample)
         self._map_fds: dict[str, int] = {}
         self.attached_programs: list[str] = []
+        self.skipped_programs: list[str] = []
 
     # ---- set-up ----
 
     def preflight(self) -> None:
-        """Everything that can be checked before loading: privileges, BTF, ABI, build."""
+        """Everything that can be checked before loading: privileges, BTF, ABI, build,
+        and that no non-root user can change the code and objects about to be loaded."""
         check_privileges()
         check_btf(self.settings.btf_path)
         abi.check_layout()
         object_path(self.obj_name)
+        try:
+            integrity.check_package(PACKAGE_DIR)
+        except integrity.UnsafeInstall as e:
+            raise BpfError(str(e)) from None
+        except OSError as e:
+            raise BpfError(f"cannot check who may change the agent's code ({e})") from None
 
     def open_and_load(self) -> None:
         self.preflight()
@@ -130,10 +186,15 @@ class KernelCapture:
         if not obj:
             raise BpfError(f"cannot open BPF object {path}: {os.strerror(lib.errno())}")
         self._obj = obj
-        ring = lib.bpf_object__find_map_by_name(obj, b"events")
-        ring_bytes = _pow2_at_least(max(self.settings.ring_bytes, 1 << 16))
-        if lib.bpf_map__set_max_entries(ring, ring_bytes) < 0:
-            raise BpfError(f"cannot size the ring buffer to {ring_bytes} bytes")
+        sizes = ((abi.DATA_RING, _pow2_at_least(max(self.settings.ring_bytes, 1 << 16))),
+                 (abi.CONTROL_RING, _pow2_at_least(max(self.settings.control_ring_bytes, 1 << 16))),
+                 ("conns", max(1, self.settings.max_connections)),
+                 ("socks", max(1, self.settings.max_connections)))
+        for name, size in sizes:
+            m = lib.bpf_object__find_map_by_name(obj, name.encode())
+            if not m or lib.bpf_map__set_max_entries(m, size) < 0:
+                raise BpfError(f"cannot size the BPF map {name} to {size} entries (rebuild with `make -C bpf`)")
+        self._skip_missing_tracepoints()
         lib.recent_messages.clear()
         ret = lib.bpf_object__load(obj)
         if ret < 0:
@@ -157,14 +218,69 @@ class KernelCapture:
             self._map_fds[name] = fd
         return fd
 
+    def _skip_missing_tracepoints(self) -> None:
+        """Do not load optional programs whose tracepoint this kernel lacks."""
+        try:
+            ensure_tracefs()
+        except BpfError:
+            return   # attach() reports it
+        for prog_name, tp in OPTIONAL_TRACEPOINTS.items():
+            if os.path.isdir(os.path.join(TRACEFS, "events", tp)):
+                continue
+            prog = lib.bpf_object__find_program_by_name(self._obj, prog_name.encode())
+            if prog:
+                lib.bpf_program__set_autoload(prog, False)
+                self.skipped_programs.append(prog_name)
+                log.info("tracepoint %s is missing on this kernel: %s is not loaded (its requests are not "
+                         "counted)", tp, prog_name)
+
     def _write_settings(self) -> None:
         s = self.settings
+        ns_dev, ns_ino, ns_pid = pid_namespace_identity()
+        rate = max(0, min(int(s.budget_rate), (1 << 32) - 1))
+        # Two seconds of budget, but never more than a quarter of the data ring: one
+        # process's burst alone must not be able to fill it.
+        burst = int(s.budget_burst) or min(2 * rate, max(self.settings.ring_bytes, 1 << 16) // 4)
         blob = abi.SETTINGS.struct.pack(s.agent_pid, int(s.ignore_loopback), s.direction_mask,
-                                        int(s.capture_data), 0, s.max_chunks, 0)
+                                        int(s.capture_data), 0, s.max_chunks, rate, burst,
+                                        ns_dev, ns_ino, ns_pid, 0)
         key = ctypes.c_uint32(0)
         val = ctypes.create_string_buffer(blob, len(blob))
         if lib.bpf_map_update_elem(self._map_fd("settings_map"), ctypes.byref(key), val, 0) < 0:
             raise BpfError(f"cannot write BPF settings: {os.strerror(lib.errno())}")
+
+    def _read_settings(self) -> dict:
+        lay = abi.SETTINGS
+        key = ctypes.c_uint32(0)
+        buf = ctypes.create_string_buffer(lay.struct.size)
+        if lib.bpf_map_lookup_elem(self._map_fd("settings_map"), ctypes.byref(key), buf) < 0:
+            raise BpfError(f"cannot read BPF settings: {os.strerror(lib.errno())}")
+        return dict(zip((n for n, _ in lay.fields), lay.struct.unpack(buf.raw)))
+
+    def learn_agent_tgid(self) -> int:
+        """Find this process's tgid as the kernel sees it (differs from os.getpid() inside
+        a PID namespace) with the learn_self program, and exclude it from capture. Falls
+        back to os.getpid() with a warning when the kernel cannot tell."""
+        self.settings.agent_pid = 0
+        self._write_settings()
+        prog = lib.bpf_object__find_program_by_name(self._obj, LEARN_SELF.encode())
+        link = lib.bpf_program__attach(prog) if prog else None
+        learned = 0
+        if link:
+            try:
+                os.getppid()
+                learned = self._read_settings()["agent_pid"]
+            finally:
+                lib.bpf_link__destroy(link)
+        if not learned:
+            learned = os.getpid()
+            log.warning("could not learn the agent's own pid from the kernel; excluding pid %d "
+                        "(wrong inside a PID namespace)", learned)
+        elif learned != os.getpid():
+            log.info("the agent is pid %d in its namespace, tgid %d for the kernel", os.getpid(), learned)
+        self.settings.agent_pid = learned
+        self._write_settings()
+        return learned
 
     def update_filters(self, ignore_loopback: bool, direction_mask: int) -> None:
         """Apply new tap.ignore_loopback / tap.direction (a reload) to new connections."""
@@ -176,11 +292,12 @@ class KernelCapture:
         """Attach every tracepoint program by its section name; uprobes are attached
         later, per library file, with attach_uprobe."""
         ensure_tracefs()
+        self.learn_agent_tgid()
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog:
             name = lib.bpf_program__name(prog).decode()
             sec = lib.bpf_program__section_name(prog).decode()
-            if sec.startswith("tracepoint/"):
+            if sec.startswith("tracepoint/") and name != LEARN_SELF and name not in self.skipped_programs:
                 link = lib.bpf_program__attach(prog)
                 if not link:
                     err = lib.errno()
@@ -190,10 +307,17 @@ class KernelCapture:
                 self._links.append(link)
                 self.attached_programs.append(name)
             prog = lib.bpf_object__next_program(self._obj, prog)
-        self._ring = lib.ring_buffer__new(self._map_fd("events"), self._cb, None, None)
+        self._ring = lib.ring_buffer__new(self._map_fd(abi.DATA_RING), self._cb, _RING_DATA, None)
         if not self._ring:
             raise BpfError(f"cannot open the BPF ring buffer: {os.strerror(lib.errno())}")
+        if lib.ring_buffer__add(self._ring, self._map_fd(abi.CONTROL_RING), self._cb, _RING_CONTROL) < 0:
+            raise BpfError(f"cannot open the BPF control ring buffer: {os.strerror(lib.errno())}")
+        self._epoll_fd = lib.ring_buffer__epoll_fd(self._ring)
         log.info("attached %d BPF programs", len(self._links))
+
+    def ring_fds(self) -> dict[str, int]:
+        """Map fds of the two ring buffers, for a reader outside libbpf (see the module doc)."""
+        return {abi.DATA_RING: self._map_fd(abi.DATA_RING), abi.CONTROL_RING: self._map_fd(abi.CONTROL_RING)}
 
     def attach_uprobe(self, prog_name: str, binary: str, offset: int, retprobe: bool = False,
                       cookie: int = 0, pid: int = -1) -> int:
@@ -225,19 +349,32 @@ class KernelCapture:
 
     # ---- running ----
 
-    def _on_sample(self, _ctx, data, size) -> int:
-        self._batch.append(ctypes.string_at(data, size))
+    def _on_sample(self, ctx, data, size) -> int:
+        (self._control if ctx == _RING_CONTROL else self._data).append(ctypes.string_at(data, size))
         return 0
 
     def poll(self, timeout_ms: int = 100) -> list[bytes]:
-        """Wait up to timeout_ms for records; return all available ones (maybe [])."""
-        self._batch = []
+        """Wait up to timeout_ms for records; return all available ones (maybe []),
+        control events merged among the data by timestamp (see the module doc)."""
         if self._ring is None:
             return []
-        ret = lib.ring_buffer__poll(self._ring, timeout_ms)
+        if self._held:
+            timeout_ms = min(timeout_ms, 1)
+        try:
+            p = select.poll()
+            p.register(self._epoll_fd, select.POLLIN)
+            p.poll(timeout_ms)
+        except InterruptedError:
+            pass
+        watermark = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self._data, self._control = [], []
+        ret = lib.ring_buffer__consume(self._ring)
         if ret < 0 and -ret != 4:  # EINTR is a normal wake-up (signals)
             raise BpfError(f"reading the BPF ring buffer failed: {os.strerror(-ret)}")
-        return self._batch
+        batch = merge_rings(self._held + self._data, self._control, watermark, self._held)
+        if not batch and self._held:   # only held events: they are older than now
+            batch = merge_rings(self._held[:], [], time.clock_gettime_ns(time.CLOCK_MONOTONIC), self._held)
+        return batch
 
     def counters(self) -> dict[str, int]:
         """Kernel-side counters (drops, filters), summed over CPUs."""
@@ -290,6 +427,7 @@ class KernelCapture:
         if self._ring:
             lib.ring_buffer__free(self._ring)
             self._ring = None
+            self._epoll_fd = -1
         for link in self._links:
             lib.bpf_link__destroy(link)
         self._links = []
@@ -297,6 +435,22 @@ class KernelCapture:
             lib.bpf_object__close(self._obj)
             self._obj = None
         self._map_fds = {}
+
+
+def merge_rings(data: list[bytes], control: list[bytes], watermark: int, held: list[bytes]) -> list[bytes]:
+    """One batch from the two rings: the events older than `watermark`, in ts_ns order
+    (a cause always has a smaller ts than its effect); newer ones of either ring replace
+    `held`, which the caller passes back in front of the next data. Pure, so the ordering
+    rule is unit-tested without a kernel."""
+    if not control and (not data or _ts(max(data, key=_ts)) < watermark):
+        held[:] = []
+        return data   # the common case under load: data only, all older than the watermark
+    keyed = [(_ts(r), r) for r in data]
+    keyed += [(_ts(r), r) for r in control]
+    keyed.sort(key=lambda p: p[0])   # stable, and near-linear on the rings' near-sorted runs
+    cut = bisect.bisect_left(keyed, watermark, key=lambda p: p[0])
+    held[:] = [r for _, r in keyed[cut:]]
+    return [r for _, r in keyed[:cut]]
 
 
 def _pow2_at_least(n: int) -> int:
