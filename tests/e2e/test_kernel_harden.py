@@ -370,3 +370,83 @@ def test_refuses_to_run_when_its_bpf_object_is_group_writable(kernel, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("plaintap: refusing to run: ") and str(obj) in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+NODE_SERVER = r"""
+// One https server; each request is answered with the path it asked for. Node frees a
+// connection's SSL* when the socket closes, so the next client often gets the same address.
+const https = require('https');
+const fs = require('fs');
+const srv = https.createServer({ cert: fs.readFileSync(process.argv[2]), key: fs.readFileSync(process.argv[3]) },
+  (req, res) => { res.setHeader('Connection', 'close'); res.end('you sent ' + req.url + '\n'); });
+srv.listen(0, '127.0.0.1', () => console.log('ready ' + srv.address().port));
+process.on('SIGTERM', () => process.exit(0));
+"""
+
+CHURN_CLIENT = r"""
+import json, os, socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+port, n = int(sys.argv[1]), int(sys.argv[2])
+open_conns, done = [], []
+
+def finish(s):
+    p = s.getsockname()[1]
+    s.sendall(b"GET /port-%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % p)
+    got = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    s.close()
+    assert (b"you sent /port-%d\n" % p) in got, got
+    done.append(p)
+
+for i in range(n):  # three connections open at a time: fds and SSL* get reused crosswise
+    open_conns.append(ctx.wrap_socket(socket.create_connection(("127.0.0.1", port))))
+    if len(open_conns) == 3:
+        finish(open_conns.pop(0))
+while open_conns:
+    finish(open_conns.pop(0))
+print(json.dumps({"pid": os.getpid(), "ports": done}))
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None and not os.environ.get("CI"), reason="node not installed")
+def test_node_server_reusing_ssl_never_mixes_clients(start_agent, tmp_path):
+    from backends import self_signed_cert
+    cert = self_signed_cert(tmp_path / "cert")
+    js, py = tmp_path / "server.js", tmp_path / "churn.py"
+    js.write_text(NODE_SERVER)
+    py.write_text(CHURN_CLIENT)
+    agent = start_agent(ALL_LOOPBACK)
+    node = subprocess.Popen([shutil.which("node"), str(js), str(cert.cert), str(cert.key)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(node.stdout.readline().split()[1])
+        n = 60
+        r = subprocess.run([sys.executable, str(py), str(port), str(n)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        ports = json.loads(r.stdout)["ports"]
+        time.sleep(1)
+        stale = agent.metric("plaintap_kernel_total", 'counter="ssl_fd_stale"')
+    finally:
+        node.terminate()
+        node.wait(10)
+    agent.stop()
+    server_side = {a["client.port"]: a for a in finalized(agent.connections(**{"process.pid": node.pid}))}
+    assert set(ports) <= set(server_side), "a connection of the node server was not reported"
+    mixed, missing = [], []
+    for p in ports:
+        cid = server_side[p]["connection.id"]
+        recv = (agent.dump / f"{cid}.tls.recv").read_bytes() if (agent.dump / f"{cid}.tls.recv").exists() else b""
+        sent = (agent.dump / f"{cid}.tls.send").read_bytes() if (agent.dump / f"{cid}.tls.send").exists() else b""
+        others = [q for q in ports if q != p and (b"/port-%d " % q in recv or b"/port-%d\n" % q in sent)]
+        if others:
+            mixed.append((p, others))
+        if not recv.startswith(b"GET /port-%d HTTP/1.1\r\n" % p) or not sent.endswith(b"you sent /port-%d\n" % p):
+            missing.append(p)
+    assert not mixed, f"plaintext of one client recorded under another's connection: {mixed[:5]}"
+    assert not missing, f"{len(missing)} of {len(ports)} node connections lack their own plaintext (stale={stale})"
