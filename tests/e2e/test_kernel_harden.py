@@ -455,3 +455,83 @@ def test_node_server_reusing_ssl_never_mixes_clients(start_agent, tmp_path):
             missing.append(p)
     assert not mixed, f"plaintext of one client recorded under another's connection: {mixed[:5]}"
     assert not missing, f"{len(missing)} of {len(ports)} node connections lack their own plaintext (stale={stale})"
+
+
+URING_SEND = r"""
+#include <arpa/inet.h>
+#include <linux/io_uring.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* write(), then one IORING_OP_SEND through a raw io_uring (no liburing), then write(). */
+int main(int argc, char **argv) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[1]));
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) return 1;
+    const char *before = "before io_uring\n", *mid = "sent by an io_uring request\n", *after = "after\n";
+    if (write(s, before, strlen(before)) != (long)strlen(before)) return 2;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    int ring = syscall(__NR_io_uring_setup, 4, &p);
+    if (ring < 0) { perror("io_uring_setup"); return 3; }
+    size_t sq_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (cq_sz > sq_sz) sq_sz = cq_sz;
+    char *sq = mmap(0, sq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQ_RING);
+    char *cq = (p.features & IORING_FEAT_SINGLE_MMAP) ? sq
+             : mmap(0, cq_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_CQ_RING);
+    struct io_uring_sqe *sqes = mmap(0, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_POPULATE, ring, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED) return 4;
+    unsigned *tailp = (unsigned *)(sq + p.sq_off.tail), mask = *(unsigned *)(sq + p.sq_off.ring_mask);
+    unsigned *array = (unsigned *)(sq + p.sq_off.array);
+    unsigned tail = *tailp, idx = tail & mask;
+    struct io_uring_sqe *e = &sqes[idx];
+    memset(e, 0, sizeof *e);
+    e->opcode = IORING_OP_SEND; e->fd = s; e->addr = (unsigned long)mid; e->len = strlen(mid); e->user_data = 7;
+    array[idx] = idx;
+    __atomic_store_n(tailp, tail + 1, __ATOMIC_RELEASE);
+    if (syscall(__NR_io_uring_enter, ring, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0) { perror("enter"); return 5; }
+    unsigned *headp = (unsigned *)(cq + p.cq_off.head), cmask = *(unsigned *)(cq + p.cq_off.ring_mask);
+    struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    unsigned head = *headp;
+    if (head == __atomic_load_n((unsigned *)(cq + p.cq_off.tail), __ATOMIC_ACQUIRE)) return 6;
+    int res = cqes[head & cmask].res;
+    __atomic_store_n(headp, head + 1, __ATOMIC_RELEASE);
+    if (res != (int)strlen(mid)) { fprintf(stderr, "send res %d\n", res); return 7; }
+    if (write(s, after, strlen(after)) != (long)strlen(after)) return 8;
+    printf("{\"pid\": %d, \"port\": %d, \"before\": %zu, \"mid\": %zu, \"after\": %zu}\n", getpid(),
+           ({ struct sockaddr_in l; socklen_t n = sizeof l; getsockname(s, (struct sockaddr *)&l, &n); ntohs(l.sin_port); }),
+           strlen(before), strlen(mid), strlen(after));
+    close(s);
+    return 0;
+}
+"""
+
+
+def test_io_uring_send_is_a_named_counted_gap(start_agent, tmp_path):
+    exe = compile_c(tmp_path, "uringsend", URING_SEND)
+    agent = start_agent(ALL_LOOPBACK)
+    srv = Server("sink")
+    r = subprocess.run([exe, str(srv.port)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    out = json.loads(r.stdout)
+    (sconn,) = srv.result()["conns"]
+    gaps = agent.metric("plaintap_kernel_total", 'counter="io_uring_gaps"')
+    gap_bytes = agent.metric("plaintap_stream_gap_bytes_total", 'reason="io_uring"')
+    agent.stop()
+    total = out["before"] + out["mid"] + out["after"]
+    assert sconn["read"] == total
+    a = one([c for c in agent.connections(**{"process.pid": out["pid"]}) if c["client.port"] == out["port"]],
+            "uringsend")
+    assert a["connection.bytes_sent"] == total
+    assert gaps >= 1 and gap_bytes >= out["mid"], (gaps, gap_bytes)
+    assert gap_files(agent)[a["connection.id"]] == [("send", out["before"], out["mid"])]
+    sent = (agent.dump / f"{a['connection.id']}.send").read_bytes()
+    assert sent.startswith(b"before io_uring\n") and sent.endswith(b"after\n")
