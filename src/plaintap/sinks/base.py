@@ -42,7 +42,7 @@ from typing import Protocol, Sequence
 from .. import metrics
 from ..records.model import Record
 from .retry import RetryPolicy, SinkExportError
-from .spool import SpoolBusy
+from .spool import SpoolBusy, SpoolUnavailable
 
 log = logging.getLogger("plaintap.sinks")
 
@@ -239,7 +239,7 @@ class QueuedSink:
         if self.spool is not None and not self.spool.is_open:
             try:
                 self.spool.open()
-            except SpoolBusy as e:   # a second agent (--allow-multiple) on the same directory
+            except (SpoolBusy, SpoolUnavailable) as e:   # another agent on it, or a read-only file system
                 log.warning("%s sink: %s; running without a spool (an outage longer than the retry window drops "
                             "records)", self.name, e)
                 self.spool = None

@@ -64,6 +64,11 @@ class SpoolBusy(SpoolError):
     """Another agent holds the spool directory (the sink then runs without a spool)."""
 
 
+class SpoolUnavailable(SpoolError):
+    """The spool directory cannot be created (read-only or missing file system, no
+    permission): the sink then runs without a spool, saying so."""
+
+
 # --------------------------------------------------------------------------------------
 # Pure: record <-> bytes
 
@@ -159,8 +164,8 @@ def _ensure_private_dir(path: str) -> int:
             except FileExistsError:
                 pass
             except OSError as e:
-                raise SpoolError(f"spool directory {path}: cannot create {'/'.join(parts[:i + 1])}: "
-                                 f"{e.strerror}; choose another --spool-dir") from None
+                raise SpoolUnavailable(f"spool directory {path}: cannot create /{'/'.join(parts[:i + 1])}: "
+                                       f"{e.strerror}; choose a writable --spool-dir") from None
             try:
                 nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as e:

@@ -285,3 +285,14 @@ def test_abandon_counts_everything_held_once():
 
 def test_record_bytes_grows_with_payload():
     assert record_bytes(rec(1, size=10_000)) > record_bytes(rec(1, size=10)) + 9_000
+
+
+def test_a_spool_that_cannot_be_created_means_no_spool_not_no_agent():
+    be = Backend()
+    # /proc takes no new directories (like a read-only root file system)
+    q = QueuedSink(be, retry=FAST, spool=Spool("/proc/plaintap-no-such-dir/events", "events", SpoolBudget(1 << 20)))
+    q.start()                                     # warned; runs without a spool
+    assert q.spool is None
+    q.export([rec(1)])
+    q.shutdown(5)
+    assert be.got == [1] and balanced(q)
