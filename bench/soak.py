@@ -166,9 +166,12 @@ def main() -> None:
             t = time.monotonic()
             agent.send_signal(signal.SIGTERM)
             agent.wait(60)
-            acct = [ln for ln in (d / "agent.err").read_text().splitlines() if "record accounting" in ln]
-            print(f"-- SIGTERM: exit in {time.monotonic() - t:.1f}s; "
-                  + (re.sub(r'^.*?record accounting', 'record accounting', acct[-1])[:400] if acct else "no accounting"))
+            took = time.monotonic() - t
+            lines = (d / "agent.err").read_text().splitlines()
+            for ln in lines:
+                if any(w in ln for w in ("SIGTERM", "stopping", "stop took", "record accounting")):
+                    print("   agent: " + re.sub(r'^.*?"msg": "', "", ln)[:400])
+            print(f"-- SIGTERM: exit in {took:.1f}s")
         finally:
             if agent.poll() is None:
                 agent.kill()

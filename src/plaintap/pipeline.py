@@ -674,14 +674,11 @@ class Agent:
         for _sink, t in self._retired:
             t.join(max(0.0, self.opts.shutdown_timeout))
         self._log_accounting()
-        try:
-            self.tls.close()
-        except Exception as e:
-            log.debug("stopping the TLS analysis: %s", e)
-        try:
-            self.containers.stop()
-        except Exception as e:
-            log.debug("stopping the container lookups: %s", e)
+        # The last helpers get a second, not more: the exit must stay bounded.
+        for name, stop in (("TLS analysis", self.tls.close), ("container lookups", self.containers.stop)):
+            t = threading.Thread(target=_quietly, args=(name, stop), name=f"stop-{name}", daemon=True)
+            t.start()
+            t.join(1.0)
         self.status.stop()
         # The BPF links are not released here: the kernel takes seconds to release them one
         # by one; `exit_now` leaves that to a short-lived child (the CLI calls it).
@@ -707,8 +704,13 @@ class Agent:
                     + (f", backend failing ({st['last_error']})" if st["retrying"] else "")
                     for s, st in ((s, s.state()) for s in busy)))
             time.sleep(0.05)
+        # Past the deadline: every sink is told at once to end its current attempt (one shared
+        # grace period, not one per sink), then what is left is spooled or counted.
         for s in sinks:
-            s.finish_shutdown(deadline, grace=2.0)
+            s.stop_now()
+        grace_until = max(deadline, time.monotonic()) + 2.0
+        for s in sinks:
+            s.finish_shutdown(deadline, grace=max(0.0, grace_until - time.monotonic()))
 
     def _log_accounting(self) -> None:
         record_sinks = self._record_sinks()
@@ -765,6 +767,13 @@ def _is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _quietly(name: str, fn) -> None:
+    try:
+        fn()
+    except Exception as e:
+        log.debug("stopping %s: %s", name, e)
 
 
 def _drain_and_stop(sink: QueuedSink, timeout: float = 10.0) -> None:

@@ -312,15 +312,22 @@ class QueuedSink:
             self._stopping = True
             self._cond.notify_all()
 
+    def stop_now(self) -> None:
+        """End the current attempt and stop (what is held is then spooled or counted)."""
+        t = self._thread
+        if t is None or not t.is_alive():
+            return
+        with self._cond:
+            self._stop_now = True
+            self._cond.notify_all()
+        self._interrupt_inner()
+
     def finish_shutdown(self, deadline: float, grace: float = 3.0) -> None:
         t = self._thread
         if t is not None:
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
-                with self._cond:
-                    self._stop_now = True
-                    self._cond.notify_all()
-                self._interrupt_inner()
+                self.stop_now()
                 t.join(grace)
             if t.is_alive():
                 self.abandon("shutdown")
