@@ -39,11 +39,12 @@ RESTART_BACKOFF_S = (0.5, 2.0, 10.0, 30.0)
 
 @dataclass(order=True)
 class _Queued:
-    priority: int
+    priority: tuple
     seq: int
     fd: int = field(compare=False)
     name: str = field(compare=False)
     done: Callable[[dict], None] = field(compare=False)
+    queued_s: float = field(default=0.0, compare=False)
 
 
 class _Worker:
@@ -88,11 +89,15 @@ class AnalysisService:
 
     def submit(self, fd: int, name: str, done: Callable[[dict], None], priority: int = 1) -> bool:
         """Queue `fd` (still the caller's) for analysis; False when the queue is full.
-        Lower `priority` goes first."""
+        Lower `priority` goes first, and within a priority smaller files (quicker)."""
         if len(self._queue) >= self.max_queue:
             return False
         self._seq += 1
-        heapq.heappush(self._queue, _Queued(priority, self._seq, fd, name, done))
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            size = 0
+        heapq.heappush(self._queue, _Queued((priority, size), self._seq, fd, name, done, self.clock()))
         return True
 
     def poll(self) -> None:
@@ -121,6 +126,7 @@ class AnalysisService:
                 self._deliver(job, {"refused": "worker_unavailable", "detail": f"{job.name}: {e}"})
                 continue
             w.job, w.sent_at = job, self.clock()
+            job.queued_s = w.sent_at - job.queued_s
 
     def wait_idle(self, timeout: float, idle: Callable[[], None] | None = None) -> bool:
         """Poll until nothing is queued or in flight (start-up, tests); True if idle.
@@ -236,6 +242,8 @@ class AnalysisService:
         w.job = None
         w.replied = True
         self._start_failures = 0
+        log.debug("analysed %s in %.0f ms (after %.0f ms in the queue)", job.name,
+                  (self.clock() - w.sent_at) * 1000, job.queued_s * 1000)
         self._deliver(job, reply)
 
     def _deliver(self, job: _Queued, reply: dict) -> None:

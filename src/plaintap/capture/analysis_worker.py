@@ -39,7 +39,7 @@ MAX_MESSAGE = 1 << 20
 MAX_JOBS = 2000
 # timeout_s: wall clock per file (enforced by the agent); cpu_s: the worker's whole
 # life; as_bytes: address space; parallel: workers the agent runs.
-DEFAULT_LIMITS = {"timeout_s": 10.0, "cpu_s": 600, "as_bytes": 1536 << 20, "parallel": 2}
+DEFAULT_LIMITS = {"timeout_s": 10.0, "cpu_s": 600, "as_bytes": 1536 << 20, "parallel": 3}
 EXIT_RECYCLE = 0
 EXIT_MEMORY = 3
 

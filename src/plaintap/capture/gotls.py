@@ -465,6 +465,45 @@ def fd_offsets_from_dwarf(elf: ElfImage) -> dict | None:
                 if getattr(cu.get_top_DIE().attributes.get("DW_AT_name"), "value", None) == b"runtime"
             ]
         walked = 0
+
+        def collect(die, tname: str) -> None:
+            nonlocal walked
+            mlast = die.offset
+            for member in die.iter_children():
+                walked += 1
+                if member.offset <= mlast or walked > MAX_DWARF_DIES:
+                    raise GoBinaryError(f"{elf.path}: DWARF siblings loop (at DIE {member.offset:#x})")
+                mlast = member.offset
+                if member.tag != "DW_TAG_member":
+                    continue
+                mname = member.attributes.get("DW_AT_name")
+                key = FD_CHAIN_MEMBERS.get((tname, mname.value.decode() if mname else ""))
+                if key is not None and key not in found:
+                    off = _member_offset(member)
+                    if off is not None:
+                        found[key] = off
+
+        # Fast path: the DIE that owns a name starts a few bytes before it (its abbrev
+        # code; Go writes DW_AT_name first). Parse candidate DIEs there and keep the
+        # structure whose DW_AT_name value sits exactly at the hit; a few DIEs instead of
+        # the thousands of a full walk (which follows if this finds less than all).
+        for h in sorted(hits):
+            cu = next((c for c in chosen if c.cu_offset <= h < c.cu_offset + c.size), None)
+            if cu is None:
+                continue
+            for start in range(h - 1, max(cu.cu_offset + 11, h - 6) - 1, -1):
+                try:
+                    die = cu._get_cached_DIE(start)
+                    attr = die.attributes.get("DW_AT_name")
+                except Exception:
+                    continue
+                if die.tag == "DW_TAG_structure_type" and attr is not None and attr.offset == h:
+                    tname = attr.value.decode("utf-8", "replace")
+                    if tname in wanted_types:
+                        collect(die, tname)
+                    break
+        if len(found) == len(FD_CHAIN_MEMBERS):
+            return _with_derived(found, "dwarf")
         for cu in chosen:
             last = -1
             for die in cu.get_top_DIE().iter_children():
@@ -482,20 +521,7 @@ def fd_offsets_from_dwarf(elf: ElfImage) -> dict | None:
                 tname = name_attr.value.decode("utf-8", "replace")
                 if tname not in wanted_types:
                     continue
-                mlast = die.offset
-                for member in die.iter_children():
-                    walked += 1
-                    if member.offset <= mlast or walked > MAX_DWARF_DIES:
-                        raise GoBinaryError(f"{elf.path}: DWARF siblings loop (at DIE {member.offset:#x})")
-                    mlast = member.offset
-                    if member.tag != "DW_TAG_member":
-                        continue
-                    mname = member.attributes.get("DW_AT_name")
-                    key = FD_CHAIN_MEMBERS.get((tname, mname.value.decode() if mname else ""))
-                    if key is not None and key not in found:
-                        off = _member_offset(member)
-                        if off is not None:
-                            found[key] = off
+                collect(die, tname)
                 if len(found) == len(FD_CHAIN_MEMBERS):
                     return _with_derived(found, "dwarf")
     except GoBinaryError:

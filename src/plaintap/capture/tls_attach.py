@@ -367,6 +367,7 @@ class TlsAttacher:
     def _attach(self, t: TlsTarget, opened: OpenedFile) -> bool:
         """Attach `t` through its /proc/self/fd path. True when opened.fd is kept."""
         hooked = _Hooked(t)
+        started = time.monotonic()
         try:
             if isinstance(t, OpenSSLTarget):
                 n = self._attach_openssl(t, hooked)
@@ -388,8 +389,8 @@ class TlsAttacher:
         via = ""
         if isinstance(t, OpenSSLTarget):
             via = ", internal read/write" if "ssl_read_internal" in t.symbols else ", exported SSL_read/SSL_write"
-        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d)", t.family, t.maps_path,
-                 n, via, opened.path, t.pid_seen)
+        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d, %.0f ms to attach)", t.family,
+                 t.maps_path, n, via, opened.path, t.pid_seen, (time.monotonic() - started) * 1000)
         return hooked.fd >= 0
 
     def _uprobe(self, hooked: _Hooked, prog: str, t: TlsTarget, off: int, **kw) -> None:
