@@ -20,7 +20,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -85,15 +84,6 @@ class StatusServer:
         self.max_connections = max_connections
         self.timeout = timeout
         self._server: _Server | None = None
-
-    def progress(self) -> None:
-        """The capture loop finished a turn (cheap: called every turn)."""
-        self.last_progress = time.monotonic()
-
-    def is_healthy(self) -> bool:
-        last = self.last_progress
-        stalled = last is not None and time.monotonic() - last > self.stall_s
-        return self.healthy.is_set() and not stalled
 
     # The capture loop's heartbeat, as the loop and tests call it (health.py holds it).
     def progress(self) -> None:
