@@ -5,12 +5,18 @@
 //! malformed input becomes a counted event.
 use pyo3::prelude::*;
 
+pub mod classify;
+pub mod conn;
+pub mod decode;
 pub mod grpc;
 pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod model;
+pub mod pipeline;
 pub mod py_parser;
+pub mod reassembly;
+pub mod ring;
 
 /// The version of the native core, for `plaintap doctor` and bug reports.
 #[pyfunction]
@@ -26,6 +32,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_parser::http1_table, m)?)?;
     m.add_class::<py_parser::RecordedStream>()?;
     http2::py::register(m)?;
+    m.add_class::<pipeline::DataPlane>()?;
+    m.add_class::<pipeline::PyRing>()?;
+    m.add_class::<pipeline::PyStream>()?;
+    m.add_class::<conn::ConnInfo>()?;
+    m.add_function(wrap_pyfunction!(pipeline::detect, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::parse_client_hello, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::parse_server_hello, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::hello_incomplete, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::decode_record, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::abi_layout, m)?)?;
     Ok(())
 }
 

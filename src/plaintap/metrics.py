@@ -44,6 +44,11 @@ container_lookups = Counter("plaintap_container_lookups", "Container metadata lo
                             "result (ok, miss: no runtime answered, dropped: lookup queue full)", ["result"],
                             registry=REGISTRY)
 connections_active = Gauge("plaintap_connections_active", "Connections currently tracked", registry=REGISTRY)
+shed_bytes = Counter("plaintap_shed_bytes", "Bytes the data plane gave up on to stay within its memory budget, by "
+                     "reason (reassembly_wait: a hole skipped early; held_unclassified: bytes held before the "
+                     "protocol was known)", ["reason"], registry=REGISTRY)
+held_bytes = Gauge("plaintap_held_bytes", "Bytes the data plane holds across connections (reassembly waits, "
+                   "pre-classification holds; bounded by its budget)", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
                        registry=REGISTRY)
 tls_refusals = Counter("plaintap_tls_refusals", "Files not hooked for TLS (or not now), by reason "
@@ -56,6 +61,7 @@ tls_go_slots_used = Gauge("plaintap_tls_go_slots_used", "Go binaries holding one
 
 
 PARSE_PROTOCOLS = ("http1", "http2", "grpc")
+SHED_REASONS = ("reassembly_wait", "held_unclassified")
 SINK_DROP_REASONS = ("queue_full", "spool_full", "export_error", "shutdown", "interrupted", "spool_corrupt")
 TLS_REFUSAL_REASONS = ("symlink", "not_regular_file", "identity_mismatch", "too_large", "truncated",
                        "too_many_functions", "function_too_long", "too_many_returns", "malformed", "bad_offsets",
@@ -77,6 +83,8 @@ def preset_labels() -> None:
         parse_errors.labels(protocol)
     for reason in TLS_REFUSAL_REASONS:
         tls_refusals.labels(reason)
+    for reason in SHED_REASONS:
+        shed_bytes.labels(reason)
 
 
 def preset_sink(name: str) -> None:

@@ -1,13 +1,14 @@
-"""Wiring, in one place: kernel → decode → connections → records → sinks.
+"""Wiring, in one place: kernel → data plane → records → sinks.
 
-    KernelCapture.poll ─► decode ─► ConnectionTracker ─► (stream consumers)
-                                         │ reports
-                                         ▼
-                          connection_record ─► event sink (QueuedSink ─► stdout | …)
+    ring buffers ─► dataplane.Pipeline (native core: decode, connections, reassembly,
+                    │                   classification, HTTP; Python: plugins, records)
+                    ▼
+                    events / objects / lines ─► QueuedSink ─► stdout | OTLP | S3 | console
 
-The ring buffer is the bounded queue between the kernel and this loop; sinks sit behind
+The ring buffers are the bounded queue between the kernel and this loop; sinks sit behind
 their own bounded queues. Everything from decode to record building runs on the loop's
-thread, driven by kernel timestamps. Stages that are not configured are not wired.
+thread, driven by kernel timestamps, in bounded slices (the loop sees its stop flag at
+least every slice). Stages that are not configured are not wired.
 Start order: status server, sinks, BPF load, attach, ready. Stop order (first SIGINT/SIGTERM):
 not ready, drain the ring (at most RING_DRAIN_SECONDS), finalise connections, deliver what
 the sinks hold for at most --shutdown-timeout with a progress line (the rest is spooled or
@@ -18,7 +19,6 @@ does the same if the stop itself hangs past the timeout.
 from __future__ import annotations
 
 import gc
-import ipaddress
 import logging
 import os
 import queue
@@ -30,10 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import metrics
+from . import _core, metrics
 from .bpf import abi
 from .bpf.loader import KernelCapture, KernelSettings
-from .capture.decode import ConnOpen, decode
 from .capture.existing import find_existing
 from .capture.filters import KERNEL_BITS as KERNEL_FILTER_BITS, SKIP_ALL, SKIP_DATA, ProcessFilter
 from .capture.filters import describe as describe_filter
@@ -41,13 +40,9 @@ from .capture.containers import ContainerHold, ContainerResolver, RuntimeSockets
 from .capture.process import ProcessTable
 from .config.summary import startup_line
 from .capture.tls_attach import TlsAttacher
-from .conn.classify import ProtocolClassifier
 from .conn.dump import StreamDumper
-from .conn.http import HttpConsumer
+from .dataplane import Emitted, Pipeline
 from .plugins import PluginStacks
-from .records.transaction import make_transaction_id
-from .conn.tracker import ConnectionTracker
-from .records.connection import connection_record
 from .records.model import Record
 from .health import Health, HealthCollector
 from .sinks.base import MemoryBudget, QueuedSink
@@ -72,6 +67,10 @@ RING_DRAIN_SECONDS = 1.0        # at stop: how long to keep reading what the ker
 PROGRESS_EVERY = 2.0            # at stop: a progress line this often while sinks drain
 WATCHDOG_GRACE = 5.0            # a stop that hangs this long past --shutdown-timeout is forced
 DEFAULT_SPOOL_DIR = "/var/lib/plaintap/spool"
+# One slice of the capture loop: at most this many ring records or this much time before
+# the loop looks at its stop/reload flags, ticks and flushes records to the sinks.
+SLICE_RECORDS = 4096
+SLICE_NS = 20_000_000
 
 # Kernel counters (abi.KERNEL_COUNTERS) that mean something was lost, and what to say.
 KERNEL_LOSS_WARNINGS = {
@@ -260,11 +259,6 @@ class Agent:
             budget_rate=opts.process_byte_rate,
             max_connections=opts.max_connections,
         ))
-        consumers = [ProtocolClassifier()]
-        if self.stacks.active:  # no plugin wants HTTP: do not parse it
-            consumers.append(HttpConsumer(self._on_transaction, opts.http_buffer_size))
-        if opts.dump_streams:
-            consumers.append(StreamDumper(opts.dump_streams))
         self.filter = ProcessFilter.from_config(tap.filters)
         self.containers = ContainerResolver(opts.runtime_sockets,
                                             on_result=lambda result: metrics.container_lookups.labels(result).inc())
@@ -272,11 +266,14 @@ class Agent:
                                   containers=self.containers)
         # records of a container still being looked up wait for its names (bounded in time)
         self.container_hold = ContainerHold(int((self.containers.timeout + 0.5) * 1e9))
-        self.tracker = ConnectionTracker(
-            self.procs, self._on_report, consumers,
-            forget_kernel_entry=self.kernel.forget_connection,
-            run_id=secrets.token_hex(4))
         self.tls = TlsAttacher(self.kernel, opts.tls_probes)
+        self.pipeline = Pipeline(
+            self.stacks, self.clock, procs=self.procs, body_limit=opts.http_buffer_size,
+            dumper=StreamDumper(opts.dump_streams) if opts.dump_streams else None,
+            run_id=secrets.token_hex(4), forget=self.kernel.forget_connection, on_exec=self.tls.on_exec,
+            object_url=self.object_url, events_enabled=self.event_sink is not None,
+            objects_enabled=self.object_sink is not None, redaction=self.redaction, container_hold=self.container_hold)
+        self.rings: list = []
         self._pending: list[Record] = []
         self._pending_objects: list[Record] = []
         self._pending_lines: list[str] = []
@@ -320,33 +317,14 @@ class Agent:
 
     # ---- records ----
 
-    def _on_report(self, conn, part: int, finalized: bool) -> None:
-        if self.event_sink is None:
-            return
-        record = connection_record(conn, part, finalized, self.clock, self.redaction)
-        if not self.container_hold.keep(conn.process.container, record, "events", monotonic_ns()):
-            self._pending.append(record)
-
-    def _on_transaction(self, conn, tx) -> None:
-        # Connection facts learned from HTTP: gRPC, and the domain when no SNI named it.
-        if tx.grpc is not None:
-            conn.protocol = "grpc"
-        if not conn.domain:
-            host = _host_name(tx.host)
-            if host and not _is_ip(host):
-                conn.domain = host
-        seq = conn.state.get("tx_seq", 0)
-        conn.state["tx_seq"] = seq + 1
-        out = self.stacks.handle(conn, tx, make_transaction_id(conn.id, seq), wall_ns=self.clock,
-                                 object_url=self.object_url)
-        container, now = conn.process.container, monotonic_ns()
+    def _take(self, out: Emitted) -> None:
+        """Queue what the data plane produced for the sinks (flushed once per slice)."""
         if out.events and self.event_sink is not None:
-            self._pending.extend(r for r in out.events if not self.container_hold.keep(container, r, "events", now))
+            self._pending.extend(out.events)
         if out.objects and self.object_sink is not None:
-            self._pending_objects.extend(r for r in out.objects
-                                         if not self.container_hold.keep(container, r, "objects", now))
-        if out.access_log_lines:
-            self._pending_lines.extend(out.access_log_lines)
+            self._pending_objects.extend(out.objects)
+        if out.lines:
+            self._pending_lines.extend(out.lines)
 
     def _flush_records(self, final: bool = False) -> None:
         for kind, record in self.container_hold.release(monotonic_ns(), force=final):
@@ -501,12 +479,12 @@ class Agent:
             self.procs.refilter()
             self._filter_running_processes()
             changes.append("tap.filters (new connections)")
-        if stacks.active and not any(isinstance(c, HttpConsumer) for c in self.tracker.consumers):
-            self.tracker.consumers.append(HttpConsumer(self._on_transaction, self.opts.http_buffer_size))
         self.stacks = stacks
+        self.pipeline.set_stacks(stacks)
         changes.append("stacks")
         if redaction != self.redaction:
             self.redaction = redaction
+            self.pipeline.redaction = redaction
             changes.append("redaction")
         if services_changed:
             self._flush_records()
@@ -518,6 +496,9 @@ class Agent:
                         new.spool = prev.spool.share()
                         prev.retire()
             self.event_sink, self.object_sink, self.object_url = event_sink, object_sink, object_url
+            self.pipeline.object_url = object_url
+            self.pipeline.events_enabled = event_sink is not None
+            self.pipeline.objects_enabled = object_sink is not None
             for sink in (self.event_sink, self.object_sink):
                 if sink is not None:
                     sink.start()
@@ -544,9 +525,11 @@ class Agent:
             metrics.register_kernel_counters(self.kernel.counters)
             self._filter_running_processes()
             self.kernel.attach()
+            self.rings = [_core.Ring(fd, size, name) for name, fd, size in self.kernel.ring_maps()]
             # drain the ring while the first TLS analyses run (they are awaited: what
             # runs now is hooked before ready)
-            self.tls.start(monotonic_ns(), idle=lambda: self._process(self.kernel.poll(20)))
+            self.tls.start(monotonic_ns(), idle=lambda: self._take(self.pipeline.drain(self.rings, 20, SLICE_RECORDS,
+                                                                                       SLICE_NS)))
             self._adopt_existing_connections()
             _tune_gc()
             self.status.ready.set()
@@ -586,43 +569,22 @@ class Agent:
             if not self.kernel.adopt_connection(ec.pid, ec.fd, conn_id, ec.role, ec.direction,
                                                 no_data=bool(proc.filter_flags & SKIP_DATA)):
                 continue
-            self.tracker.handle(ConnOpen(ec.pid, now, conn_id, ec.pid, ec.fd, proc.uid or 0, ec.role,
-                                         abi.DIRECTION_NAMES[ec.direction], ec.local_addr, ec.local_port,
-                                         ec.remote_addr, ec.remote_port, proc.comm, joined=True))
+            self.pipeline.adopt(ec.pid, now, conn_id, ec.fd, proc.uid or 0, ec.role, ec.direction, ec.local_addr,
+                                ec.local_port, ec.remote_addr, ec.remote_port, proc.comm)
             adopted += 1
         if adopted:
             log.info("joined %d connections that were open before the agent started", adopted)
-
-    def _process(self, batch: list[bytes]) -> None:
-        handle = self.tracker.handle
-        counted: dict[int, int] = {}
-        for raw in batch:
-            ev = decode(raw)
-            if ev is None:
-                metrics.unknown_events.inc()
-                continue
-            t = raw[0]
-            counted[t] = counted.get(t, 0) + 1
-            if t == abi.EV_PROC_EXEC:
-                self.tls.on_exec(ev.pid, ev.ts_ns)
-            try:
-                handle(ev)
-            except Exception:  # bad input must not kill the agent or other connections
-                log.exception("internal error handling %s; event dropped", type(ev).__name__)
-        for t, n in counted.items():
-            metrics.kernel_events.labels(abi.EVENT_NAMES.get(t, f"type_{t}")).inc(n)
 
     def _loop(self) -> None:
         next_check = 0
         while not self._stop.is_set():
             # analyses in flight: come back sooner to attach their hooks
-            batch = self.kernel.poll(10 if self.tls.waiting else 100)
-            if batch:
-                self._process(batch)
-            self.health.beat(_newest_ts(batch))
+            out = self.pipeline.drain(self.rings, 10 if self.tls.waiting else 100, SLICE_RECORDS, SLICE_NS)
+            self._take(out)
+            self.health.beat(out.newest_ts)
             self._poll_reload()
             now = monotonic_ns()
-            self.tracker.tick(now)
+            self._take(self.pipeline.tick(now))
             self.tls.tick(now)
             self.status.progress()
             self._flush_records()
@@ -652,19 +614,20 @@ class Agent:
         try:
             until = time.monotonic() + RING_DRAIN_SECONDS
             while time.monotonic() < until:
-                batch = self.kernel.poll(0)
-                if not batch:
+                if not any(r.backlog for r in self.rings):
                     break
-                self._process(batch)
-                self.health.beat(_newest_ts(batch))
+                out = self.pipeline.drain(self.rings, 0, SLICE_RECORDS, SLICE_NS)
+                self._take(out)
+                self.health.beat(out.newest_ts)
         except Exception as e:
             log.debug("drain at shutdown: %s", e)
-        t0, open_conns = time.monotonic(), len(self.tracker.conns)
+        t0, open_conns = time.monotonic(), len(self.pipeline.core)
         try:
-            self.tracker.close_all(monotonic_ns())
+            self._take(self.pipeline.close_all(monotonic_ns()))
         except Exception:  # bad state must not keep the records already made from the sinks
             log.exception("finalising connections at shutdown")
         self._flush_records(final=True)
+        self.rings = []
         log.info("stopping: capture stopped; %d open connections finalised in %.1fs", open_conns,
                  time.monotonic() - t0)
         lost = {k: v for k, v in (self._safe_counters()).items() if k.startswith("ringbuf") and v}
@@ -752,23 +715,6 @@ class Agent:
             return {}
 
 
-def _host_name(host: str | None) -> str:
-    """Host without port or IPv6 brackets."""
-    if not host:
-        return ""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
 def _quietly(name: str, fn) -> None:
     try:
         fn()
@@ -833,17 +779,6 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
-
-
-def _newest_ts(batch) -> int | None:
-    """Kernel time (ns) of the last event of a batch, for the pipeline-lag gauge."""
-    if not batch:
-        return None
-    try:
-        ev = decode(batch[-1])
-    except Exception:
-        return None
-    return getattr(ev, "ts_ns", None)
 
 
 def _signal_name(signum) -> str:

@@ -2,9 +2,10 @@
 
 Each struct is declared once as an ordered list of (field, struct-format) pairs; the
 `struct.Struct` used to decode it and its field offsets are derived from that list. At
-start-up `check_layout()` compares every size and offset with `obj/abi.json`, which the
-BPF build writes from the C compiler's own view of events.h, so a mismatch is caught
-before the first event is misread.
+start-up `check_layout()` compares every size and offset — of this mirror and of the
+native decoder (`plaintap._core.abi_layout()`, which decodes the hot path) — with
+`obj/abi.json`, which the BPF build writes from the C compiler's own view of events.h, so
+a mismatch is caught before the first event is misread.
 """
 from __future__ import annotations
 
@@ -157,6 +158,22 @@ def load_compiled_layout() -> dict:
     return json.loads(resources.files("plaintap.bpf").joinpath("obj/abi.json").read_text())
 
 
+def _native_problems(compiled: dict) -> list[str]:
+    """The native decoder's offsets (plaintap._core) against the compiler's."""
+    from .. import _core
+    problems = []
+    for name, fields in _core.abi_layout().items():
+        if not isinstance(fields, dict):
+            if compiled.get(name) != fields:
+                problems.append(f"native {name} {fields} != {compiled.get(name)}")
+            continue
+        c = compiled.get(name, {})
+        for field, off in fields.items():
+            if c.get(field) != off:
+                problems.append(f"native {name}.{field} at {off}, compiler says {c.get(field)}")
+    return problems
+
+
 def check_layout(compiled: dict | None = None) -> None:
     """Compare every mirrored struct with the compiler's layout; raise AbiMismatch."""
     compiled = compiled if compiled is not None else load_compiled_layout()
@@ -183,6 +200,7 @@ def check_layout(compiled: dict | None = None) -> None:
                         ("PF_SKIP_DATA", PF_SKIP_DATA), ("PF_SKIP_TLS", PF_SKIP_TLS)):
         if compiled.get(name) != value:
             problems.append(f"{name} {compiled.get(name)} != {value}")
+    problems += _native_problems(compiled)
     if problems:
         raise AbiMismatch("BPF object and Python mirror disagree (rebuild with `make -C bpf`): "
                           + "; ".join(problems))

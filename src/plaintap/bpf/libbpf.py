@@ -80,6 +80,7 @@ _SIGNATURES = {
     "bpf_link__destroy": (c_int, [c_void_p]),
     "bpf_map__fd": (c_int, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, ctypes.c_uint32]),
+    "bpf_map__max_entries": (ctypes.c_uint32, [c_void_p]),
     "bpf_map__value_size": (ctypes.c_uint32, [c_void_p]),
     "bpf_map__key_size": (ctypes.c_uint32, [c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),

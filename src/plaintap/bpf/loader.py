@@ -319,6 +319,19 @@ class KernelCapture:
         """Map fds of the two ring buffers, for a reader outside libbpf (see the module doc)."""
         return {abi.DATA_RING: self._map_fd(abi.DATA_RING), abi.CONTROL_RING: self._map_fd(abi.CONTROL_RING)}
 
+    def ring_maps(self) -> list[tuple[str, int, int]]:
+        """(name, fd, data size) of the ring buffers, control first: the agent's native reader
+        (plaintap._core.Ring / DataPlane.drain) maps and drains them itself, with the
+        watermark rule above."""
+        out = []
+        for name in (abi.CONTROL_RING, abi.DATA_RING):
+            m = lib.bpf_object__find_map_by_name(self._obj, name.encode())
+            if m:
+                out.append((name, lib.bpf_map__fd(m), lib.bpf_map__max_entries(m)))
+        if not out:
+            raise BpfError("no ring buffer map in the BPF object (rebuild with `make -C bpf`)")
+        return out
+
     def attach_uprobe(self, prog_name: str, binary: str, offset: int, retprobe: bool = False,
                       cookie: int = 0, pid: int = -1) -> int:
         """Attach a uprobe program at a file offset of `binary` (all processes mapping

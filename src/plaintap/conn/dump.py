@@ -116,6 +116,8 @@ class StreamDumper:
         self.total = 0
         self._open: OrderedDict[int, _File] = OrderedDict()   # id(_File) → _File, least recent first
         self._warned: set[str] = set()
+        self._files: dict[str, dict] = {}      # connection id → {(flow, source) | "gaps": _File | None}
+        self._offsets: dict[str, dict] = {}    # connection id → {(flow, source): stream offset}
 
     # ---- files ----
 
@@ -186,7 +188,7 @@ class StreamDumper:
         return left
 
     def _file(self, conn, key, name: str) -> _File | None:
-        files = conn.state.setdefault("dump", {})
+        files = self._files.setdefault(conn.id, {})
         if key in files:
             return files[key]          # None once refused: not retried for every chunk
         f = files[key] = self._create(name)
@@ -201,13 +203,10 @@ class StreamDumper:
 
     # ---- stream consumer ----
 
-    def on_open(self, conn) -> None:
-        conn.state["dump_offsets"] = {}
-
     def on_data(self, conn, flow: int, source: int, pieces: list, ts_ns: int) -> None:
         suffix = ("tls." if source == abi.SRC_TLS else "") + _FLOW[flow]
         f = self._file(conn, (flow, source), f"{conn.id}.{suffix}")
-        offs = conn.state.setdefault("dump_offsets", {})
+        offs = self._offsets.setdefault(conn.id, {})
         pos = offs.get((flow, source), 0)
         for p in pieces:
             if isinstance(p, int):
@@ -228,8 +227,9 @@ class StreamDumper:
             g.size += len(data)
 
     def on_close(self, conn) -> None:
-        for f in conn.state.pop("dump", {}).values():
+        for f in self._files.pop(conn.id, {}).values():
             self._close(f)
+        self._offsets.pop(conn.id, None)
         meta = {
             "connection.id": conn.id, "pid": conn.pid, "fd": conn.fd, "exe": conn.process.exe,
             "direction": conn.direction, "local": [conn.local_addr, conn.local_port],

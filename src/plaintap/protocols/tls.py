@@ -17,19 +17,15 @@ What can be learned in clear:
   ServerHello with a fixed random; it is flagged, and the real ServerHello follows.
 
 `hello_incomplete(data)` tells "wait for more bytes" apart from "not a hello".
+
+The parsing is the native core's (`native/src/classify.rs`), the one the data plane uses;
+this is its Python face.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CONTENT_HANDSHAKE = 22
-HS_CLIENT_HELLO = 1
-HS_SERVER_HELLO = 2
-EXT_SERVER_NAME = 0
-EXT_ALPN = 16
-EXT_SUPPORTED_VERSIONS = 43
-MAX_RECORD = 16384 + 2048
-MAX_HELLO = 1 << 17
+from .. import _core
 
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 
@@ -71,183 +67,18 @@ class ServerHello:
     hello_retry_request: bool = False
 
 
-class _Reader:
-    """Bounds-checked big-endian reads; any overrun raises _Short."""
-
-    __slots__ = ("data", "pos", "end")
-
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = len(data) if end is None else end
-
-    def u8(self) -> int:
-        if self.pos + 1 > self.end:
-            raise _Short
-        v = self.data[self.pos]
-        self.pos += 1
-        return v
-
-    def u16(self) -> int:
-        if self.pos + 2 > self.end:
-            raise _Short
-        v = (self.data[self.pos] << 8) | self.data[self.pos + 1]
-        self.pos += 2
-        return v
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > self.end:
-            raise _Short
-        v = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return v
-
-    def sub(self, n: int) -> "_Reader":
-        if self.pos + n > self.end:
-            raise _Short
-        r = _Reader(self.data, self.pos, self.pos + n)
-        self.pos += n
-        return r
-
-    def left(self) -> int:
-        return self.end - self.pos
-
-
-class _Short(Exception):
-    pass
-
-
-def _handshake_message(data: bytes, want: int) -> bytes | None | bool:
-    """Body of the first handshake message if complete (bytes); None if more bytes are
-    needed; False if this is not a handshake of type `want`."""
-    payload = bytearray()
-    pos = 0
-    n = len(data)
-    while True:
-        if len(payload) >= 4:
-            if payload[0] != want:
-                return False
-            length = (payload[1] << 16) | (payload[2] << 8) | payload[3]
-            if length > MAX_HELLO:
-                return False
-            if len(payload) >= 4 + length:
-                return bytes(payload[4:4 + length])
-        if n - pos < 5:
-            if n - pos >= 1 and data[pos] != CONTENT_HANDSHAKE:
-                return False
-            if n - pos >= 2 and data[pos + 1] != 0x03:
-                return False
-            return None
-        ctype, major, minor = data[pos], data[pos + 1], data[pos + 2]
-        rlen = (data[pos + 3] << 8) | data[pos + 4]
-        if ctype != CONTENT_HANDSHAKE or major != 0x03 or minor > 0x04 or not rlen \
-                or rlen > MAX_RECORD:
-            return False
-        if not payload and data[pos + 5:pos + 6] not in (b"", bytes([want])):
-            return False
-        if n - pos - 5 < rlen:
-            payload += data[pos + 5:n]
-            # A partial record still tells us the message type early.
-            if len(payload) >= 1 and payload[0] != want:
-                return False
-            return None
-        payload += data[pos + 5:pos + 5 + rlen]
-        pos += 5 + rlen
-
-
 def hello_incomplete(data: bytes) -> bool:
     """True when `data` is a valid prefix of a Client/ServerHello that is not complete."""
-    try:
-        data = bytes(data)
-        return (_handshake_message(data, HS_CLIENT_HELLO) is None
-                or _handshake_message(data, HS_SERVER_HELLO) is None)
-    except Exception:
-        return False
+    return _core.hello_incomplete(bytes(data))
 
 
 def parse_client_hello(data: bytes) -> ClientHello | None:
     """The ClientHello at the start of `data`, or None (incomplete or not a ClientHello)."""
-    try:
-        body = _handshake_message(bytes(data), HS_CLIENT_HELLO)
-        if not isinstance(body, bytes):
-            return None
-        return _client_hello(_Reader(body))
-    except Exception:
-        return None
+    d = _core.parse_client_hello(bytes(data))
+    return None if d is None else ClientHello(**d)
 
 
 def parse_server_hello(data: bytes) -> ServerHello | None:
     """The ServerHello at the start of `data`, or None (incomplete or not a ServerHello)."""
-    try:
-        body = _handshake_message(bytes(data), HS_SERVER_HELLO)
-        if not isinstance(body, bytes):
-            return None
-        return _server_hello(_Reader(body))
-    except Exception:
-        return None
-
-
-def _extensions(r: _Reader):
-    if not r.left():
-        return
-    ext = r.sub(r.u16())
-    while ext.left():
-        etype = ext.u16()
-        yield etype, ext.sub(ext.u16())
-
-
-def _client_hello(r: _Reader) -> ClientHello:
-    legacy = r.u16()
-    r.take(32)                       # random
-    r.take(r.u8())                   # legacy session id
-    suites_r = r.sub(r.u16())
-    suites = []
-    while suites_r.left() >= 2:
-        suite = suites_r.u16()
-        if not is_grease(suite):
-            suites.append(suite)
-    r.take(r.u8())                   # compression methods
-    sni = None
-    alpn: list[str] = []
-    versions: list[str] = []
-    for etype, ext in _extensions(r):
-        if etype == EXT_SERVER_NAME:
-            names = ext.sub(ext.u16())
-            while names.left():
-                kind = names.u8()
-                name = names.take(names.u16())
-                if kind == 0 and sni is None:
-                    sni = name.decode("ascii", "replace")
-        elif etype == EXT_ALPN:
-            protos = ext.sub(ext.u16())
-            while protos.left():
-                alpn.append(protos.take(protos.u8()).decode("ascii", "replace"))
-        elif etype == EXT_SUPPORTED_VERSIONS:
-            vs = ext.sub(ext.u8())
-            while vs.left() >= 2:
-                v = vs.u16()
-                if not is_grease(v):
-                    versions.append(version_name(v))
-    return ClientHello(legacy_version=version_name(legacy), sni=sni, alpn=tuple(alpn),
-                       supported_versions=tuple(versions), cipher_suites=tuple(suites))
-
-
-def _server_hello(r: _Reader) -> ServerHello:
-    legacy = r.u16()
-    random = r.take(32)
-    r.take(r.u8())                   # legacy session id echo
-    suite = r.u16()
-    r.u8()                           # compression method
-    selected = None
-    alpn = None
-    for etype, ext in _extensions(r):
-        if etype == EXT_SUPPORTED_VERSIONS:
-            selected = ext.u16()
-        elif etype == EXT_ALPN:
-            protos = ext.sub(ext.u16())
-            if protos.left():
-                alpn = protos.take(protos.u8()).decode("ascii", "replace")
-    version = version_name(selected if selected is not None else legacy)
-    return ServerHello(legacy_version=version_name(legacy), version=version,
-                       cipher_suite=suite, alpn=alpn,
-                       hello_retry_request=random == HRR_RANDOM)
+    d = _core.parse_server_hello(bytes(data))
+    return None if d is None else ServerHello(**d)

@@ -1,14 +1,17 @@
-"""Decoding raw kernel records built in memory with the ABI layouts (no kernel)."""
+"""Decoding raw kernel records (native decoder) built in memory with the ABI layouts."""
 import socket
 
 import pytest
 
+from plaintap import _core
 from plaintap.bpf import abi
-from plaintap.capture.decode import ConnOpen, Data, ProcExec, decode
+
+from .kernel_records import conn_open, data, proc_exec
 
 
-def test_mirror_matches_compiled_header():
+def test_mirror_and_native_decoder_match_compiled_header():
     abi.check_layout()
+    assert _core.abi_layout()["ev_data"]["data"] == abi.DATA_PAYLOAD_OFFSET
 
 
 def test_mirror_mismatch_is_detected():
@@ -18,31 +21,50 @@ def test_mirror_mismatch_is_detected():
         abi.check_layout(compiled)
 
 
+def test_native_decoder_mismatch_is_detected():
+    compiled = abi.load_compiled_layout()
+    compiled["ev_conn_open"]["comm"] += 1
+    with pytest.raises(abi.AbiMismatch, match="native ev_conn_open.comm"):
+        abi.check_layout(compiled)
+
+
 def test_conn_open_ipv4_and_mapped_ipv6():
-    raw = abi.CONN_OPEN.struct.pack(abi.EV_CONN_OPEN, 42, 1000, 7, 43, 5, 1000, 2, abi.ROLE_CLIENT,
-                                    abi.DIR_EGRESS_EXTERNAL, 5555, 443, 0, socket.inet_aton("10.0.0.1") + bytes(12),
-                                    socket.inet_aton("93.184.216.34") + bytes(12), b"curl")
-    ev = decode(raw)
-    assert isinstance(ev, ConnOpen)
-    assert (ev.local_addr, ev.local_port, ev.remote_addr, ev.remote_port) == ("10.0.0.1", 5555, "93.184.216.34", 443)
-    assert ev.direction == "egress-external" and ev.comm == "curl"
+    raw = conn_open(7, 1000, pid=42, fd=5, uid=1000, local=("10.0.0.1", 5555), remote=("93.184.216.34", 443),
+                    comm=b"curl")
+    t, pid, ts, ev = _core.decode(raw)
+    assert (t, pid, ts) == (abi.EV_CONN_OPEN, 42, 1000)
+    assert (ev["local_addr"], ev["local_port"], ev["remote_addr"], ev["remote_port"]) == \
+        ("10.0.0.1", 5555, "93.184.216.34", 443)
+    assert ev["direction"] == "egress-external" and ev["comm"] == "curl" and ev["uid"] == 1000
     mapped = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
-    raw6 = abi.CONN_OPEN.struct.pack(abi.EV_CONN_OPEN, 1, 1, 1, 1, 3, 0, 10, abi.ROLE_SERVER, abi.DIR_INGRESS,
-                                     80, 9999, 0, mapped, socket.inet_pton(socket.AF_INET6, "::1"), b"")
-    ev6 = decode(raw6)
-    assert ev6.local_addr == "127.0.0.1" and ev6.remote_addr == "::1"
+    raw6 = conn_open(1, 1, family=10, role=abi.ROLE_SERVER, direction=abi.DIR_INGRESS, laddr=mapped,
+                     raddr=socket.inet_pton(socket.AF_INET6, "::1"))
+    ev6 = _core.decode(raw6)[3]
+    assert ev6["local_addr"] == "127.0.0.1" and ev6["remote_addr"] == "::1" and ev6["direction"] == "ingress"
 
 
 def test_data_payload_and_truncated_record():
-    hdr = abi.DATA.struct.pack(abi.EV_DATA, 9, 5, 3, 100, 4, abi.FLOW_RECV, abi.SRC_SOCKET, 0, 7, 0)
-    ev = decode(hdr + b"abcd")
-    assert isinstance(ev, Data) and ev.data == b"abcd" and ev.offset == 100
-    assert decode(hdr + b"ab") is None          # shorter than its len: counted, not raised
+    raw = data(3, 5, 100, b"abcd", flow=abi.FLOW_RECV, pid=9, fd=7)
+    ev = _core.decode(raw)[3]
+    assert ev["data"] == b"abcd" and ev["offset"] == 100 and ev["fd"] == 7
+    with pytest.raises(ValueError):
+        _core.decode(raw[:-2])          # shorter than its len: counted by the data plane
 
 
 def test_exec_argv_and_unknown_type():
-    raw = abi.PROC_EXEC.struct.pack(abi.EV_PROC_EXEC, 5, 1, 1, 0, 8, 12, 0, b"/bin/foo", b"foo\0-x\0bar\0")
-    ev = decode(raw)
-    assert isinstance(ev, ProcExec) and ev.filename == "/bin/foo" and ev.argv == ["foo", "-x", "bar"]
-    assert decode(b"\x63\0\0\0" + bytes(40)) is None
-    assert decode(b"\x01") is None
+    ev = _core.decode(proc_exec(5, 1, b"/bin/foo", b"foo\0-x\0bar\0"))[3]
+    assert ev["filename"] == "/bin/foo" and ev["argv"] == ["foo", "-x", "bar"]
+    for bad in (b"\x63\0\0\0" + bytes(40), b"\x01"):
+        with pytest.raises(ValueError):
+            _core.decode(bad)
+
+
+def test_garbage_never_crashes():
+    import random
+    rnd = random.Random(3)
+    for n in range(3000):
+        blob = bytes([n % 9, 0, 0, 0]) + rnd.randbytes(rnd.randrange(0, 900))
+        try:
+            _core.decode(blob)
+        except ValueError:
+            pass

@@ -1,13 +1,12 @@
 """tap.filters: matching executables, the bits they give, and how the tracker applies them."""
 import pytest
 
-from plaintap import metrics
 from plaintap.bpf import abi
 from plaintap.capture import filters
-from plaintap.capture.decode import ConnClose, ConnOpen, Data
 from plaintap.capture.process import ProcessTable
 from plaintap.config import load_config_text
-from plaintap.conn.tracker import ConnectionTracker
+
+from .kernel_records import Plane, conn_close, conn_open, data
 
 
 def pf(yaml_filters: str) -> filters.ProcessFilter:
@@ -114,48 +113,25 @@ def test_exec_into_a_filtered_and_back_out_syncs_the_kernel():
     assert told == [(5, filters.SKIP_ALL), (5, 0)]
 
 
-def opened(kid, pid, fd=3):
-    return ConnOpen(pid, 0, kid, pid, fd, 0, abi.ROLE_CLIENT, "egress-external", "10.0.0.1", 1000 + kid,
-                    "1.1.1.1", 443, "x")
-
-
-class Feed:
-    def __init__(self):
-        self.opened, self.data = [], []
-
-    def on_open(self, conn):
-        self.opened.append(conn.kid)
-
-    def on_data(self, conn, flow, source, pieces, ts):
-        self.data.append((conn.kid, source, b"".join(p for p in pieces if isinstance(p, bytes))))
-
-    def on_close(self, conn):
-        pass
-
-
-def test_tracker_skips_filtered_processes_and_limits_the_others():
+def test_data_plane_skips_filtered_processes_and_limits_the_others():
     f = pf(CUSTOM)
     procs = FakeProcs({1: "/usr/sbin/chronyd", 2: "/opt/agent-7", 3: "/srv/ssl-only", 4: "/usr/bin/curl"},
                       flags_for=f.flags_for)
-    reports, forgotten, feed = [], [], Feed()
-    t = ConnectionTracker(procs, lambda c, part, fin: reports.append((c.kid, fin, c.bytes_sent, c.tls_inspected)),
-                          [feed], forget_kernel_entry=lambda p, fd: forgotten.append((p, fd)))
-    orphans = metrics.orphan_events._value.get()
-    filtered = metrics.filtered_connections._value.get()
+    p = Plane(procs, dump=True)      # the dump output shows which streams reach the consumers
     for kid, pid in ((11, 1), (12, 2), (13, 3), (14, 4)):
-        t.handle(opened(kid, pid))
-        t.handle(Data(pid, 1, kid, 0, abi.FLOW_SEND, abi.SRC_SOCKET, 3, b"\x16\x03\x01ciphertext"))
-        t.handle(Data(pid, 2, kid, 0, abi.FLOW_SEND, abi.SRC_TLS, 3, b"GET / HTTP/1.1\r\n\r\n"))
-        t.handle(ConnClose(pid, 3, kid, 13, 0, 3))
+        p.feed(conn_open(kid, 0, pid=pid),
+               data(kid, 1, 0, b"\x16\x03\x01ciphertext", pid=pid),
+               data(kid, 2, 0, b"GET / HTTP/1.1\r\n\r\n", source=abi.SRC_TLS, pid=pid),
+               conn_close(kid, 3, pid=pid, sent=13))
     # chronyd: not reported, its kernel entry dropped, its later events not counted as orphans
-    assert forgotten == [(1, 3)] and 11 not in feed.opened
-    assert metrics.filtered_connections._value.get() == filtered + 1
-    assert metrics.orphan_events._value.get() == orphans
-    by_kid = {k: (sent, insp) for k, fin, sent, insp in reports if fin}
+    assert p.hooks.forgotten == [(1, 3)]
+    assert p.stats["filtered_connections"] == 1 and p.stats["orphan_events"] == 0
+    by_kid = {c.kid: (c.bytes_sent, c.tls_inspected) for c, part, fin in p.reports if fin}
     assert set(by_kid) == {12, 13, 14}
+    fed = [(c.kid, src) for c, flow, src, pieces in p.pieces]
     # data-filtered: byte counts, no payload to consumers, not inspected
-    assert by_kid[12] == (13, False) and not [d for d in feed.data if d[0] == 12]
+    assert by_kid[12] == (13, False) and not [k for k, _ in fed if k == 12]
     # tls-filtered: ciphertext flows, plaintext does not
-    assert by_kid[13] == (13, False) and [s for k, s, _ in feed.data if k == 13] == [abi.SRC_SOCKET]
+    assert by_kid[13] == (13, False) and [s for k, s in fed if k == 13] == [abi.SRC_SOCKET]
     # unfiltered: both
-    assert by_kid[14] == (13, True) and sorted(s for k, s, _ in feed.data if k == 14) == [abi.SRC_SOCKET, abi.SRC_TLS]
+    assert by_kid[14] == (13, True) and sorted(s for k, s in fed if k == 14) == [abi.SRC_SOCKET, abi.SRC_TLS]

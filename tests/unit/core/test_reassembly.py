@@ -1,7 +1,7 @@
-"""Stream reassembly by offset: order, duplicates, gaps, bounded pending."""
+"""Stream reassembly by offset (native core): order, duplicates, gaps, bounded pending."""
 import random
 
-from plaintap.conn.reassembly import Stream
+from plaintap._core import Stream
 
 
 def collect(pieces):
@@ -23,38 +23,38 @@ def test_in_order_and_shuffled_chunks_give_the_same_stream():
         random.Random(seed).shuffle(order)
         s, out = Stream(), []
         for off, c in order:
-            s.add(off, c, out)
+            out += s.add(off, c)
         assert collect(out) == (payload, 0)
-        assert s.delivered == len(payload) and not s.pending
+        assert s.delivered == len(payload) and s.pending_bytes == 0
 
 
 def test_duplicates_and_overlaps_are_trimmed():
     s, out = Stream(), []
-    s.add(0, b"hello", out)
-    s.add(0, b"hello", out)          # full duplicate
-    s.add(3, b"lo world", out)       # overlap
+    out += s.add(0, b"hello")
+    out += s.add(0, b"hello")          # full duplicate
+    out += s.add(3, b"lo world")       # overlap
     assert collect(out) == (b"hello world", 0)
     assert s.duplicate_bytes == 5 + 2
 
 
 def test_explicit_gap_is_delivered_in_place():
     s, out = Stream(), []
-    s.add(0, b"ab", out)
-    s.add(5, b"fg", out)             # waits for the hole
+    out += s.add(0, b"ab")
+    out += s.add(5, b"fg")             # waits for the hole
     assert collect(out) == (b"ab", 0)
-    s.add_gap(2, 3, out)
-    assert out == [b"ab", 3, b"fg"] and s.gap_bytes == 3
+    out += s.add_gap(2, 3)
+    assert out == [b"ab", 3, b"fg"] and s.gap_bytes == 3 and s.hole_bytes == 0
 
 
 def test_pending_bound_turns_a_hole_into_a_gap():
-    s, out = Stream(max_pending_bytes=10), []
-    s.add(100, b"x" * 11, out)       # never filled: over the bound
-    assert out == [100, b"x" * 11] and s.next == 111
+    s = Stream(max_pending_bytes=10)
+    out = s.add(100, b"x" * 11)        # never filled: over the bound
+    assert out == [100, b"x" * 11] and s.next == 111 and s.hole_bytes == 100
 
 
 def test_flush_at_close_reports_holes():
     s, out = Stream(), []
-    s.add(0, b"a", out)
-    s.add(4, b"e", out)
-    s.flush(out)
+    out += s.add(0, b"a")
+    out += s.add(4, b"e")
+    out += s.flush()
     assert out == [b"a", 3, b"e"]

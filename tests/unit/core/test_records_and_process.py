@@ -2,9 +2,9 @@
 import json
 
 from plaintap.capture.process import ProcessInfo, container_id_from_cgroup
-from plaintap.conn.tracker import Connection
 from plaintap.records.connection import connection_record
 from plaintap.records.model import Record, rfc3339_ns, to_json_line
+from records.samples import Connection
 
 
 def conn(**kw):

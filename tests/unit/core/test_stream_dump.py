@@ -11,7 +11,7 @@ import pytest
 from plaintap.bpf import abi
 from plaintap.capture.process import ProcessInfo
 from plaintap.conn.dump import DumpDirError, StreamDumper, dump_dropped_bytes, dump_refused
-from plaintap.conn.tracker import Connection
+from records.samples import Connection
 
 
 def connection(id: str = "5eed1234c1", kid: int = 1) -> Connection:
@@ -36,7 +36,6 @@ def test_creates_missing_dir_0700_and_files_0600(tmp_path):
     dumper = StreamDumper(str(d))
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     conn = connection()
-    dumper.on_open(conn)
     dumper.on_data(conn, abi.FLOW_SEND, abi.SRC_SOCKET, [b"hello ", 3, b"world"], 0)
     dumper.on_data(conn, abi.FLOW_RECV, abi.SRC_TLS, [b"plain"], 0)
     dumper.on_close(conn)
@@ -81,7 +80,6 @@ def test_planted_symlink_is_refused_and_nothing_written_through_it(tmp_path):
     (d / f"{conn.id}.send").symlink_to(victim)
     (d / f"{conn.id}.json").symlink_to(victim)
     before = counter(dump_refused, "exists")
-    dumper.on_open(conn)
     dumper.on_data(conn, abi.FLOW_SEND, abi.SRC_SOCKET, [b"attacker wants this in victim"], 0)
     dumper.on_data(conn, abi.FLOW_SEND, abi.SRC_SOCKET, [b"again"], 0)
     dumper.on_data(conn, abi.FLOW_RECV, abi.SRC_SOCKET, [b"other flow is fine"], 0)
@@ -95,7 +93,6 @@ def test_sizes_are_bounded_and_the_rest_is_noted(tmp_path):
     d = fresh_dir(tmp_path)
     dumper = StreamDumper(str(d), max_file_bytes=10, max_total_bytes=15)
     conn = connection()
-    dumper.on_open(conn)
     before = counter(dump_dropped_bytes)
     dumper.on_data(conn, abi.FLOW_SEND, abi.SRC_SOCKET, [b"0123456789abcdef"], 0)
     dumper.on_data(conn, abi.FLOW_RECV, abi.SRC_SOCKET, [b"ABCDEFGHIJ"], 0)

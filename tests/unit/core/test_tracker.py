@@ -1,71 +1,107 @@
-"""Connection tracker: report timing from kernel timestamps, fd reuse, process exit."""
+"""Connection table (native core): report timing from kernel timestamps, fd reuse,
+process exit, TCP_CLOSE, orphans, memory budget."""
 from plaintap.bpf import abi
-from plaintap.capture.decode import ConnClose, ConnOpen, Data, ProcExit
-from plaintap.capture.process import ProcessInfo, ProcessTable
-from plaintap.conn.tracker import ConnectionTracker
 
-MS = 1_000_000
+from .kernel_records import MS, Plane, conn_close, conn_open, data, gap, proc_exit, sock_state
 
 
-class Procs(ProcessTable):
-    def get(self, pid, comm="", uid=None):
-        return ProcessInfo(pid, exe="/usr/bin/x", comm=comm, uid=uid)
-
-
-def make(forgotten=None):
-    reports = []
-    t = ConnectionTracker(Procs(), lambda c, part, fin: reports.append((c.kid, part, fin, c.bytes_sent)),
-                          forget_kernel_entry=(lambda p, f: forgotten.append((p, f))) if forgotten is not None else None)
-    return t, reports
-
-
-def opened(kid, ts, fd=3, pid=10):
-    return ConnOpen(pid, ts, kid, pid, fd, 0, abi.ROLE_CLIENT, "egress-external", "10.0.0.1", 1000 + kid,
-                    "1.1.1.1", 443, "x")
+def finals(p):
+    return [(c.kid, part, fin, c.bytes_sent) for c, part, fin in p.reports]
 
 
 def test_short_connection_gets_only_the_final_report():
-    t, reports = make()
-    t.handle(opened(1, 0))
-    t.handle(Data(10, 1 * MS, 1, 0, abi.FLOW_SEND, abi.SRC_SOCKET, 3, b"abc"))
-    t.tick(100 * MS)
-    t.handle(ConnClose(10, 200 * MS, 1, 3, 0, 3))
-    t.tick(10_000 * MS)
-    assert reports == [(1, 0, True, 3)]
+    p = Plane()
+    p.feed(conn_open(1, 0), data(1, 1 * MS, 0, b"abc"))
+    p.tick(100 * MS)
+    p.feed(conn_close(1, 200 * MS, sent=3))
+    p.tick(10_000 * MS)
+    assert finals(p) == [(1, 0, True, 3)]
 
 
 def test_long_connection_reports_at_500ms_then_every_10s_then_final():
-    t, reports = make()
-    t.handle(opened(1, 0))
+    p = Plane()
+    p.feed(conn_open(1, 0))
     for now in (499 * MS, 500 * MS, 5_000 * MS, 10_499 * MS, 10_500 * MS, 20_000 * MS):
-        t.tick(now)
-    t.handle(ConnClose(10, 21_000 * MS, 1, 0, 0, 3))
-    assert [(p, f) for _, p, f, _ in reports] == [(0, False), (1, False), (2, True)]
+        p.tick(now)
+    p.feed(conn_close(1, 21_000 * MS))
+    assert [(part, fin) for _, part, fin, _ in finals(p)] == [(0, False), (1, False), (2, True)]
+
+
+def test_reports_are_snapshots():
+    p = Plane()
+    p.feed(conn_open(1, 0), data(1, 1, 0, b"abc"))
+    p.tick(500 * MS)
+    p.feed(data(1, 2, 3, b"defg"), conn_close(1, 600 * MS))
+    (c0, _, _), (c1, _, _) = p.reports
+    assert (c0.bytes_sent, c0.finalized, c0.close_ns) == (3, False, None)
+    assert (c1.bytes_sent, c1.finalized, c1.close_ns) == (7, True, 600 * MS)
 
 
 def test_fd_reuse_never_mixes_connections():
-    t, reports = make()
-    t.handle(opened(1, 0, fd=3))
-    t.handle(Data(10, 1, 1, 0, abi.FLOW_SEND, abi.SRC_SOCKET, 3, b"first"))
-    t.handle(ConnClose(10, 2, 1, 5, 0, 3))
-    t.handle(opened(2, 3, fd=3))
-    t.handle(Data(10, 4, 2, 0, abi.FLOW_SEND, abi.SRC_SOCKET, 3, b"second!"))
-    t.handle(ConnClose(10, 5, 2, 7, 0, 3))
-    assert [(k, s) for k, _, _, s in reports] == [(1, 5), (2, 7)]
+    p = Plane()
+    p.feed(conn_open(1, 0, fd=3), data(1, 1, 0, b"first"), conn_close(1, 2, sent=5),
+           conn_open(2, 3, fd=3), data(2, 4, 0, b"second!"), conn_close(2, 5, sent=7))
+    assert [(k, s) for k, _, _, s in finals(p)] == [(1, 5), (2, 7)]
 
 
 def test_process_exit_finalizes_and_forgets_kernel_entries():
-    forgotten = []
-    t, reports = make(forgotten)
-    t.handle(opened(1, 0, fd=4, pid=77))
-    t.handle(opened(2, 0, fd=5, pid=77))
-    t.handle(ProcExit(77, 10, 0))
-    assert sorted(k for k, _, f, _ in reports if f) == [1, 2]
-    assert sorted(forgotten) == [(77, 4), (77, 5)]
-    assert not t.conns
+    p = Plane()
+    p.feed(conn_open(1, 0, fd=4, pid=77), conn_open(2, 0, fd=5, pid=77), proc_exit(77, 10))
+    assert sorted(k for k, _, f, _ in finals(p) if f) == [1, 2]
+    assert sorted(p.hooks.forgotten) == [(77, 4), (77, 5)]
+    assert len(p.dp) == 0 and p.hooks.exits == [77]
+    assert p.stats["finished_by_exit"] == 2
+
+
+def test_tcp_close_without_close_syscall_finishes_after_grace():
+    p = Plane(close_grace_ns=1000 * MS)
+    p.feed(conn_open(1, 0), sock_state(1, 100 * MS, new=7))
+    p.tick(400 * MS)           # first report time passed, grace not yet over
+    assert len(p.dp) == 1
+    p.tick(1200 * MS)
+    assert len(p.dp) == 0 and [f for _, _, f in p.reports][-1] is True
+    assert p.stats["closed_by_state"] == 1
+    p.feed(conn_close(1, 1300 * MS))           # a late close(2) of the same socket: nothing new
+    assert len([r for r in p.reports if r[2]]) == 1
 
 
 def test_data_for_unknown_connection_is_counted_not_raised():
-    t, reports = make()
-    t.handle(Data(10, 1, 99, 0, abi.FLOW_SEND, abi.SRC_SOCKET, 3, b"x"))
-    assert reports == []
+    p = Plane()
+    p.feed(data(99, 1, 0, b"x"))
+    assert p.reports == [] and p.stats["orphan_events"] == 1
+
+
+def test_unknown_and_short_records_are_counted():
+    p = Plane()
+    p.feed(b"\x63\0\0\0" + bytes(40), b"\x01", data(1, 1, 0, b"abcd")[:-2])
+    assert p.stats["unknown_events"] == 3
+
+
+def test_lost_ring_record_is_reported_as_gap_bytes():
+    """A data record the kernel could not even report leaves a hole: it is delivered as a
+    gap and counted with the ring-buffer losses, so gap bytes equal the dropped payload."""
+    p = Plane(dump=True)
+    p.feed(conn_open(1, 0), data(1, 1, 0, b"abc"), data(1, 3, 1003, b"xyz"),
+           gap(1, 4, 1006, 10, reason=1), conn_close(1, 5))
+    pieces = [x for _, flow, src, ps in p.pieces for x in ps]
+    assert pieces == [b"abc", 1000, b"xyz", 10]
+    assert p.stats["gap_bytes"] == {"ringbuf_full": 1010}
+
+
+def test_byte_budget_sheds_waiting_bytes_counted():
+    p = Plane(byte_budget=64 * 1024, dump=True)
+    p.feed(conn_open(1, 0))
+    # out-of-order bytes waiting for a hole that never fills
+    p.feed(*[data(1, i, 100 + i * 16384, b"y" * 16384) for i in range(8)])
+    assert p.dp.held_bytes <= 64 * 1024 + 16384
+    assert p.stats["shed_bytes"].get("reassembly_wait") == 100
+    p.feed(conn_close(1, 99))
+    assert p.dp.held_bytes == 0
+
+
+def test_many_idle_connections_are_cheap():
+    p = Plane()
+    p.feed(*[conn_open(k, 0, fd=k) for k in range(1, 2001)])
+    assert len(p.dp) == 2000 and p.dp.held_bytes == 0
+    p.close_all(1)
+    assert len(p.dp) == 0 and len(p.reports) == 2000

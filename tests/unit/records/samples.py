@@ -6,14 +6,50 @@ import json
 import os
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from plaintap.capture.containers import ContainerInfo, ContainerMeta, ContainerRef
 from plaintap.capture.process import ProcessInfo
-from plaintap.conn.tracker import Connection
 from plaintap.protocols.model import GrpcInfo, Message, Transaction
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
 EPOCH = 1_700_000_000_000_000_000          # wall ns at kernel time 0
 T0 = 5_000_000_000                         # first request byte, kernel ns
+
+
+@dataclass
+class Connection:
+    """A connection as record builders see it: the attributes of `plaintap._core.ConnInfo`
+    (what the native data plane hands over), settable so samples can vary them."""
+
+    kid: int
+    id: str
+    pid: int
+    fd: int
+    role: int
+    direction: str
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    open_ns: int
+    process: ProcessInfo
+    close_ns: int | None = None
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    protocol: str = "tcp"
+    domain: str = ""
+    tls_enabled: bool = False
+    tls_inspected: bool = False
+    tls_version: str = ""
+    tls_sni: str = ""
+    tls_alpn: str = ""
+    joined: bool = False
+    skip: int = 0
+
+    @property
+    def is_client(self) -> bool:
+        return self.role == 1
 
 
 def wall_ns(mono_ns: int) -> int:

@@ -1,0 +1,1223 @@
+//! The connection table: kernel events in, ordered streams, HTTP transactions and
+//! connection reports out.
+//!
+//! Connections are keyed by the kernel's conn_id, unique per agent run, so an fd reused by
+//! a new connection is never confused with the old one. Each connection is one `Session`
+//! that owns everything about it: its reassembly streams (per flow and source), its
+//! classifier (whose typed `Facts` it applies), its HTTP parser and the bytes held before
+//! the protocol is known. Nothing is shared between sessions except the counters and the
+//! global byte budget.
+//!
+//! Reports follow qtap's timing: ~500 ms after open, then every 10 s, then a final one on
+//! close (`finalized`); a connection that closes sooner gets only the final one. A
+//! connection is finished by close(2), by its process's exit, or a grace period after its
+//! socket reached TCP_CLOSE (a socket closed by close_range/dup2 or reset never sees a
+//! close(2)). All timing uses kernel timestamps passed in.
+//!
+//! Python is called only per connection or process (open, exec, exit), never per data
+//! event; HTTP parsers are the native ones (`crate::http1`/`crate::http2`), or the Python
+//! ones (`plaintap.protocols.new_parser`) while a native one is not built in.
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::classify::{Bytes, Classifier, Facts};
+use crate::decode::{
+    self, ConnOpen, Event, Record, FLOW_RECV, FLOW_SEND, ROLE_CLIENT, SRC_SOCKET, SRC_TLS,
+};
+use crate::model::{Event as ParserEvent, Parser, Side};
+use crate::py_parser;
+use crate::reassembly::{Piece, Stream};
+
+pub const FIRST_REPORT_NS: u64 = 500_000_000;
+pub const REPORT_INTERVAL_NS: u64 = 10_000_000_000;
+pub const CLOSE_GRACE_NS: u64 = 1_000_000_000;
+/// Application bytes held per connection while its protocol is not known yet.
+pub const HOLD_LIMIT: u64 = 256 * 1024;
+pub const DEFAULT_BYTE_BUDGET: u64 = 256 << 20;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_CLOSE: i32 = 7;
+/// Remembered ids of connections tap.filters skipped (their close is not an orphan).
+const MAX_SKIPPED: usize = 65536;
+
+// tap.filters bits (capture/filters.py): kernel ones, then user-space ones.
+pub const SKIP_ALL: u32 = 1;
+pub const SKIP_DATA: u32 = 2;
+pub const SKIP_TLS: u32 = 4;
+pub const SKIP_HTTP: u32 = 1 << 8;
+
+/// What Python sees of a connection: records and plugins read these attributes.
+#[pyclass(module = "plaintap._core", get_all, frozen)]
+pub struct ConnInfo {
+    pub kid: u64,
+    pub id: String,
+    pub pid: u32,
+    pub fd: i32,
+    pub role: u8,
+    pub is_client: bool,
+    pub direction: &'static str,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub remote_addr: String,
+    pub remote_port: u16,
+    pub open_ns: u64,
+    pub close_ns: Option<u64>,
+    pub process: PyObject,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub protocol: &'static str,
+    pub domain: String,
+    pub tls_enabled: bool,
+    pub tls_inspected: bool,
+    pub tls_version: String,
+    pub tls_sni: String,
+    pub tls_alpn: String,
+    pub joined: bool,
+    pub established: bool,
+    pub skip: u32,
+    pub parts: u32,
+    pub finalized: bool,
+}
+
+#[pymethods]
+impl ConnInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "ConnInfo(id={:?}, pid={}, fd={}, {}:{} -> {}:{}, protocol={})",
+            self.id,
+            self.pid,
+            self.fd,
+            self.local_addr,
+            self.local_port,
+            self.remote_addr,
+            self.remote_port,
+            self.protocol
+        )
+    }
+}
+
+enum HttpParser {
+    Native(Box<dyn Parser>),
+    Python(PyObject),
+}
+
+/// HTTP feeding state of one connection (what conn/http.py did).
+struct Http {
+    parser: Option<HttpParser>,
+    held: Vec<(Side, Option<Vec<u8>>, u64, u64)>, // side, bytes (None: gap of len), len, ts
+    held_bytes: u64,
+    /// Not HTTP, or the parser failed: stop looking.
+    dead: bool,
+}
+
+/// One connection: identity, facts, streams, classifier and parser.
+pub struct Session {
+    info: ConnInfo,
+    py_info: Option<Py<ConnInfo>>,
+    dirty: bool,
+    streams: Vec<((u8, u8), Stream)>,
+    classifier: Option<Classifier>,
+    facts: Facts,
+    http: Option<Http>,
+    tx_seq: u64,
+    /// Bytes this session holds that count against the global budget.
+    held: u64,
+    /// TCP_CLOSE seen at this time: finish after the grace period unless close(2) comes.
+    closed_at: Option<u64>,
+}
+
+impl Session {
+    fn client_flow(&self) -> u8 {
+        if self.info.is_client {
+            FLOW_SEND
+        } else {
+            FLOW_RECV
+        }
+    }
+
+    fn stream(&mut self, flow: u8, source: u8, max_pending: u64) -> &mut Stream {
+        let i = match self.streams.iter().position(|(k, _)| *k == (flow, source)) {
+            Some(i) => i,
+            None => {
+                self.streams
+                    .push(((flow, source), Stream::new(max_pending)));
+                self.streams.len() - 1
+            }
+        };
+        &mut self.streams[i].1
+    }
+
+    fn mem(&self) -> u64 {
+        let streams: u64 = self.streams.iter().map(|(_, s)| s.pending_bytes).sum();
+        let cls = self
+            .classifier
+            .as_ref()
+            .map_or(0, |c| c.held_bytes() as u64);
+        let http = self.http.as_ref().map_or(0, |h| h.held_bytes);
+        streams + cls + http
+    }
+
+    /// The Python view, brought up to date.
+    fn py_info(&mut self, py: Python<'_>) -> PyResult<Py<ConnInfo>> {
+        if self.dirty || self.py_info.is_none() {
+            self.py_info = Some(Py::new(py, self.info.clone_ref(py))?);
+            self.dirty = false;
+        }
+        Ok(self.py_info.as_ref().expect("set above").clone_ref(py))
+    }
+
+    fn apply_facts(&mut self) {
+        let f = &self.facts;
+        let i = &mut self.info;
+        if let Some(p) = f.protocol {
+            let name = p.name();
+            if i.protocol != name && i.protocol != "grpc" {
+                i.protocol = name;
+                self.dirty = true;
+            }
+        }
+        if f.tls_enabled && !i.tls_enabled {
+            i.tls_enabled = true;
+            self.dirty = true;
+        }
+        for (have, new) in [
+            (&mut i.tls_version, &f.tls_version),
+            (&mut i.tls_sni, &f.tls_sni),
+            (&mut i.tls_alpn, &f.tls_alpn),
+        ] {
+            if let Some(v) = new {
+                if have != v {
+                    *have = v.clone();
+                    self.dirty = true;
+                }
+            }
+        }
+        if i.domain.is_empty() && !i.tls_sni.is_empty() {
+            i.domain = i.tls_sni.clone();
+            self.dirty = true;
+        }
+    }
+}
+
+impl ConnInfo {
+    /// A copy (a snapshot for a report, or the refreshed Python view).
+    fn clone_ref(&self, py: Python<'_>) -> ConnInfo {
+        ConnInfo {
+            kid: self.kid,
+            id: self.id.clone(),
+            pid: self.pid,
+            fd: self.fd,
+            role: self.role,
+            is_client: self.is_client,
+            direction: self.direction,
+            local_addr: self.local_addr.clone(),
+            local_port: self.local_port,
+            remote_addr: self.remote_addr.clone(),
+            remote_port: self.remote_port,
+            open_ns: self.open_ns,
+            close_ns: self.close_ns,
+            process: self.process.clone_ref(py),
+            bytes_sent: self.bytes_sent,
+            bytes_recv: self.bytes_recv,
+            protocol: self.protocol,
+            domain: self.domain.clone(),
+            tls_enabled: self.tls_enabled,
+            tls_inspected: self.tls_inspected,
+            tls_version: self.tls_version.clone(),
+            tls_sni: self.tls_sni.clone(),
+            tls_alpn: self.tls_alpn.clone(),
+            joined: self.joined,
+            established: self.established,
+            skip: self.skip,
+            parts: self.parts,
+            finalized: self.finalized,
+        }
+    }
+}
+
+/// What the table hands to Python, in order.
+pub enum Output {
+    Report {
+        conn: Py<ConnInfo>,
+        part: u32,
+        finalized: bool,
+    },
+    Transaction {
+        conn: Py<ConnInfo>,
+        tx: PyObject,
+        seq: u64,
+    },
+    /// `--dump-streams`: ordered pieces of one stream (bytes, or a gap length).
+    Pieces {
+        conn: Py<ConnInfo>,
+        flow: u8,
+        source: u8,
+        pieces: Vec<Result<Vec<u8>, u64>>,
+    },
+    /// `--dump-streams`: the connection finished (final facts).
+    Closed { conn: Py<ConnInfo> },
+}
+
+/// Named counters (every drop and shed has one).
+#[derive(Default, Debug, Clone)]
+pub struct Counters {
+    pub events: [u64; 8],
+    pub unknown_events: u64,
+    pub orphan_events: u64,
+    pub gap_bytes: HashMap<&'static str, u64>,
+    pub parse_errors: HashMap<&'static str, u64>,
+    pub parser_failures: u64,
+    pub filtered_connections: u64,
+    pub hook_errors: u64,
+    pub shed_bytes: HashMap<&'static str, u64>,
+    pub held_dropped: u64,
+    pub closed_by_state: u64,
+    pub finished_by_exit: u64,
+    pub transactions: u64,
+}
+
+pub struct Settings {
+    pub run_id: String,
+    pub parse_http: bool,
+    pub body_limit: usize,
+    pub dump: bool,
+    pub first_report_ns: u64,
+    pub interval_ns: u64,
+    pub byte_budget: u64,
+    pub max_pending: u64,
+    pub close_grace_ns: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            run_id: String::new(),
+            parse_http: true,
+            body_limit: 2 << 20,
+            dump: false,
+            first_report_ns: FIRST_REPORT_NS,
+            interval_ns: REPORT_INTERVAL_NS,
+            byte_budget: DEFAULT_BYTE_BUDGET,
+            max_pending: crate::reassembly::DEFAULT_MAX_PENDING,
+            close_grace_ns: CLOSE_GRACE_NS,
+        }
+    }
+}
+
+pub struct Table {
+    pub settings: Settings,
+    /// Python object with on_exec, on_exit, on_open, forget (see pipeline.py).
+    hooks: PyObject,
+    conns: HashMap<u64, Session>,
+    by_pid: HashMap<u32, HashSet<u64>>,
+    due: BinaryHeap<Reverse<(u64, u64)>>,
+    skipped: HashSet<u64>,
+    pub held_total: u64,
+    /// Kernel time of the newest record handled (for the pipeline-lag gauge).
+    pub last_ts: u64,
+    pub counters: Counters,
+    pub out: Vec<Output>,
+}
+
+fn pieces_as_bytes<'a>(pieces: &'a [Piece<'a>]) -> impl Iterator<Item = Bytes<'a>> + 'a {
+    pieces.iter().map(|p| match p {
+        Piece::Data(d) => Bytes::Data(d),
+        Piece::Gap(_) => Bytes::Gap,
+    })
+}
+
+/// Host without port or IPv6 brackets.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    if host.matches(':').count() == 1 {
+        return host.rsplit_once(':').map_or(host, |(h, _)| h);
+    }
+    host
+}
+
+fn is_ip(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// `:authority`/Host, else the target of CONNECT, else the host of an absolute-form target.
+fn native_host(tx: &crate::model::Transaction) -> Option<String> {
+    let r = &tx.request;
+    if let Some(a) = r.authority.as_ref().filter(|a| !a.is_empty()) {
+        return Some(latin1(a));
+    }
+    let target = r.target.as_deref().unwrap_or(b"");
+    if r.method.as_deref() == Some(b"CONNECT") {
+        return (!target.is_empty()).then(|| latin1(target));
+    }
+    let t = latin1(target);
+    let (_, rest) = t.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let netloc = &rest[..end];
+    (!netloc.is_empty()).then(|| netloc.to_string())
+}
+
+fn latin1(b: &[u8]) -> String {
+    b.iter().map(|&c| c as char).collect()
+}
+
+impl Table {
+    pub fn new(settings: Settings, hooks: PyObject) -> Table {
+        Table {
+            settings,
+            hooks,
+            conns: HashMap::new(),
+            by_pid: HashMap::new(),
+            due: BinaryHeap::new(),
+            skipped: HashSet::new(),
+            held_total: 0,
+            last_ts: 0,
+            counters: Counters::default(),
+            out: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn info(&self, kid: u64) -> Option<&ConnInfo> {
+        self.conns.get(&kid).map(|s| &s.info)
+    }
+
+    /// One raw ring-buffer record.
+    pub fn handle_raw(&mut self, py: Python<'_>, raw: &[u8]) {
+        match decode::decode(raw) {
+            Ok(rec) => {
+                self.counters.events[(rec.kind as usize).min(7)] += 1;
+                self.last_ts = self.last_ts.max(rec.ts_ns);
+                self.handle(py, rec);
+            }
+            Err(_) => self.counters.unknown_events += 1,
+        }
+    }
+
+    pub fn handle(&mut self, py: Python<'_>, rec: Record<'_>) {
+        let (pid, ts) = (rec.pid, rec.ts_ns);
+        match rec.event {
+            Event::Data {
+                conn_id,
+                offset,
+                flow,
+                source,
+                data,
+                ..
+            } => self.on_data(py, conn_id, offset, flow, source, data, ts),
+            Event::Gap {
+                conn_id,
+                offset,
+                len,
+                flow,
+                source,
+                reason,
+            } => self.on_gap(
+                py,
+                conn_id,
+                offset,
+                len,
+                flow,
+                source,
+                decode::gap_reason(reason),
+                ts,
+            ),
+            Event::ConnOpen(o) => self.on_open(py, pid, ts, o, false),
+            Event::ConnClose {
+                conn_id,
+                bytes_sent,
+                bytes_recv,
+                ..
+            } => match self.conns.get_mut(&conn_id) {
+                None => {
+                    self.skipped.remove(&conn_id);
+                }
+                Some(s) => {
+                    s.info.bytes_sent = s.info.bytes_sent.max(bytes_sent);
+                    s.info.bytes_recv = s.info.bytes_recv.max(bytes_recv);
+                    self.finish(py, conn_id, ts);
+                }
+            },
+            Event::ProcExec {
+                ppid,
+                uid,
+                filename,
+                argv,
+            } => {
+                if let Err(e) =
+                    self.hooks
+                        .call_method1(py, "on_exec", (pid, ts, ppid, uid, filename, argv))
+                {
+                    self.hook_error(py, e);
+                }
+            }
+            Event::ProcExit { .. } => {
+                let kids: Vec<u64> = self
+                    .by_pid
+                    .get(&pid)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                for kid in kids {
+                    if let Some(s) = self.conns.get(&kid) {
+                        let (p, fd) = (s.info.pid, s.info.fd);
+                        if let Err(e) = self.hooks.call_method1(py, "forget", (p, fd)) {
+                            self.hook_error(py, e);
+                        }
+                        self.counters.finished_by_exit += 1;
+                        self.finish(py, kid, ts);
+                    }
+                }
+                if let Err(e) = self.hooks.call_method1(py, "on_exit", (pid, ts)) {
+                    self.hook_error(py, e);
+                }
+            }
+            Event::SockState {
+                conn_id, newstate, ..
+            } => {
+                if let Some(s) = self.conns.get_mut(&conn_id) {
+                    if newstate == TCP_ESTABLISHED {
+                        s.info.established = true;
+                    } else if newstate == TCP_CLOSE && s.closed_at.is_none() {
+                        s.closed_at = Some(ts);
+                        self.due
+                            .push(Reverse((ts + self.settings.close_grace_ns, conn_id)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn hook_error(&mut self, py: Python<'_>, e: PyErr) {
+        self.counters.hook_errors += 1;
+        // Logged by Python's logger once per error (rare: a bug in our own hooks).
+        e.print_and_set_sys_last_vars(py);
+    }
+
+    /// A connection opened (or, `joined`, was open before the agent started).
+    pub fn on_open(&mut self, py: Python<'_>, pid: u32, ts: u64, o: ConnOpen, joined: bool) {
+        if self.conns.contains_key(&o.conn_id) {
+            // Cannot happen with unique ids; never mix two connections.
+            self.finish(py, o.conn_id, ts);
+        }
+        let (process, flags): (PyObject, u32) = match self
+            .hooks
+            .call_method1(py, "on_open", (pid, o.fd, &o.comm, o.uid))
+            .and_then(|r| r.extract::<(PyObject, u32)>(py))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.hook_error(py, e);
+                return;
+            }
+        };
+        if flags & SKIP_ALL != 0 {
+            // The kernel skips it too once it knows; this closes the window after exec.
+            self.counters.filtered_connections += 1;
+            if self.skipped.len() >= MAX_SKIPPED {
+                self.skipped.clear();
+            }
+            self.skipped.insert(o.conn_id);
+            if let Err(e) = self.hooks.call_method1(py, "forget", (pid, o.fd)) {
+                self.hook_error(py, e);
+            }
+            return;
+        }
+        let info = ConnInfo {
+            kid: o.conn_id,
+            id: format!("{}{:x}", self.settings.run_id, o.conn_id),
+            pid,
+            fd: o.fd,
+            role: o.role,
+            is_client: o.role == ROLE_CLIENT,
+            direction: decode::direction_name(o.direction),
+            local_addr: o.local_addr,
+            local_port: o.local_port,
+            remote_addr: o.remote_addr,
+            remote_port: o.remote_port,
+            open_ns: ts,
+            close_ns: None,
+            process,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            protocol: "tcp",
+            domain: String::new(),
+            tls_enabled: false,
+            tls_inspected: false,
+            tls_version: String::new(),
+            tls_sni: String::new(),
+            tls_alpn: String::new(),
+            joined,
+            established: true,
+            skip: flags,
+            parts: 0,
+            finalized: false,
+        };
+        let http = (self.settings.parse_http && flags & SKIP_HTTP == 0).then(|| Http {
+            parser: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            dead: false,
+        });
+        self.conns.insert(
+            o.conn_id,
+            Session {
+                info,
+                py_info: None,
+                dirty: true,
+                streams: Vec::new(),
+                classifier: Some(Classifier::default()),
+                facts: Facts::default(),
+                http,
+                tx_seq: 0,
+                held: 0,
+                closed_at: None,
+            },
+        );
+        self.by_pid.entry(pid).or_default().insert(o.conn_id);
+        self.due
+            .push(Reverse((ts + self.settings.first_report_ns, o.conn_id)));
+    }
+
+    fn orphan(&mut self, conn_id: u64) {
+        if !self.skipped.contains(&conn_id) {
+            self.counters.orphan_events += 1;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_data(
+        &mut self,
+        py: Python<'_>,
+        conn_id: u64,
+        offset: u64,
+        flow: u8,
+        source: u8,
+        data: &[u8],
+        ts: u64,
+    ) {
+        if flow > 1 || source > 1 {
+            self.counters.unknown_events += 1;
+            return;
+        }
+        let max_pending = self.settings.max_pending;
+        let Some(s) = self.conns.get_mut(&conn_id) else {
+            self.orphan(conn_id);
+            return;
+        };
+        let end = offset + data.len() as u64;
+        if source == SRC_SOCKET {
+            if flow == FLOW_SEND {
+                s.info.bytes_sent = s.info.bytes_sent.max(end);
+            } else {
+                s.info.bytes_recv = s.info.bytes_recv.max(end);
+            }
+        }
+        if s.info.skip & filtered_by(source) != 0 {
+            return;
+        }
+        if source == SRC_TLS && !(s.info.tls_inspected && s.info.tls_enabled) {
+            s.info.tls_inspected = true;
+            s.info.tls_enabled = true;
+            s.facts.tls_enabled = true;
+            s.dirty = true;
+        }
+        let mut pieces = Vec::new();
+        let st = s.stream(flow, source, max_pending);
+        st.add(offset, data, &mut pieces);
+        let holes = st.hole_bytes;
+        st.hole_bytes = 0;
+        self.count_holes(holes);
+        if !pieces.is_empty() {
+            self.consume(py, conn_id, flow, source, &pieces, ts);
+        }
+        self.account(py, conn_id);
+    }
+
+    fn count_holes(&mut self, holes: u64) {
+        if holes > 0 {
+            // A hole no gap event announced: a record the kernel could not even report
+            // (its ring buffer was full), so it counts with the ring-buffer losses.
+            *self.counters.gap_bytes.entry("ringbuf_full").or_default() += holes;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_gap(
+        &mut self,
+        py: Python<'_>,
+        conn_id: u64,
+        offset: u64,
+        len: u64,
+        flow: u8,
+        source: u8,
+        reason: &'static str,
+        ts: u64,
+    ) {
+        if flow > 1 || source > 1 {
+            self.counters.unknown_events += 1;
+            return;
+        }
+        let max_pending = self.settings.max_pending;
+        let Some(s) = self.conns.get_mut(&conn_id) else {
+            self.orphan(conn_id);
+            return;
+        };
+        *self.counters.gap_bytes.entry(reason).or_default() += len;
+        let end = offset + len;
+        if source == SRC_SOCKET {
+            if flow == FLOW_SEND {
+                s.info.bytes_sent = s.info.bytes_sent.max(end);
+            } else {
+                s.info.bytes_recv = s.info.bytes_recv.max(end);
+            }
+        }
+        if s.info.skip & filtered_by(source) != 0 {
+            return;
+        }
+        let mut pieces = Vec::new();
+        let st = s.stream(flow, source, max_pending);
+        st.add_gap(offset, len, &mut pieces);
+        let holes = st.hole_bytes;
+        st.hole_bytes = 0;
+        self.count_holes(holes);
+        if !pieces.is_empty() {
+            self.consume(py, conn_id, flow, source, &pieces, ts);
+        }
+        self.account(py, conn_id);
+    }
+
+    /// Keep the global byte budget: recompute what this session holds; past the budget,
+    /// shed this session's waiting bytes (pending reassembly becomes gaps, held
+    /// pre-classification bytes are dropped), counted.
+    fn account(&mut self, py: Python<'_>, kid: u64) {
+        let Some(s) = self.conns.get_mut(&kid) else {
+            return;
+        };
+        let now = s.mem();
+        self.held_total = self.held_total + now - s.held;
+        s.held = now;
+        if self.held_total <= self.settings.byte_budget {
+            return;
+        }
+        // Shed: the stream holes are given up (their pending bytes are delivered behind a gap).
+        let mut flushed: Vec<(u8, u8, Vec<Piece<'static>>)> = Vec::new();
+        for ((flow, source), st) in s.streams.iter_mut() {
+            if st.has_pending() {
+                let mut out = Vec::new();
+                st.shed(&mut out);
+                let holes = st.hole_bytes;
+                st.hole_bytes = 0;
+                *self
+                    .counters
+                    .shed_bytes
+                    .entry("reassembly_wait")
+                    .or_default() += holes;
+                let owned = out
+                    .into_iter()
+                    .map(|p| match p {
+                        Piece::Data(d) => Piece::Data(std::borrow::Cow::Owned(d.into_owned())),
+                        Piece::Gap(n) => Piece::Gap(n),
+                    })
+                    .collect();
+                flushed.push((*flow, *source, owned));
+            }
+        }
+        if let Some(h) = s.http.as_mut() {
+            if h.parser.is_none() && h.held_bytes > 0 {
+                *self
+                    .counters
+                    .shed_bytes
+                    .entry("held_unclassified")
+                    .or_default() += h.held_bytes;
+                h.held.clear();
+                h.held_bytes = 0;
+                h.dead = true;
+            }
+        }
+        for (flow, source, pieces) in flushed {
+            self.consume(py, kid, flow, source, &pieces, 0);
+        }
+        if let Some(s) = self.conns.get_mut(&kid) {
+            let now = s.mem();
+            self.held_total = self.held_total + now - s.held;
+            s.held = now;
+        }
+    }
+
+    /// Ordered pieces of one stream to the session's consumers: classifier, HTTP, dump.
+    fn consume(
+        &mut self,
+        py: Python<'_>,
+        kid: u64,
+        flow: u8,
+        source: u8,
+        pieces: &[Piece<'_>],
+        ts: u64,
+    ) {
+        let dump = self.settings.dump;
+        let body_limit = self.settings.body_limit;
+        let Some(s) = self.conns.get_mut(&kid) else {
+            return;
+        };
+        let client = flow == s.client_flow();
+        // 1. classification
+        if let Some(c) = s.classifier.as_mut() {
+            if source == SRC_TLS {
+                if client {
+                    c.on_plaintext(pieces_as_bytes(pieces), &mut s.facts);
+                }
+            } else {
+                let tls_inspected = s.info.tls_inspected;
+                c.on_socket(
+                    flow as usize,
+                    client,
+                    pieces_as_bytes(pieces),
+                    &mut s.facts,
+                    tls_inspected,
+                );
+            }
+            s.apply_facts();
+        }
+        // 2. HTTP
+        let mut events = Vec::new();
+        if s.http.as_ref().is_some_and(|h| !h.dead) {
+            let wanted = if s.info.tls_enabled {
+                SRC_TLS
+            } else {
+                SRC_SOCKET
+            };
+            if source == wanted {
+                let side = if client { Side::Client } else { Side::Server };
+                let decided = s.classifier.as_ref().is_none_or(|c| {
+                    if s.info.tls_enabled {
+                        c.decided_plain
+                    } else {
+                        c.decided_sock
+                    }
+                });
+                let midstream = s.classifier.as_ref().is_some_and(|c| c.midstream);
+                let proto = s.info.protocol;
+                let h = s.http.as_mut().expect("checked");
+                if h.parser.is_none() {
+                    if proto == "http1" || proto == "http2" {
+                        match new_http_parser(py, proto, body_limit, midstream) {
+                            Some(p) => {
+                                h.parser = Some(p);
+                                let held = std::mem::take(&mut h.held);
+                                h.held_bytes = 0;
+                                for (hs, bytes, n, t) in held {
+                                    match bytes {
+                                        Some(b) => feed(py, h, hs, Feed::Data(&b), t),
+                                        None => feed(py, h, hs, Feed::Gap(n), t),
+                                    }
+                                }
+                            }
+                            None => h.dead = true,
+                        }
+                    } else if proto == "tcp" && decided {
+                        h.dead = true;
+                        h.held.clear();
+                        h.held_bytes = 0;
+                    } else {
+                        for p in pieces {
+                            match p {
+                                Piece::Data(d) => {
+                                    h.held.push((side, Some(d.to_vec()), d.len() as u64, ts))
+                                }
+                                Piece::Gap(n) => h.held.push((side, None, *n, ts)),
+                            }
+                            h.held_bytes += p.len();
+                        }
+                        if h.held_bytes > HOLD_LIMIT {
+                            self.counters.held_dropped += h.held_bytes;
+                            h.dead = true;
+                            h.held.clear();
+                            h.held_bytes = 0;
+                        }
+                    }
+                    if h.parser.is_some() {
+                        drain(py, h, &mut events);
+                    }
+                }
+                if h.parser.is_some() && !h.dead {
+                    for p in pieces {
+                        match p {
+                            Piece::Data(d) => feed(py, h, side, Feed::Data(d), ts),
+                            Piece::Gap(n) => feed(py, h, side, Feed::Gap(*n), ts),
+                        }
+                    }
+                    drain(py, h, &mut events);
+                }
+            }
+        }
+        let proto_label = s.info.protocol;
+        for ev in events {
+            self.emit_http(py, kid, ev, proto_label);
+        }
+        // 3. stream dump
+        if dump {
+            if let Some(s) = self.conns.get_mut(&kid) {
+                if let Ok(conn) = s.py_info(py) {
+                    let pieces = pieces
+                        .iter()
+                        .map(|p| match p {
+                            Piece::Data(d) => Ok(d.to_vec()),
+                            Piece::Gap(n) => Err(*n),
+                        })
+                        .collect();
+                    self.out.push(Output::Pieces {
+                        conn,
+                        flow,
+                        source,
+                        pieces,
+                    });
+                }
+            }
+        }
+    }
+
+    fn emit_http(&mut self, py: Python<'_>, kid: u64, ev: HttpEvent, proto_label: &'static str) {
+        match ev {
+            HttpEvent::ParseError => {
+                *self.counters.parse_errors.entry(proto_label).or_default() += 1;
+            }
+            HttpEvent::Failed => {
+                *self.counters.parse_errors.entry(proto_label).or_default() += 1;
+                self.counters.parser_failures += 1;
+            }
+            HttpEvent::Transaction { tx, grpc, host } => {
+                let Some(s) = self.conns.get_mut(&kid) else {
+                    return;
+                };
+                // Connection facts learned from HTTP: gRPC, and the domain when no SNI named it.
+                if grpc && s.info.protocol != "grpc" {
+                    s.info.protocol = "grpc";
+                    s.dirty = true;
+                }
+                if s.info.domain.is_empty() {
+                    if let Some(h) = host {
+                        let name = host_name(&h);
+                        if !name.is_empty() && !is_ip(name) {
+                            s.info.domain = name.to_string();
+                            s.dirty = true;
+                        }
+                    }
+                }
+                let seq = s.tx_seq;
+                s.tx_seq += 1;
+                self.counters.transactions += 1;
+                match s.py_info(py) {
+                    Ok(conn) => self.out.push(Output::Transaction { conn, tx, seq }),
+                    Err(e) => self.hook_error(py, e),
+                }
+            }
+        }
+    }
+
+    /// Finish a connection: flush its streams, close its parser, final report.
+    pub fn finish(&mut self, py: Python<'_>, kid: u64, ts: u64) {
+        let Some(s) = self.conns.get_mut(&kid) else {
+            return;
+        };
+        s.info.close_ns = Some(ts);
+        s.dirty = true;
+        let mut flushed: Vec<(u8, u8, Vec<Piece<'static>>)> = Vec::new();
+        let mut holes = 0;
+        for ((flow, source), st) in s.streams.iter_mut() {
+            let mut out = Vec::new();
+            st.flush(&mut out);
+            holes += st.hole_bytes;
+            st.hole_bytes = 0;
+            if !out.is_empty() {
+                let owned = out
+                    .into_iter()
+                    .map(|p| match p {
+                        Piece::Data(d) => Piece::Data(std::borrow::Cow::Owned(d.into_owned())),
+                        Piece::Gap(n) => Piece::Gap(n),
+                    })
+                    .collect();
+                flushed.push((*flow, *source, owned));
+            }
+        }
+        self.count_holes(holes);
+        for (flow, source, pieces) in flushed {
+            self.consume(py, kid, flow, source, &pieces, ts);
+        }
+        let Some(mut s) = self.conns.remove(&kid) else {
+            return;
+        };
+        self.held_total -= s.held.min(self.held_total);
+        if let Some(h) = s.http.as_mut() {
+            if !h.dead {
+                if let Some(p) = h.parser.as_mut() {
+                    let mut events = Vec::new();
+                    match p {
+                        HttpParser::Native(p) => p.close(ts),
+                        HttpParser::Python(p) => {
+                            if p.call_method1(py, "close", (ts,)).is_err() {
+                                events.push(HttpEvent::Failed);
+                                h.dead = true;
+                            }
+                        }
+                    }
+                    if !h.dead {
+                        drain(py, h, &mut events);
+                    }
+                    let label = s.info.protocol;
+                    // Re-insert briefly so emit_http can update facts and sequence numbers.
+                    self.conns.insert(kid, s);
+                    for ev in events {
+                        self.emit_http(py, kid, ev, label);
+                    }
+                    s = self.conns.remove(&kid).expect("just inserted");
+                }
+            }
+        }
+        s.info.finalized = true;
+        s.dirty = true;
+        let part = s.info.parts;
+        match Py::new(py, s.info.clone_ref(py)) {
+            Ok(snapshot) => {
+                if self.settings.dump {
+                    self.out.push(Output::Closed {
+                        conn: snapshot.clone_ref(py),
+                    });
+                }
+                self.out.push(Output::Report {
+                    conn: snapshot,
+                    part,
+                    finalized: true,
+                });
+            }
+            Err(e) => self.hook_error(py, e),
+        }
+        if let Some(pids) = self.by_pid.get_mut(&s.info.pid) {
+            pids.remove(&kid);
+            if pids.is_empty() {
+                self.by_pid.remove(&s.info.pid);
+            }
+        }
+    }
+
+    /// Emit the periodic reports due at kernel time `now`, and finish connections whose
+    /// socket closed (TCP_CLOSE) longer than the grace period ago without a close(2).
+    pub fn tick(&mut self, py: Python<'_>, now: u64) {
+        while let Some(&Reverse((due, kid))) = self.due.peek() {
+            if due > now {
+                break;
+            }
+            self.due.pop();
+            let grace = self.settings.close_grace_ns;
+            let Some(s) = self.conns.get_mut(&kid) else {
+                continue;
+            };
+            if let Some(at) = s.closed_at {
+                if at + grace <= now {
+                    self.counters.closed_by_state += 1;
+                    self.finish(py, kid, now);
+                    continue;
+                }
+            }
+            let part = s.info.parts;
+            s.info.parts += 1;
+            s.dirty = true;
+            match Py::new(py, s.info.clone_ref(py)) {
+                Ok(snapshot) => self.out.push(Output::Report {
+                    conn: snapshot,
+                    part,
+                    finalized: false,
+                }),
+                Err(e) => self.hook_error(py, e),
+            }
+            self.due
+                .push(Reverse((now + self.settings.interval_ns, kid)));
+        }
+    }
+
+    /// Shutdown: finalise every open connection.
+    pub fn close_all(&mut self, py: Python<'_>, now: u64) {
+        let mut kids: Vec<u64> = self.conns.keys().copied().collect();
+        kids.sort_unstable();
+        for kid in kids {
+            self.finish(py, kid, now);
+        }
+    }
+
+    /// Parse HTTP on connections opened from now on (a reload turned a stack on).
+    pub fn set_parse_http(&mut self, on: bool) {
+        self.settings.parse_http = on;
+    }
+}
+
+fn filtered_by(source: u8) -> u32 {
+    // The tap.filters bits that keep a stream's bytes from the consumers (counts kept).
+    if source == SRC_SOCKET {
+        SKIP_DATA
+    } else {
+        SKIP_DATA | SKIP_TLS
+    }
+}
+
+enum HttpEvent {
+    Transaction {
+        tx: PyObject,
+        grpc: bool,
+        host: Option<String>,
+    },
+    ParseError,
+    /// The parser raised (a bug): parsing stops for this connection.
+    Failed,
+}
+
+fn new_http_parser(
+    py: Python<'_>,
+    proto: &str,
+    body_limit: usize,
+    midstream: bool,
+) -> Option<HttpParser> {
+    let native = match proto {
+        "http1" => crate::http1::new_parser(body_limit, midstream),
+        "http2" => crate::http2::new_parser(body_limit, midstream),
+        _ => None,
+    };
+    if let Some(p) = native {
+        return Some(HttpParser::Native(p));
+    }
+    // Not built in natively yet: the Python parser, through the same sans-IO calls.
+    let m = py.import("plaintap.protocols").ok()?;
+    let kw = pyo3::types::PyDict::new(py);
+    kw.set_item("body_limit", body_limit).ok()?;
+    kw.set_item("midstream", midstream).ok()?;
+    m.getattr("new_parser")
+        .ok()?
+        .call((proto,), Some(&kw))
+        .ok()
+        .map(|p| HttpParser::Python(p.unbind()))
+}
+
+enum Feed<'a> {
+    Data(&'a [u8]),
+    Gap(u64),
+}
+
+fn feed(py: Python<'_>, h: &mut Http, side: Side, what: Feed<'_>, ts: u64) {
+    if h.dead {
+        return;
+    }
+    let Some(p) = h.parser.as_mut() else {
+        return;
+    };
+    match p {
+        HttpParser::Native(p) => match what {
+            Feed::Data(d) => p.feed(side, d, ts),
+            Feed::Gap(n) => p.feed_gap(side, n, ts),
+        },
+        HttpParser::Python(p) => {
+            let r = match what {
+                Feed::Data(d) => p.call_method1(py, "feed", (side as i64, PyBytes::new(py, d), ts)),
+                Feed::Gap(n) => p.call_method1(py, "feed_gap", (side as i64, n, ts)),
+            };
+            if let Err(e) = r {
+                e.print_and_set_sys_last_vars(py);
+                h.dead = true;
+            }
+        }
+    }
+}
+
+fn drain(py: Python<'_>, h: &mut Http, events: &mut Vec<HttpEvent>) {
+    let Some(p) = h.parser.as_mut() else {
+        return;
+    };
+    loop {
+        match p {
+            HttpParser::Native(p) => match p.next_event() {
+                None => return,
+                Some(ParserEvent::Error(_)) => events.push(HttpEvent::ParseError),
+                Some(ParserEvent::Transaction(tx)) => {
+                    let grpc = tx.grpc.is_some();
+                    let host = native_host(&tx);
+                    match py_parser::transaction_to_py(py, &tx) {
+                        Ok(obj) => events.push(HttpEvent::Transaction {
+                            tx: obj,
+                            grpc,
+                            host,
+                        }),
+                        Err(e) => {
+                            e.print_and_set_sys_last_vars(py);
+                            events.push(HttpEvent::Failed);
+                        }
+                    }
+                }
+            },
+            HttpParser::Python(p) => {
+                let ev = match p.call_method0(py, "next_event") {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        e.print_and_set_sys_last_vars(py);
+                        events.push(HttpEvent::Failed);
+                        h.dead = true;
+                        return;
+                    }
+                };
+                if ev.is_none(py) {
+                    return;
+                }
+                let b = ev.bind(py);
+                let is_error = py_parser::model_types(py)
+                    .map(|t| b.is_instance(t.parse_error.bind(py)).unwrap_or(false))
+                    .unwrap_or(false);
+                if is_error {
+                    events.push(HttpEvent::ParseError);
+                    continue;
+                }
+                let grpc = b.getattr("grpc").map(|g| !g.is_none()).unwrap_or(false);
+                let host = b
+                    .getattr("host")
+                    .ok()
+                    .and_then(|h| h.extract::<Option<String>>().ok())
+                    .flatten();
+                events.push(HttpEvent::Transaction { tx: ev, grpc, host });
+            }
+        }
+    }
+}
+
+/// Build a ConnOpen for a connection adopted at start-up.
+#[allow(clippy::too_many_arguments)]
+pub fn adopted(
+    conn_id: u64,
+    fd: i32,
+    uid: u32,
+    role: u8,
+    direction: u8,
+    local_addr: String,
+    local_port: u16,
+    remote_addr: String,
+    remote_port: u16,
+    comm: String,
+) -> ConnOpen {
+    ConnOpen {
+        conn_id,
+        tid: 0,
+        fd,
+        uid,
+        role,
+        direction,
+        local_addr,
+        local_port,
+        remote_addr,
+        remote_port,
+        comm,
+    }
+}

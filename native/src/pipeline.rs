@@ -1,0 +1,644 @@
+//! The Python face of the data plane: `DataPlane` (kernel records → transactions and
+//! connection reports), `Ring` (a mapped BPF ring buffer), and the pure helpers that tests
+//! drive directly (`Stream`, `detect`, `parse_client_hello`, `parse_server_hello`,
+//! `decode`).
+//!
+//! ```text
+//! dp = DataPlane(hooks, run_id="ab12", parse_http=True, body_limit=2 << 20)
+//! dp.feed([raw, raw, ...])                      # records as bytes (tests, benchmarks)
+//! n = dp.drain([ring], 100, 4096, 20_000_000)   # or straight from the kernel
+//! dp.tick(now_ns)                               # periodic reports, closes by TCP state
+//! for item in dp.take(): ...                    # (kind, conn, ...) tuples, in order
+//! ```
+//!
+//! `hooks` is called per process and connection, never per data record: `on_exec(pid,
+//! ts, ppid, uid, filename, argv)`, `on_exit(pid, ts)`, `on_open(pid, fd, comm, uid) ->
+//! (process, filter_bits)` and `forget(pid, fd)` (drop the kernel's table entry).
+use std::borrow::Cow;
+use std::time::Instant;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::classify;
+use crate::conn::{self, ConnInfo, Output, Settings, Table};
+use crate::decode;
+use crate::reassembly::{self, Piece};
+use crate::ring;
+
+pub const OUT_REPORT: u8 = 0;
+pub const OUT_TRANSACTION: u8 = 1;
+pub const OUT_PIECES: u8 = 2;
+pub const OUT_CLOSED: u8 = 3;
+
+/// A BPF ring buffer map, mapped into this process.
+#[pyclass(module = "plaintap._core", unsendable, name = "Ring")]
+pub struct PyRing {
+    ring: ring::Ring,
+    name: String,
+}
+
+#[pymethods]
+impl PyRing {
+    /// Map ring buffer map `fd` whose data area is `size` bytes (max_entries). OSError on failure.
+    #[new]
+    #[pyo3(signature = (fd, size, name = String::from("events")))]
+    fn new(fd: i32, size: usize, name: String) -> PyResult<PyRing> {
+        let ring = ring::Ring::open(fd, size)
+            .map_err(|e| PyOSError::new_err(format!("cannot map ring buffer {name}: {e}")))?;
+        Ok(PyRing { ring, name })
+    }
+
+    /// Bytes waiting to be read.
+    #[getter]
+    fn backlog(&self) -> u64 {
+        self.ring.backlog()
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Records waiting, copied out (for tests and tools; the agent drains with DataPlane.drain).
+    #[pyo3(signature = (max_records = 1 << 20))]
+    fn read<'py>(&self, py: Python<'py>, max_records: usize) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for _ in 0..max_records {
+            let Some((rec, step)) = self.ring.peek() else {
+                break;
+            };
+            out.append(PyBytes::new(py, rec))?;
+            self.ring.consume(step);
+        }
+        Ok(out)
+    }
+}
+
+#[pyclass(module = "plaintap._core", unsendable)]
+pub struct DataPlane {
+    table: Table,
+}
+
+#[pymethods]
+impl DataPlane {
+    #[new]
+    #[pyo3(signature = (hooks, run_id = String::new(), parse_http = true, body_limit = 2 << 20, dump = false,
+                        first_report_ns = conn::FIRST_REPORT_NS, interval_ns = conn::REPORT_INTERVAL_NS,
+                        byte_budget = conn::DEFAULT_BYTE_BUDGET, max_pending = reassembly::DEFAULT_MAX_PENDING,
+                        close_grace_ns = conn::CLOSE_GRACE_NS))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        hooks: PyObject,
+        run_id: String,
+        parse_http: bool,
+        body_limit: usize,
+        dump: bool,
+        first_report_ns: u64,
+        interval_ns: u64,
+        byte_budget: u64,
+        max_pending: u64,
+        close_grace_ns: u64,
+    ) -> DataPlane {
+        DataPlane {
+            table: Table::new(
+                Settings {
+                    run_id,
+                    parse_http,
+                    body_limit,
+                    dump,
+                    first_report_ns,
+                    interval_ns,
+                    byte_budget,
+                    max_pending,
+                    close_grace_ns,
+                },
+                hooks,
+            ),
+        }
+    }
+
+    /// Handle raw ring-buffer records (each a bytes-like object), in order.
+    fn feed(&mut self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<()> {
+        for item in records.try_iter()? {
+            let item = item?;
+            let b = item.downcast::<PyBytes>()?;
+            self.table.handle_raw(py, b.as_bytes());
+        }
+        Ok(())
+    }
+
+    /// Drain `rings` in time order, waiting up to `timeout_ms` (GIL released) when all
+    /// are empty. The merge rule of bpf/loader.py: W = now (CLOCK_MONOTONIC) after the wait;
+    /// records of any ring older than W are handled oldest first (the first ring wins ties:
+    /// put the control ring first); records at or after W stay in their ring for the next
+    /// call. An event caused by another (data after its open, a close after its data) is
+    /// stamped after its cause was committed, so everything older than W has its causes
+    /// committed and visible now. Stops after `max_records` records or `max_ns` of work, so
+    /// the caller's loop stays responsive. Returns the number of records handled.
+    #[pyo3(signature = (rings, timeout_ms = 100, max_records = 4096, max_ns = 20_000_000))]
+    fn drain(
+        &mut self,
+        py: Python<'_>,
+        rings: Vec<PyRef<'_, PyRing>>,
+        timeout_ms: i32,
+        max_records: usize,
+        max_ns: u64,
+    ) -> usize {
+        if rings.iter().all(|r| r.ring.backlog() == 0) && timeout_ms != 0 {
+            let fds: Vec<i32> = rings.iter().map(|r| r.ring.fd()).collect();
+            py.allow_threads(|| ring::wait(&fds, timeout_ms));
+        }
+        let watermark = ring::monotonic_ns();
+        let start = Instant::now();
+        let mut n = 0;
+        while n < max_records {
+            // The ring whose next record is oldest.
+            let mut best: Option<(usize, u64)> = None;
+            for (i, r) in rings.iter().enumerate() {
+                if let Some((rec, _)) = r.ring.peek() {
+                    let ts = ring::record_ts(rec);
+                    if best.is_none_or(|(_, t)| ts < t) {
+                        best = Some((i, ts));
+                    }
+                }
+            }
+            let Some((i, ts)) = best else {
+                break;
+            };
+            if ts >= watermark {
+                break;
+            }
+            let r = &rings[i].ring;
+            if let Some((rec, step)) = r.peek() {
+                self.table.handle_raw(py, rec);
+                r.consume(step);
+            }
+            n += 1;
+            if n % 64 == 0 && start.elapsed().as_nanos() as u64 >= max_ns {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Track a connection that was open before the agent started (a mid-stream join).
+    #[allow(clippy::too_many_arguments)]
+    fn adopt(
+        &mut self,
+        py: Python<'_>,
+        pid: u32,
+        ts_ns: u64,
+        conn_id: u64,
+        fd: i32,
+        uid: u32,
+        role: u8,
+        direction: u8,
+        local_addr: String,
+        local_port: u16,
+        remote_addr: String,
+        remote_port: u16,
+        comm: String,
+    ) {
+        let o = conn::adopted(
+            conn_id,
+            fd,
+            uid,
+            role,
+            direction,
+            local_addr,
+            local_port,
+            remote_addr,
+            remote_port,
+            comm,
+        );
+        self.table.on_open(py, pid, ts_ns, o, true);
+    }
+
+    /// Periodic reports due at kernel time `now_ns`.
+    fn tick(&mut self, py: Python<'_>, now_ns: u64) {
+        self.table.tick(py, now_ns);
+    }
+
+    /// Shutdown: finalise every open connection.
+    fn close_all(&mut self, py: Python<'_>, now_ns: u64) {
+        self.table.close_all(py, now_ns);
+    }
+
+    /// Everything produced since the last call, in order: (0, conn, part, finalized)
+    /// reports, (1, conn, transaction, seq) transactions, and with `dump`, (2, conn,
+    /// flow, source, [bytes | gap length, ...]) stream pieces and (3, conn) closes.
+    fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for o in std::mem::take(&mut self.table.out) {
+            let t = match o {
+                Output::Report {
+                    conn,
+                    part,
+                    finalized,
+                } => PyTuple::new(
+                    py,
+                    [
+                        OUT_REPORT.into_pyobject(py)?.into_any(),
+                        conn.into_bound(py).into_any(),
+                        part.into_pyobject(py)?.into_any(),
+                        pyo3::types::PyBool::new(py, finalized)
+                            .to_owned()
+                            .into_any(),
+                    ],
+                )?,
+                Output::Transaction { conn, tx, seq } => PyTuple::new(
+                    py,
+                    [
+                        OUT_TRANSACTION.into_pyobject(py)?.into_any(),
+                        conn.into_bound(py).into_any(),
+                        tx.into_bound(py),
+                        seq.into_pyobject(py)?.into_any(),
+                    ],
+                )?,
+                Output::Pieces {
+                    conn,
+                    flow,
+                    source,
+                    pieces,
+                } => {
+                    let list = PyList::empty(py);
+                    for p in pieces {
+                        match p {
+                            Ok(b) => list.append(PyBytes::new(py, &b))?,
+                            Err(n) => list.append(n)?,
+                        }
+                    }
+                    PyTuple::new(
+                        py,
+                        [
+                            OUT_PIECES.into_pyobject(py)?.into_any(),
+                            conn.into_bound(py).into_any(),
+                            flow.into_pyobject(py)?.into_any(),
+                            source.into_pyobject(py)?.into_any(),
+                            list.into_any(),
+                        ],
+                    )?
+                }
+                Output::Closed { conn } => PyTuple::new(
+                    py,
+                    [
+                        OUT_CLOSED.into_pyobject(py)?.into_any(),
+                        conn.into_bound(py).into_any(),
+                    ],
+                )?,
+            };
+            out.append(t)?;
+        }
+        Ok(out)
+    }
+
+    /// Parse HTTP on connections opened from now on (a reload changed the stacks).
+    #[setter]
+    fn set_parse_http(&mut self, on: bool) {
+        self.table.set_parse_http(on);
+    }
+
+    #[getter]
+    fn parse_http(&self) -> bool {
+        self.table.settings.parse_http
+    }
+
+    /// Connections currently tracked.
+    fn __len__(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The current view of connection `conn_id` (kernel id), or None.
+    fn connection(&self, py: Python<'_>, conn_id: u64) -> PyResult<Option<Py<ConnInfo>>> {
+        match self.table.info(conn_id) {
+            Some(i) => Ok(Some(Py::new(py, conn_info_copy(py, i))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Kernel time (ns) of the newest record handled so far (0 before the first).
+    #[getter]
+    fn last_ts(&self) -> u64 {
+        self.table.last_ts
+    }
+
+    /// Bytes held across connections (reassembly waits, pre-classification holds).
+    #[getter]
+    fn held_bytes(&self) -> u64 {
+        self.table.held_total
+    }
+
+    /// Named counters: {"events": {type: n}, "unknown_events": n, "orphan_events": n,
+    /// "gap_bytes": {reason: n}, "parse_errors": {protocol: n}, "shed_bytes": {reason: n}, ...}.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.table.counters;
+        let d = PyDict::new(py);
+        let ev = PyDict::new(py);
+        for (t, n) in c.events.iter().enumerate() {
+            if *n > 0 {
+                ev.set_item(t, *n)?;
+            }
+        }
+        d.set_item("events", ev)?;
+        d.set_item("unknown_events", c.unknown_events)?;
+        d.set_item("orphan_events", c.orphan_events)?;
+        d.set_item("filtered_connections", c.filtered_connections)?;
+        d.set_item("hook_errors", c.hook_errors)?;
+        d.set_item("parser_failures", c.parser_failures)?;
+        d.set_item("held_dropped_bytes", c.held_dropped)?;
+        d.set_item("closed_by_state", c.closed_by_state)?;
+        d.set_item("finished_by_exit", c.finished_by_exit)?;
+        d.set_item("transactions", c.transactions)?;
+        d.set_item("connections_active", self.table.len())?;
+        d.set_item("held_bytes", self.table.held_total)?;
+        for (name, map) in [
+            ("gap_bytes", &c.gap_bytes),
+            ("parse_errors", &c.parse_errors),
+            ("shed_bytes", &c.shed_bytes),
+        ] {
+            let m = PyDict::new(py);
+            for (k, v) in map {
+                m.set_item(*k, *v)?;
+            }
+            d.set_item(name, m)?;
+        }
+        Ok(d)
+    }
+}
+
+fn conn_info_copy(py: Python<'_>, i: &ConnInfo) -> ConnInfo {
+    ConnInfo {
+        kid: i.kid,
+        id: i.id.clone(),
+        pid: i.pid,
+        fd: i.fd,
+        role: i.role,
+        is_client: i.is_client,
+        direction: i.direction,
+        local_addr: i.local_addr.clone(),
+        local_port: i.local_port,
+        remote_addr: i.remote_addr.clone(),
+        remote_port: i.remote_port,
+        open_ns: i.open_ns,
+        close_ns: i.close_ns,
+        process: i.process.clone_ref(py),
+        bytes_sent: i.bytes_sent,
+        bytes_recv: i.bytes_recv,
+        protocol: i.protocol,
+        domain: i.domain.clone(),
+        tls_enabled: i.tls_enabled,
+        tls_inspected: i.tls_inspected,
+        tls_version: i.tls_version.clone(),
+        tls_sni: i.tls_sni.clone(),
+        tls_alpn: i.tls_alpn.clone(),
+        joined: i.joined,
+        established: i.established,
+        skip: i.skip,
+        parts: i.parts,
+        finalized: i.finalized,
+    }
+}
+
+/// One direction of a stream, reassembled by offset (for tests of reassembly itself).
+#[pyclass(module = "plaintap._core", unsendable, name = "Stream")]
+pub struct PyStream {
+    s: reassembly::Stream,
+}
+
+fn pieces_to_py<'py>(py: Python<'py>, out: Vec<Piece<'_>>) -> PyResult<Bound<'py, PyList>> {
+    let l = PyList::empty(py);
+    for p in out {
+        match p {
+            Piece::Data(Cow::Borrowed(d)) => l.append(PyBytes::new(py, d))?,
+            Piece::Data(Cow::Owned(d)) => l.append(PyBytes::new(py, &d))?,
+            Piece::Gap(n) => l.append(n)?,
+        }
+    }
+    Ok(l)
+}
+
+#[pymethods]
+impl PyStream {
+    #[new]
+    #[pyo3(signature = (max_pending_bytes = reassembly::DEFAULT_MAX_PENDING))]
+    fn new(max_pending_bytes: u64) -> PyStream {
+        PyStream {
+            s: reassembly::Stream::new(max_pending_bytes),
+        }
+    }
+    /// Bytes at `offset`; returns the pieces now deliverable (bytes, or int gap lengths).
+    fn add<'py>(
+        &mut self,
+        py: Python<'py>,
+        offset: u64,
+        data: &[u8],
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::new();
+        self.s.add(offset, data, &mut out);
+        pieces_to_py(py, out)
+    }
+    fn add_gap<'py>(
+        &mut self,
+        py: Python<'py>,
+        offset: u64,
+        length: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::new();
+        self.s.add_gap(offset, length, &mut out);
+        pieces_to_py(py, out)
+    }
+    fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::new();
+        self.s.flush(&mut out);
+        pieces_to_py(py, out)
+    }
+    #[getter]
+    fn next(&self) -> u64 {
+        self.s.next
+    }
+    #[getter]
+    fn delivered(&self) -> u64 {
+        self.s.delivered
+    }
+    #[getter]
+    fn gap_bytes(&self) -> u64 {
+        self.s.gap_bytes
+    }
+    #[getter]
+    fn hole_bytes(&self) -> u64 {
+        self.s.hole_bytes
+    }
+    #[getter]
+    fn duplicate_bytes(&self) -> u64 {
+        self.s.duplicate_bytes
+    }
+    #[getter]
+    fn pending_bytes(&self) -> u64 {
+        self.s.pending_bytes
+    }
+}
+
+/// `(protocol, midstream)` for the first bytes of a stream, or None when more are needed.
+#[pyfunction]
+#[pyo3(signature = (data, alpn = None))]
+pub fn detect(data: &[u8], alpn: Option<&str>) -> Option<(&'static str, bool)> {
+    classify::detect(data, alpn).map(|d| (d.protocol.name(), d.midstream))
+}
+
+/// The ClientHello at the start of `data` as a dict, or None.
+#[pyfunction]
+pub fn parse_client_hello<'py>(
+    py: Python<'py>,
+    data: &[u8],
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let Some(ch) = classify::parse_client_hello(data) else {
+        return Ok(None);
+    };
+    let d = PyDict::new(py);
+    d.set_item("legacy_version", ch.legacy_version)?;
+    d.set_item("sni", ch.sni)?;
+    d.set_item("alpn", PyTuple::new(py, ch.alpn)?)?;
+    d.set_item(
+        "supported_versions",
+        PyTuple::new(py, ch.supported_versions)?,
+    )?;
+    d.set_item("cipher_suites", PyTuple::new(py, ch.cipher_suites)?)?;
+    Ok(Some(d))
+}
+
+/// The ServerHello at the start of `data` as a dict, or None.
+#[pyfunction]
+pub fn parse_server_hello<'py>(
+    py: Python<'py>,
+    data: &[u8],
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let Some(sh) = classify::parse_server_hello(data) else {
+        return Ok(None);
+    };
+    let d = PyDict::new(py);
+    d.set_item("legacy_version", sh.legacy_version)?;
+    d.set_item("version", sh.version)?;
+    d.set_item("cipher_suite", sh.cipher_suite)?;
+    d.set_item("alpn", sh.alpn)?;
+    d.set_item("hello_retry_request", sh.hello_retry_request)?;
+    Ok(Some(d))
+}
+
+#[pyfunction]
+pub fn hello_incomplete(data: &[u8]) -> bool {
+    classify::hello_incomplete(data)
+}
+
+/// One record decoded, as (type, pid, ts_ns, {fields}) — for tests and tools; ValueError
+/// for an unknown type or a short record.
+#[pyfunction]
+#[pyo3(name = "decode")]
+pub fn decode_record<'py>(
+    py: Python<'py>,
+    raw: &[u8],
+) -> PyResult<(u32, u32, u64, Bound<'py, PyDict>)> {
+    let rec = decode::decode(raw).map_err(|e| PyValueError::new_err(format!("{e:?}")))?;
+    let d = PyDict::new(py);
+    match rec.event {
+        decode::Event::ConnOpen(o) => {
+            d.set_item("conn_id", o.conn_id)?;
+            d.set_item("tid", o.tid)?;
+            d.set_item("fd", o.fd)?;
+            d.set_item("uid", o.uid)?;
+            d.set_item("role", o.role)?;
+            d.set_item("direction", decode::direction_name(o.direction))?;
+            d.set_item("local_addr", o.local_addr)?;
+            d.set_item("local_port", o.local_port)?;
+            d.set_item("remote_addr", o.remote_addr)?;
+            d.set_item("remote_port", o.remote_port)?;
+            d.set_item("comm", o.comm)?;
+        }
+        decode::Event::ConnClose {
+            conn_id,
+            bytes_sent,
+            bytes_recv,
+            fd,
+        } => {
+            d.set_item("conn_id", conn_id)?;
+            d.set_item("bytes_sent", bytes_sent)?;
+            d.set_item("bytes_recv", bytes_recv)?;
+            d.set_item("fd", fd)?;
+        }
+        decode::Event::Data {
+            conn_id,
+            offset,
+            flow,
+            source,
+            fd,
+            data,
+        } => {
+            d.set_item("conn_id", conn_id)?;
+            d.set_item("offset", offset)?;
+            d.set_item("flow", flow)?;
+            d.set_item("source", source)?;
+            d.set_item("fd", fd)?;
+            d.set_item("data", PyBytes::new(py, data))?;
+        }
+        decode::Event::Gap {
+            conn_id,
+            offset,
+            len,
+            flow,
+            source,
+            reason,
+        } => {
+            d.set_item("conn_id", conn_id)?;
+            d.set_item("offset", offset)?;
+            d.set_item("length", len)?;
+            d.set_item("flow", flow)?;
+            d.set_item("source", source)?;
+            d.set_item("reason", decode::gap_reason(reason))?;
+        }
+        decode::Event::ProcExec {
+            ppid,
+            uid,
+            filename,
+            argv,
+        } => {
+            d.set_item("ppid", ppid)?;
+            d.set_item("uid", uid)?;
+            d.set_item("filename", filename)?;
+            d.set_item("argv", argv)?;
+        }
+        decode::Event::ProcExit { exit_code } => {
+            d.set_item("exit_code", exit_code)?;
+        }
+        decode::Event::SockState {
+            conn_id,
+            oldstate,
+            newstate,
+        } => {
+            d.set_item("conn_id", conn_id)?;
+            d.set_item("oldstate", oldstate)?;
+            d.set_item("newstate", newstate)?;
+        }
+    }
+    Ok((rec.kind, rec.pid, rec.ts_ns, d))
+}
+
+/// The Rust decoder's view of events.h: {struct: {field: offset, "size": n}}, checked by
+/// plaintap.bpf.abi.check_layout against the compiler's abi.json at start-up.
+#[pyfunction]
+pub fn abi_layout<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (s, f, o) in decode::LAYOUT {
+        let inner = match d.get_item(s)? {
+            Some(x) => x.downcast_into::<PyDict>()?,
+            None => {
+                let x = PyDict::new(py);
+                d.set_item(s, &x)?;
+                x
+            }
+        };
+        inner.set_item(f, o)?;
+    }
+    d.set_item("DATA_CHUNK", decode::DATA_CHUNK)?;
+    Ok(d)
+}

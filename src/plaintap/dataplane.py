@@ -1,0 +1,222 @@
+"""The data plane, kernel-free: raw ring-buffer records in, records out.
+
+    p = Pipeline(cfg, clock, procs=ProcessTable())
+    out = p.feed(records)            # list of raw records (bytes), e.g. recorded or built
+    out = p.drain(rings, 100)        # or straight from the kernel's ring buffers
+    out = p.tick(now_ns)             # periodic connection reports
+    out = p.close_all(now_ns)        # shutdown: final reports
+    out.events, out.objects, out.lines
+
+Everything from the ring buffer to finished transactions runs in the native core
+(`plaintap._core.DataPlane`: decode, connection table, reassembly, classification, HTTP
+parsing); it calls back into Python only per process or connection (exec, exit, open —
+the process table and tap.filters live here), never per data record. What comes back is
+a batch of connection reports and transactions, turned into records by the plugin stacks
+(`PluginStacks.handle`) and the pure record builders. The native core's counters are
+copied into the Prometheus metrics after each call.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import _core, metrics
+from .bpf import abi
+from .capture.process import ProcessTable
+from .records.connection import connection_record
+from .records.model import Record
+from .records.redact import DEFAULT_REDACTION
+from .records.transaction import make_transaction_id
+
+log = logging.getLogger("plaintap.dataplane")
+
+
+def monotonic_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+_REPORT, _TRANSACTION, _PIECES, _CLOSED = 0, 1, 2, 3
+
+
+@dataclass
+class Emitted:
+    """What one call produced: event records, object records, console lines."""
+
+    events: list[Record] = field(default_factory=list)
+    objects: list[Record] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    newest_ts: int | None = None   # kernel ns of the newest record a drain handled (None: ring was empty)
+
+
+class _Hooks:
+    """The native core's calls into Python: per process and per connection only."""
+
+    def __init__(self, procs: ProcessTable, forget: Callable[[int, int], None] | None,
+                 on_exec: Callable[[int, int], None] | None) -> None:
+        self.procs = procs
+        self._forget = forget
+        self._on_exec = on_exec
+
+    def on_exec(self, pid: int, ts_ns: int, ppid: int, uid: int, filename: str, argv: list[str]) -> None:
+        self.procs.on_exec(pid, filename, argv, uid, ppid)
+        if self._on_exec is not None:
+            self._on_exec(pid, ts_ns)
+
+    def on_exit(self, pid: int, ts_ns: int) -> None:
+        self.procs.on_exit(pid)
+
+    def on_open(self, pid: int, fd: int, comm: str, uid: int):
+        """The process of a new connection and its tap.filters bits."""
+        proc = self.procs.get(pid, comm=comm, uid=uid)
+        return proc, proc.filter_flags
+
+    def forget(self, pid: int, fd: int) -> None:
+        if self._forget is not None:
+            self._forget(pid, fd)
+
+
+class Pipeline:
+    """Raw kernel records → records, for the agent, the tests and the benchmarks.
+
+    `stacks` (PluginStacks or None: no HTTP parsing), `object_url` and `events_enabled`
+    may be replaced between calls (a config reload)."""
+
+    def __init__(self, stacks, clock: Callable[[int], int], *, procs: ProcessTable | None = None,
+                 body_limit: int = 2 << 20, dumper=None, run_id: str | None = None,
+                 forget: Callable[[int, int], None] | None = None,
+                 on_exec: Callable[[int, int], None] | None = None,
+                 object_url: Callable[[str], str | None] | None = None, events_enabled: bool = True,
+                 objects_enabled: bool = True, redaction=DEFAULT_REDACTION, container_hold=None,
+                 **core_options) -> None:
+        self.stacks = stacks
+        self.clock = clock
+        self.procs = procs if procs is not None else ProcessTable()
+        self.dumper = dumper
+        self.object_url = object_url
+        self.events_enabled = events_enabled
+        self.objects_enabled = objects_enabled
+        self.redaction = redaction
+        # Records of a process whose container lookup is pending wait there for its names.
+        self.container_hold = container_hold
+        self.run_id = run_id if run_id is not None else secrets.token_hex(4)
+        self.core = _core.DataPlane(_Hooks(self.procs, forget, on_exec), run_id=self.run_id,
+                                    parse_http=bool(stacks is not None and stacks.active), body_limit=body_limit,
+                                    dump=dumper is not None, **core_options)
+        self._seen: dict = {}
+
+    # ---- input ----
+
+    def feed(self, records) -> Emitted:
+        """Handle raw ring-buffer records (bytes), in order."""
+        self.core.feed(records)
+        return self._collect()
+
+    def drain(self, rings, timeout_ms: int = 100, max_records: int = 4096, max_ns: int = 20_000_000) -> Emitted:
+        """Handle what the kernel's ring buffers hold (waiting up to timeout_ms when empty),
+        in bounded slices so the caller can check its stop flag between calls."""
+        n = self.core.drain(rings, timeout_ms, max_records, max_ns)
+        out = self._collect()
+        if n:
+            out.newest_ts = self.core.last_ts
+        return out
+
+    def adopt(self, pid: int, ts_ns: int, conn_id: int, fd: int, uid: int, role: int, direction: int,
+              local_addr: str, local_port: int, remote_addr: str, remote_port: int, comm: str) -> None:
+        """A connection open before the agent started (parsed as a mid-stream join)."""
+        self.core.adopt(pid, ts_ns, conn_id, fd, uid, role, direction, local_addr, local_port, remote_addr,
+                        remote_port, comm)
+
+    def tick(self, now_ns: int) -> Emitted:
+        self.core.tick(now_ns)
+        return self._collect()
+
+    def close_all(self, now_ns: int) -> Emitted:
+        self.core.close_all(now_ns)
+        return self._collect()
+
+    def set_stacks(self, stacks) -> None:
+        """A reload: new stacks for the next transaction; HTTP parsing for new connections
+        once any stack wants it."""
+        self.stacks = stacks
+        if stacks is not None and stacks.active:
+            self.core.parse_http = True
+
+    # ---- output ----
+
+    def _collect(self) -> Emitted:
+        out = Emitted()
+        items = self.core.take()
+        if items:
+            self._records(items, out)
+        self._sync_metrics()
+        return out
+
+    def _records(self, items: list, out: Emitted) -> None:
+        clock, stacks, hold = self.clock, self.stacks, self.container_hold
+        now = monotonic_ns() if hold is not None else 0
+        for item in items:
+            kind = item[0]
+            if kind == _TRANSACTION:
+                _, conn, tx, seq = item
+                if stacks is None:
+                    continue
+                try:
+                    res = stacks.handle(conn, tx, make_transaction_id(conn.id, seq), wall_ns=clock,
+                                        object_url=self.object_url)
+                except Exception:  # a plugin bug costs this transaction, never the agent
+                    log.exception("internal error building records for connection %s", conn.id)
+                    continue
+                if res.events and self.events_enabled:
+                    if hold is None:
+                        out.events.extend(res.events)
+                    else:
+                        c = conn.process.container
+                        out.events.extend(r for r in res.events if not hold.keep(c, r, "events", now))
+                if res.objects and self.objects_enabled:
+                    if hold is None:
+                        out.objects.extend(res.objects)
+                    else:
+                        c = conn.process.container
+                        out.objects.extend(r for r in res.objects if not hold.keep(c, r, "objects", now))
+                if res.access_log_lines:
+                    out.lines.extend(res.access_log_lines)
+            elif kind == _REPORT:
+                if self.events_enabled:
+                    r = connection_record(item[1], item[2], item[3], clock, self.redaction)
+                    if hold is None or not hold.keep(item[1].process.container, r, "events", now):
+                        out.events.append(r)
+            elif kind == _PIECES and self.dumper is not None:
+                _, conn, flow, source, pieces = item
+                self.dumper.on_data(conn, flow, source, pieces, 0)
+            elif kind == _CLOSED and self.dumper is not None:
+                self.dumper.on_close(item[1])
+
+    def stats(self) -> dict:
+        return self.core.stats()
+
+    def _sync_metrics(self) -> None:
+        """Copy the native counters into Prometheus (as increments since the last call)."""
+        s = self.core.stats()
+        seen = self._seen
+        for t, n in s["events"].items():
+            d = n - seen.get(("events", t), 0)
+            if d:
+                metrics.kernel_events.labels(abi.EVENT_NAMES.get(t, f"type_{t}")).inc(d)
+                seen[("events", t)] = n
+        for name, counter in (("unknown_events", metrics.unknown_events), ("orphan_events", metrics.orphan_events),
+                              ("filtered_connections", metrics.filtered_connections)):
+            d = s[name] - seen.get(name, 0)
+            if d:
+                counter.inc(d)
+                seen[name] = s[name]
+        for name, counter in (("gap_bytes", metrics.gap_bytes), ("parse_errors", metrics.parse_errors),
+                              ("shed_bytes", metrics.shed_bytes)):
+            for label, n in s[name].items():
+                d = n - seen.get((name, label), 0)
+                if d:
+                    counter.labels(label).inc(d)
+                    seen[(name, label)] = n
+        metrics.connections_active.set(s["connections_active"])
+        metrics.held_bytes.set(s["held_bytes"])
