@@ -70,6 +70,12 @@ def ensure_plaintap_image() -> tuple[str, str]:
     r = subprocess.run([str(ROOT / "scripts" / "build-image"), tag], cwd=ROOT, env=ENV, capture_output=True,
                        text=True, timeout=1200)
     assert r.returncode == 0, f"scripts/build-image failed: {r.stderr[-4000:]}"
+    # images of earlier sources are not needed again: keep the store from growing
+    old = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/plaintap", check=False).stdout.split()
+    stale = [t for t in old if t.startswith("localhost/plaintap:test-") and t != tag]
+    if stale:
+        podman("rmi", "-f", *stale, check=False)
+        podman("image", "prune", "-f", check=False)   # their build stages
     return tag, r.stdout.strip()
 
 
