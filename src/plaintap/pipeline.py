@@ -65,7 +65,7 @@ DIRECTION_MASKS = {
 DROP_CHECK_NS = 5_000_000_000
 RING_DRAIN_SECONDS = 1.0        # at stop: how long to keep reading what the kernel already produced
 PROGRESS_EVERY = 2.0            # at stop: a progress line this often while sinks drain
-WATCHDOG_GRACE = 5.0            # a stop that hangs this long past --shutdown-timeout is forced
+WATCHDOG_AFTER = 4.5            # a stop still running this long past --shutdown-timeout is forced (exit ≤ 15 s)
 DEFAULT_SPOOL_DIR = "/var/lib/plaintap/spool"
 # One slice of the capture loop: at most this many ring records or this much time before
 # the loop looks at its stop/reload flags, ticks and flushes records to the sinks.
@@ -360,7 +360,10 @@ class Agent:
         if signum is not None:
             log.info("%s: stopping capture; delivering what the sinks hold for at most %.0fs (again to exit "
                      "at once)", _signal_name(signum), self.opts.shutdown_timeout)
-            deadline = self.opts.shutdown_timeout + RING_DRAIN_SECONDS + WATCHDOG_GRACE + 3.0
+            # The drain ends at the timeout and its grace 2 s later (both counted from the
+            # signal); the watchdog only fires when something else hangs (e.g. finalising
+            # connections whose backlog the data plane is still parsing).
+            deadline = self.opts.shutdown_timeout + WATCHDOG_AFTER
             threading.Thread(target=self._watchdog, args=(deadline,), name="stop-watchdog", daemon=True).start()
 
     def _watchdog(self, seconds: float) -> None:
