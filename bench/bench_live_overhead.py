@@ -81,6 +81,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def nginx_cpu(master: int) -> float:
+    """CPU seconds of nginx: the master and its workers."""
+    total = cpu_seconds(master)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def start_agent(d: Path, level: str) -> tuple[subprocess.Popen, int]:
     cfg = d / "bench.yaml"
     cfg.write_text(f"""
@@ -91,7 +105,7 @@ tap: {{direction: all, ignore_loopback: false, http: {{stack: bench}}}}
 """)
     status = free_port()
     p = subprocess.Popen([str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{status}",
-                          "--log-level", "warn"], stdout=subprocess.DEVNULL)
+                          "--log-level", "warn", "--allow-multiple"], stdout=subprocess.DEVNULL)
     for _ in range(300):
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{status}/readyz", timeout=1).status == 200:
@@ -114,7 +128,7 @@ def bpf_prog_stats() -> dict[int, tuple[str, int, int]]:
     return {p["id"]: (p.get("name", "?"), p.get("run_cnt", 0), p.get("run_time_ns", 0)) for p in progs}
 
 
-def breakdown(port: int, d: Path, level: str, seconds: int) -> None:
+def breakdown(port: int, d: Path, level: str, seconds: int) -> float:
     """Where the cost goes: BPF program hits and run time per request (kernel.bpf_stats),
     and throughput with the agent's user space stopped (kernel side only: the ring fills
     and its events are dropped, which is the point)."""
@@ -143,6 +157,7 @@ def breakdown(port: int, d: Path, level: str, seconds: int) -> None:
                   f"  {(ns - t0) / n / 1000:6.2f} µs/req")
     print(f"  BPF run time {total_ns / n / 1000:.1f} µs per request (excludes the uprobe trap itself)")
     print(f"kernel side only (agent stopped, events dropped): {kernel_only['rps']:.0f} req/s")
+    return kernel_only["rps"]
 
 
 def main() -> None:
@@ -156,15 +171,17 @@ def main() -> None:
         raise SystemExit("run as root (the agent loads eBPF programs)")
     d = Path(tempfile.mkdtemp(prefix="plaintap-bench-"))
     nginx, port = start_nginx(d)
-    bare, agent_runs, cpu_per_k, lost = [], [], [], 0.0
+    bare, agent_runs, cpu_per_k, nginx_per_k, lost = [], [], [], [], 0.0
+    kernel_only = None
     try:
         wrk(port, 1)  # warm-up
         for r in range(args.rounds):
             bare.append(wrk(port, args.seconds))
             agent, status = start_agent(d, args.level)
             try:
-                c0 = cpu_seconds(agent.pid)
+                c0, n0 = cpu_seconds(agent.pid), nginx_cpu(nginx.pid)
                 res = wrk(port, args.seconds)
+                n1 = nginx_cpu(nginx.pid)
                 time.sleep(0.5)  # let the agent finish the tail of the load
                 c1 = cpu_seconds(agent.pid)
                 lost += lost_events(status)
@@ -173,9 +190,10 @@ def main() -> None:
                 agent.wait(60)
             agent_runs.append(res)
             cpu_per_k.append((c1 - c0) / max(res["total"], 1) * 1000)
+            nginx_per_k.append((n1 - n0) / max(res["total"], 1) * 1000)
             print(f"round {r + 1}: bare {bare[-1]['rps']:.0f} req/s, with agent {res['rps']:.0f} req/s", flush=True)
         if not args.no_breakdown:
-            breakdown(port, d, args.level, args.seconds)
+            kernel_only = breakdown(port, d, args.level, args.seconds)
     finally:
         nginx.terminate()
         nginx.wait(10)
@@ -188,7 +206,11 @@ def main() -> None:
     for p in ("p50", "p99"):
         print(f"latency {p}  bare {med(b[p] for b in bare):8.2f} ms    agent {med(a[p] for a in agent_runs):8.2f} ms"
               f"    ratio {med(a[p] for a in agent_runs) / med(b[p] for b in bare):.2f}")
-    print(f"agent CPU    {med(cpu_per_k):.3f} s per 1,000 transactions ({med(cpu_per_k) * 1000:.0f} µs each)")
+    if kernel_only:
+        print(f"vs kernel side only {kernel_only:9.0f} req/s   agent / kernel-only "
+              f"{med(a['rps'] for a in agent_runs) / kernel_only:.2f}")
+    print(f"agent CPU    {med(cpu_per_k):.3f} s per 1,000 requests ({med(cpu_per_k) * 1000:.0f} µs each)   "
+          f"nginx CPU {med(nginx_per_k) * 1000:.0f} µs per request   agent / nginx {med(cpu_per_k) / med(nginx_per_k):.2f}")
     print(f"events lost  {lost:.0f}")
 
 
