@@ -208,8 +208,8 @@ tap: {direction: all, ignore_loopback: false, http: {stack: s}}
                   "--set-file", f"config={tmp_path / 'qtap.yaml'}")
     pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
     name = f"plaintap-helm-{os.getpid()}"
-    podman(*podman_run_args(pod, one(docs, "ConfigMap"), tmp_path, name))
     try:
+        podman(*podman_run_args(pod, one(docs, "ConfigMap"), tmp_path, name))
         probe = pod["containers"][0]["readinessProbe"]["httpGet"]
         deadline, ready = time.monotonic() + 90, False
         while time.monotonic() < deadline and not ready:
@@ -256,8 +256,8 @@ def test_podman_kube_play_ignores_host_pid_so_the_agent_refuses(tools, kernel, t
     play = tmp_path / "pod.yaml"
     play.write_text(yaml.safe_dump_all([cm, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
                                              "spec": spec}]))
-    podman("kube", "play", str(play), timeout=180)
     try:
+        podman("kube", "play", str(play), timeout=180)
         deadline, err = time.monotonic() + 60, ""
         while time.monotonic() < deadline and "--pid=host" not in err:
             err = podman("logs", f"{name}-plaintap", check=False).stderr

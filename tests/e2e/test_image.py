@@ -97,6 +97,13 @@ class ContainerAgent:
                 "plaintap", "--config", "/etc/plaintap/qtap.yaml", "--httpd-listen", f"127.0.0.1:{self.port}",
                 "--containerd-socket", "", "--cri-runtime-socket", "", "--docker-socket", ""]
         podman(*args)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.remove()   # never leave an agent container behind
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             state = podman("inspect", "--format", "{{.State.Running}}", self.name).stdout.strip()
