@@ -247,6 +247,9 @@ class Agent:
         self.console_lines = ConsoleLines(access_log_stream(cfg))
         self.console = QueuedSink(self.console_lines, budget=self.sink_env.budget, records=False)
         self.redaction = cfg.redaction.policy(force_off=opts.no_redact)
+        if not self.redaction.enabled:
+            log.warning("redaction is off (%s): credentials, cookies and signed URLs are stored as captured",
+                        "--no-redact" if opts.no_redact else "redaction.enabled: false")
         self.stacks = PluginStacks(cfg, color=self.console_lines.stream.isatty(), redaction=self.redaction)
         tap = cfg.tap
         self.kernel = KernelCapture(KernelSettings(

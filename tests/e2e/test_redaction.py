@@ -111,3 +111,4 @@ def test_no_redact_shows_them(start_agent):
     assert f"Authorization: Bearer {s['bearer']}\r\n" in request["artifact.data"]
     assert s["bearer"] in conn["process.command_line"]
     assert MASK not in out
+    assert "redaction is off (--no-redact)" in agent.stderr()
