@@ -6,6 +6,7 @@ artifact records, connection records' command lines, access logs); `--no-redact`
 shows them."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -110,5 +111,6 @@ def test_no_redact_shows_them(start_agent):
     request = next(r["attributes"] for r in mine if r["attributes"].get("artifact.type") == "http_request")
     assert f"Authorization: Bearer {s['bearer']}\r\n" in request["artifact.data"]
     assert s["bearer"] in conn["process.command_line"]
-    assert MASK not in out
+    # Only this exchange: other agents' exports on loopback (holding masks) are traffic too.
+    assert MASK not in json.dumps(mine) and MASK not in conn["process.command_line"]
     assert "redaction is off (--no-redact)" in agent.stderr()
