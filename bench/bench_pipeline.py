@@ -93,6 +93,24 @@ def check(events: list, objects: list, n_tx: int, level: str) -> None:
     assert c["connection.protocol"] == "http1" and c["tls.inspected"] is True, c
 
 
+def idle_memory(n: int = 10_000) -> tuple[int, float]:
+    """RSS added by `n` idle tracked connections (issue 10: 10,000 within 50 MiB)."""
+    import gc
+    import os
+
+    def rss() -> int:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    p = Pipeline(None, lambda ns: ns, procs=BenchProcs(), run_id="idle")
+    p.feed([open_event(1111, 1, 5, abi.ROLE_CLIENT, 40000, 443)])
+    gc.collect()
+    before = rss()
+    for i in range(0, n, 1000):
+        p.feed([open_event(1000 + k % 50, 10 + k, 10 + k, abi.ROLE_CLIENT, 1024 + k % 60000, 443)
+                for k in range(i, min(n, i + 1000))])
+    gc.collect()
+    return len(p.core) - 1, (rss() - before) / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tx", type=int, default=20000)
@@ -140,6 +158,8 @@ def main() -> None:
     print(f"  native core alone (decode → transactions handed to Python): {captured / core_best:,.0f} tx/s, "
           f"{core_best / captured * 1e6:.1f} µs each; Python (plugins, records): "
           f"{(best - core_best) / captured * 1e6:.1f} µs each")
+    conns, mib = idle_memory()
+    print(f"  {conns:,} idle tracked connections add {mib:.1f} MiB RSS (target ≤ 50 MiB)")
     if prof:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 
