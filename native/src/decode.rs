@@ -342,6 +342,11 @@ pub fn gap_reason(code: u16) -> &'static str {
         2 => "chunk_budget",
         3 => "sendfile",
         4 => "read_fault",
+        5 => "process_budget",
+        6 => "sendmmsg",
+        7 => "recvmmsg",
+        8 => "splice",
+        9 => "io_uring",
         _ => "unknown",
     }
 }

@@ -6,7 +6,7 @@ import pytest
 from plaintap import _core
 from plaintap.bpf import abi
 
-from .kernel_records import conn_open, data, proc_exec
+from .kernel_records import conn_open, data, gap, proc_exec
 
 
 def test_mirror_and_native_decoder_match_compiled_header():
@@ -49,6 +49,13 @@ def test_data_payload_and_truncated_record():
     assert ev["data"] == b"abcd" and ev["offset"] == 100 and ev["fd"] == 7
     with pytest.raises(ValueError):
         _core.decode(raw[:-2])          # shorter than its len: counted by the data plane
+
+
+def test_every_gap_reason_has_the_abi_name():
+    """The native decoder names each GAP_* reason as abi.GAP_REASONS does (metrics labels)."""
+    for code, name in abi.GAP_REASONS.items():
+        assert _core.decode(gap(1, 2, 0, 10, reason=code))[3]["reason"] == name
+    assert _core.decode(gap(1, 2, 0, 10, reason=200))[3]["reason"] == "unknown"
 
 
 def test_exec_argv_and_unknown_type():
