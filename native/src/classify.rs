@@ -48,44 +48,8 @@ const fn det(protocol: Proto, midstream: bool) -> Option<Detected> {
 }
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-pub const METHODS: &[&[u8]] = &[
-    b"GET",
-    b"HEAD",
-    b"POST",
-    b"PUT",
-    b"DELETE",
-    b"CONNECT",
-    b"OPTIONS",
-    b"TRACE",
-    b"PATCH",
-    b"PROPFIND",
-    b"PROPPATCH",
-    b"MKCOL",
-    b"COPY",
-    b"MOVE",
-    b"LOCK",
-    b"UNLOCK",
-    b"SEARCH",
-    b"REPORT",
-    b"PURGE",
-    b"QUERY",
-    b"MKCALENDAR",
-    b"LINK",
-    b"UNLINK",
-    b"BIND",
-    b"REBIND",
-    b"UNBIND",
-    b"ACL",
-    b"MERGE",
-    b"CHECKOUT",
-    b"MKACTIVITY",
-    b"M-SEARCH",
-    b"NOTIFY",
-    b"SUBSCRIBE",
-    b"UNSUBSCRIBE",
-    b"SOURCE",
-];
-pub const MAX_TARGET: usize = 16384;
+// The methods and target bound are HTTP/1's own (one list for detection and parsing).
+pub use crate::http1::syntax::{MAX_TARGET, METHODS};
 pub const MAX_REQUEST_LINE: usize = 12 + MAX_TARGET + 12;
 const MAX_FRAME_PROBE: usize = 64 * 1024;
 const MAX_HUNT_FRAME: u32 = 16384;
