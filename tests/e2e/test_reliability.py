@@ -321,6 +321,9 @@ def test_50k_idle_connections_then_a_burst_then_sigterm(start_agent, nginx, tmp_
             for t in burst:
                 t.join()
             time.sleep(1)
+            # enough /metrics probes under the 50k connections (a fast machine is done
+            # with the set-up and the burst in a few seconds)
+            wait_until(lambda: len(latencies) > 10, 30, "ten /metrics probes")
             probing.clear()          # the status server closes during the stop
             prober.join(10)
             t0 = time.monotonic()
