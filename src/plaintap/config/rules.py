@@ -13,8 +13,11 @@ The language::
     and        := unary (("and" | "&&") unary)*
     unary      := ("not" | "!") unary | comparison
     comparison := operand [op operand]
-    op         := == != > >= < <= | eq ne gt ge lt le | ["not"] (contains | in | matches)
-    operand    := "text" | 'text' | 123 | -1.5 | true | false | [literal, ...]
+    op         := == != > >= < <= | eq ne gt ge lt le | subdomain_of
+                | ["not"] (contains | in | matches | =~)
+    operand    := "text" | 'text' | 123 | -1.5 | 0x1f | 0o17 | 0b101 | 1_000 | true | false
+                | x"504f5354" | 50:4f:53:54                     (byte strings, rulekit's hex)
+                | [literal, ...]
                 | 10.0.0.1 | 10.0.0.0/8 | ::1 | fd00::/8          (IP and CIDR literals)
                 | variable | variable["key"] | macro() | function(operand, ...) | "(" expr ")"
 
@@ -33,11 +36,21 @@ The language::
 * `a in [..]`: membership; list items that are IP addresses or CIDR blocks also match
   any address inside them (`dst.ip in ["10.0.0.0/8", "192.168.1.5"]`). `a in "text"`
   is a substring test.
-* `a matches /re/flags` (flags i, m, s) or `a matches "re"`: a search with RE2
+* Numbers as rulekit writes them: decimal (`010` is ten), `0x`/`0o`/`0b` prefixes and `_`
+  separators; `true`/`false` in any letter case.
+* Byte strings: `x"504f5354"` (also `X` and single quotes) or two or more colon-separated
+  hex pairs (`50:4f:53:54`; eight pairs read as an IPv6 address). A byte string equals a
+  text with the same UTF-8 bytes: `x"504f5354" == "POST"`.
+* A list on the right of `==` holds when any item is equal, of `!=` when none is; a list
+  value on the left of `==`, `contains` or `in` holds when any of its items does.
+* `a subdomain_of "example.com"`: `a` is that name or a name under it (as `in_zone`).
+* `a contains b` also holds for a CIDR block `a` holding the address `b`.
+* `a matches /re/flags` (flags i, m, s), `a =~ |re|` or `a matches "re"`: a search with RE2
   (config/regex.py: linear time on the hostile text rules read; no backreferences or
   lookaround); the pattern is compiled once, here.
 * `name()` expands the macro `name` (from `rulekit.macros`) in place; a macro that
-  reaches itself again is an error.
+  reaches itself again is an error. Macros take no arguments, as in rulekit (its README:
+  "a zero-argument function that encapsulates a predefined rule"); `name(x)` is refused.
 * IP addresses and CIDR blocks may be written bare, as in rulekit: `dst.ip == 10.0.0.1`,
   `dst.ip in 10.0.0.0/8`, `src.ip in [127.0.0.0/8, ::1]`.
 * Bracket access names a key with punctuation: `http.req.headers["user-agent"]` is
@@ -125,17 +138,22 @@ def compile_expr(text: str, macros: Mapping[str, str] | None = None) -> Rule:
 # ---------------------------------------------------------------------------------------
 # Tokens
 
-_KEYWORDS = frozenset({"and", "or", "not", "contains", "in", "matches", "true", "false"})
+_KEYWORDS = frozenset({"and", "or", "not", "contains", "in", "matches", "subdomain_of", "true", "false"})
+# operators spelled as words, taking a value on each side
+_WORD_OPERATORS = ("contains", "in", "matches", "subdomain_of")
 # rulekit's word forms of the comparison operators
 _OPERATOR_WORDS = {"eq": "==", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 # An IPv4 address or CIDR block, or an IPv6 one (at least two colons), written bare.
 _IPV4_LITERAL = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:/[0-9]{1,2})?(?![A-Za-z0-9_.:-])")
 _IPV6_LITERAL = re.compile(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/[0-9]{1,3})?(?![A-Za-z0-9_.:-])")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
-_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_NUMBER = re.compile(r"-?(?:0[xX][0-9A-Fa-f_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*(?:\.[0-9][0-9_]*)?)")
+# rulekit's hexadecimal strings: two or more colon-separated pairs, or x"..." / X'...'
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})+(?![A-Za-z0-9_.:/-])")
+_HEX_DIGITS = re.compile(r"(?:[0-9A-Fa-f]{2})*")
 _WORDISH = re.compile(r"[A-Za-z0-9_.:/-]+")  # how far a malformed number reaches, for the message
 _SPACE = re.compile(r"\s*")
-_TWO_CHAR_OPERATORS = ("==", "!=", ">=", "<=", "&&", "||")
+_TWO_CHAR_OPERATORS = ("==", "!=", ">=", "<=", "&&", "||", "=~")
 _ONE_CHAR_OPERATORS = "><!()[],"
 _REGEX_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
@@ -143,7 +161,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    kind: str  # "string" "number" "regex" "name" "keyword" "op" "ip" "end"
+    kind: str  # "string" "bytes" "number" "regex" "name" "keyword" "op" "ip" "end"
     value: Any
     column: int
 
@@ -165,10 +183,13 @@ def _tokenize(text: str) -> list[_Token]:
         char = text[pos]
         column = pos + 1
         after_matches = bool(tokens) and tokens[-1].kind == "keyword" and tokens[-1].value == "matches"
-        if char in "\"'":
+        if char in "xX" and text[pos + 1 : pos + 2] in ("\"", "'"):
+            value, pos = _read_string(text, pos + 1)
+            tokens.append(_Token("bytes", _hex_bytes(value, column), column))
+        elif char in "\"'":
             value, pos = _read_string(text, pos)
             tokens.append(_Token("string", value, column))
-        elif char == "/":
+        elif char == "/" or (char == "|" and after_matches):
             if not after_matches:
                 raise RuleSyntaxError("unexpected '/' (a /regular expression/ goes after 'matches')", column)
             pattern, pos = _read_regex(text, pos)
@@ -176,6 +197,9 @@ def _tokenize(text: str) -> list[_Token]:
         elif (ip := _ip_literal(text, pos)) is not None:
             value, pos = ip
             tokens.append(_Token("ip", value, column))
+        elif (pairs := _HEX_PAIRS.match(text, pos)) is not None:
+            tokens.append(_Token("bytes", bytes.fromhex(pairs.group().replace(":", "")), column))
+            pos = pairs.end()
         elif char.isdigit() or (char == "-" and text[pos + 1 : pos + 2].isdigit()):
             match = _NUMBER.match(text, pos)
             if match is None or (match.end() < length and _WORDISH.match(text, match.end())):
@@ -199,8 +223,13 @@ def _tokenize(text: str) -> list[_Token]:
                 raise RuleSyntaxError(f"variable name {name + '.'!r} is incomplete", column)
             if name in _OPERATOR_WORDS:
                 tokens.append(_Token("op", _OPERATOR_WORDS[name], column))
+            elif name.lower() in ("true", "false"):   # rulekit: any letter case
+                tokens.append(_Token("keyword", name.lower(), column))
             else:
                 tokens.append(_Token("keyword" if name in _KEYWORDS else "name", name, column))
+        elif text.startswith("=~", pos):   # rulekit's alias of `matches`
+            tokens.append(_Token("keyword", "matches", column))
+            pos += 2
         elif text.startswith(_TWO_CHAR_OPERATORS, pos):
             tokens.append(_Token("op", text[pos : pos + 2], column))
             pos += 2
@@ -237,10 +266,24 @@ def _ip_literal(text: str, pos: int) -> tuple[object, int] | None:
 
 
 def _number(literal: str, column: int) -> int | float:
+    digits = literal.lstrip("-")
     try:
-        return float(literal) if "." in literal else int(literal)
-    except ValueError:  # more digits than Python converts
-        raise RuleSyntaxError("number has too many digits", column) from None
+        if "." in digits:
+            return float(literal)
+        if digits[:2].lower() in ("0x", "0o", "0b"):
+            return int(literal, 0)
+        return int(literal)   # decimal, so a leading zero does not make it octal
+    except ValueError:  # more digits than Python converts, or a misplaced '_'
+        if len(digits) > 256:
+            raise RuleSyntaxError("number has too many digits", column) from None
+        raise RuleSyntaxError(f"malformed number {literal!r} ('_' goes only between digits)", column) from None
+
+
+def _hex_bytes(digits: str, column: int) -> bytes:
+    """The bytes of x"..." (hex digits in pairs)."""
+    if not _HEX_DIGITS.fullmatch(digits):
+        raise RuleSyntaxError(f"x{digits!r} is not hex pairs (write bytes as x\"504f5354\")", column)
+    return bytes.fromhex(digits)
 
 
 def _read_string(text: str, start: int) -> tuple[str, int]:
@@ -262,21 +305,22 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
 
 
 def _read_regex(text: str, start: int) -> tuple[Any, int]:
+    delimiter = text[start]   # `/` or, as rulekit allows, `|`
     out: list[str] = []
     pos = start + 1
     while pos < len(text):
         char = text[pos]
-        if char == "/":
+        if char == delimiter:
             break
         if char == "\\" and pos + 1 < len(text):
-            # `\/` is a literal slash; every other escape is left for `re` to read.
-            out.append("/" if text[pos + 1] == "/" else text[pos : pos + 2])
+            # an escaped delimiter is the character itself; every other escape is left for `re` to read.
+            out.append(delimiter if text[pos + 1] == delimiter else text[pos : pos + 2])
             pos += 2
             continue
         out.append(char)
         pos += 1
     else:
-        raise RuleSyntaxError("regular expression starting with / is never closed", start + 1)
+        raise RuleSyntaxError(f"regular expression starting with {delimiter} is never closed", start + 1)
     pos += 1
     flags = 0
     while pos < len(text) and text[pos].isascii() and text[pos].isalpha():
@@ -410,12 +454,12 @@ class _Parser:
     def parse_comparison(self) -> Test:
         left = self.parse_operand()
         negate = False
-        if self.at("keyword", "not") and self.peek_at(1).kind == "keyword" and self.peek_at(1).value in ("in", "contains", "matches"):
+        if self.at("keyword", "not") and self.peek_at(1).kind == "keyword" and self.peek_at(1).value in _WORD_OPERATORS:
             self.advance()
             negate = True
         token = self.peek
         is_operator = (token.kind == "op" and token.value in _COMPARISONS) or (
-            token.kind == "keyword" and token.value in ("contains", "in", "matches")
+            token.kind == "keyword" and token.value in _WORD_OPERATORS
         )
         if not is_operator:
             return _truthy(left)
@@ -429,6 +473,12 @@ class _Parser:
             test = _matches(left, right)
         elif token.value == "in":
             test = _in(left, right)
+        elif token.value == "subdomain_of":
+            test = _compare(_in_zone, left, right)
+        elif token.value in ("==", "!=") and right.kind == "literal" and isinstance(right.value, tuple):
+            member = _member_of(right.value, networks=False)   # rulekit: equal to any item
+            get_left = _getter(left)
+            test = (lambda vars: member(get_left(vars))) if token.value == "==" else (lambda vars: not member(get_left(vars)))
         else:
             test = _compare(_contains if token.value == "contains" else _COMPARISONS[token.value], left, right)
         if negate:
@@ -438,7 +488,7 @@ class _Parser:
 
     def parse_operand(self) -> _Operand:
         token = self.peek
-        if token.kind in ("string", "number", "ip"):
+        if token.kind in ("string", "number", "ip", "bytes"):
             self.advance()
             return _Operand("literal", token.value, token.column)
         if token.kind == "regex":
@@ -474,7 +524,7 @@ class _Parser:
         items: list[object] = []
         while not self.at("op", "]"):
             token = self.advance()
-            if token.kind in ("string", "number"):
+            if token.kind in ("string", "number", "bytes"):
                 items.append(token.value)
             elif token.kind == "ip":
                 items.append(str(token.value))   # addresses and blocks match as in a quoted list
@@ -496,7 +546,8 @@ class _Parser:
             return self.parse_function_call(name_token)
         self.advance()  # "("
         if not self.at("op", ")"):
-            raise RuleSyntaxError(f"macro {name_token.value}() takes no arguments", self.peek.column)
+            raise RuleSyntaxError(f"macro {name_token.value}() takes no arguments (rulekit macros are zero-argument rules)",
+                                  self.peek.column)
         self.advance()
         if "." in name_token.value or "-" in name_token.value:
             raise RuleSyntaxError(f"{name_token.value!r} is not a macro name", name_token.column)
@@ -677,6 +728,11 @@ def _equal(a: object, b: object) -> bool:
         return False
     if type(a) is type(b):
         return a == b
+    if isinstance(a, bytes) or isinstance(b, bytes):   # a byte string equals text with its bytes
+        left, right = (x.encode() if isinstance(x, str) else x for x in (a, b))
+        return isinstance(left, bytes) and left == right
+    if isinstance(a, (list, tuple)) and not isinstance(b, (list, tuple)):   # a list value: any item
+        return any(_equal(item, b) for item in a)
     if isinstance(a, bool) and isinstance(b, str):
         return b.lower() == ("true" if a else "false")
     if isinstance(b, bool) and isinstance(a, str):
@@ -708,6 +764,12 @@ _COMPARISONS: dict[str, Callable[[object, object], bool]] = {
 def _contains(a: object, b: object) -> bool:
     if isinstance(a, str):
         return isinstance(b, str) and b in a
+    if isinstance(a, bytes):
+        needle = b.encode() if isinstance(b, str) else b
+        return isinstance(needle, bytes) and needle in a
+    if isinstance(a, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        address = _as_ip(b)
+        return address is not None and address.version == a.version and address in a
     if isinstance(a, (list, tuple, set, frozenset)):
         return any(_equal(item, b) for item in a)
     return False
@@ -739,23 +801,26 @@ def _as_network(item: object) -> _IPNetwork | None:
         return None
 
 
-def _member_of(items: tuple[object, ...]) -> Callable[[object], bool]:
-    """Membership in a literal list, with addresses matching the CIDR blocks listed."""
+def _member_of(items: tuple[object, ...], networks: bool = True) -> Callable[[object], bool]:
+    """Membership in a literal list, with addresses matching the CIDR blocks listed (for
+    `in`; `==` against a list passes `networks=False`: equality with an item only)."""
     texts = frozenset(item for item in items if isinstance(item, str))
     others = tuple(item for item in items if not isinstance(item, str))
-    networks = tuple(net for net in map(_as_network, items) if net is not None)
+    blocks = tuple(net for net in map(_as_network, items) if net is not None) if networks else ()
 
     def member(value: object) -> bool:
         if value is None:
             return False
+        if isinstance(value, (list, tuple)):   # a list value: any of its items
+            return any(member(item) for item in value)
         if isinstance(value, str) and value in texts:
             return True
         if any(_equal(value, item) for item in others):
             return True
-        if networks:
+        if blocks:
             address = _as_ip(value)
             if address is not None:
-                return any(address in net for net in networks)
+                return any(address in net for net in blocks)
         if not isinstance(value, str) and texts:
             return any(_equal(value, item) for item in texts)
         return False

@@ -130,6 +130,50 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("weird > 1", {"weird": [1]}, False),
     ('weird contains "a"', {"weird": {"a": 1}}, False),
     ("weird", {"weird": float("nan")}, True),
+    # rulekit's number forms, byte strings, operator aliases and list semantics
+    ("x == 0x1f", {"x": 31}, True),
+    ("x == 0X1F", {"x": 31}, True),
+    ("x == 0o17", {"x": 15}, True),
+    ("x == 0b101", {"x": 5}, True),
+    ("x == 1_000", {"x": 1000}, True),
+    ("x == 010", {"x": 10}, True),  # a leading zero is still decimal
+    ("x == 1.5", {"x": 1.5}, True),
+    ("x == -0x10", {"x": -16}, True),
+    ('x"504f5354" == "POST"', {}, True),
+    ("X'504f5354' == http.req.method", REQUEST, True),
+    ("X'474554' == http.req.method", REQUEST, False),
+    ("http.req.method == 50:4f:53:54", REQUEST, True),
+    ("http.req.method != 47:45:54", REQUEST, True),
+    ("http.req.method == 47:45:54", REQUEST, False),
+    ('x"0a" == "\\n"', {}, True),
+    ('x"0a" == v', {"v": "\n"}, True),
+    ("http.req.method in [x'504f5354', 47:45:54]", REQUEST, True),
+    ("dst.ip == 01:23:45:67:89:ab:cd:ef", {"dst.ip": "1:23:45:67:89:ab:cd:ef"}, True),  # eight pairs: IPv6
+    ("dst.ip == 0001:0023:0045:0067:0089:00ab:00cd:00ef", {"dst.ip": "1:23:45:67:89:ab:cd:ef"}, True),
+    ("b contains 50:4f", {"b": b"xPOy"}, True),
+    ("http.req.path =~ /orders$/", REQUEST, True),
+    ("http.req.path =~ |/api/v1/|", REQUEST, True),
+    ("http.req.path matches |^/API/|i", REQUEST, True),
+    ("http.req.path not =~ /health/", REQUEST, True),
+    ("http.req.path not =~ /orders/", REQUEST, False),
+    ('http.req.host subdomain_of "example.com"', {"http.req.host": "api.example.com"}, True),
+    ('http.req.host subdomain_of "example.com"', {"http.req.host": "example.com."}, True),
+    ('http.req.host subdomain_of "example.com"', {"http.req.host": "badexample.com"}, False),
+    ('http.req.host not subdomain_of "example.com"', {"http.req.host": "example.org"}, True),
+    ('http.req.method == ["GET", "POST"]', REQUEST, True),
+    ('http.req.method == ["PUT", "GET"]', REQUEST, False),
+    ('http.req.method != ["PUT", "GET"]', REQUEST, True),
+    ('http.req.method != ["GET", "POST"]', REQUEST, False),
+    ('dst.ip == ["10.0.0.0/8"]', {"dst.ip": "10.1.1.1"}, False),  # == is equality, not membership
+    ("10.0.0.0/8 contains dst.ip", {"dst.ip": "10.1.1.1"}, True),
+    ("10.0.0.0/8 contains dst.ip", {"dst.ip": "11.1.1.1"}, False),
+    ("fd00::/8 contains dst.ip", {"dst.ip": "10.1.1.1"}, False),
+    ('answers == "b"', {"answers": ["a", "b"]}, True),  # a list value: any item
+    ('answers in ["b", "c"]', {"answers": ["a", "b"]}, True),
+    ('answers in ["c"]', {"answers": ["a", "b"]}, False),
+    ("TRUE", {}, True),
+    ("x == False", {"x": False}, True),
+    ("not x == 1", {"x": 2}, True),  # not binds looser than a comparison
 ]
 
 
@@ -184,7 +228,12 @@ def test_rule_knows_its_variables() -> None:
         ("a == 1 ; b", 8, "unexpected character ';'"),
         ("a == 1 - 2", 8, "unexpected character '-'"),
         ("a == £", 6, "unexpected character '£'"),
-        ("m(1)", 3, "macro m() takes no arguments"),
+        ("m(1)", 3, "macro m() takes no arguments (rulekit macros are zero-argument rules)"),
+        ("x == 1__0", 6, "malformed number '1__0' ('_' goes only between digits)"),
+        ("x == 0xZZ", 6, "malformed number '0xZZ' (put text and addresses in quotes)"),
+        ('x"abc" == y', 1, "x'abc' is not hex pairs (write bytes as x\"504f5354\")"),
+        ('x"zz" == y', 1, "x'zz' is not hex pairs (write bytes as x\"504f5354\")"),
+        ("a =~ |abc", 6, "regular expression starting with | is never closed"),
         ("a.b()", 1, "'a.b' is not a macro name"),
         ("nope()", 1, "unknown macro 'nope' (macros: none are defined under rulekit.macros)"),
         ("(" * (MAX_NESTING + 1) + "true" + ")" * (MAX_NESTING + 1), MAX_NESTING + 1, f"the expression nests more than {MAX_NESTING} levels deep"),
@@ -312,6 +361,7 @@ _TOKENS = st.sampled_from(
         "a", "http.req.headers.x-y", "dst.ip", "m()", "loop()", "1", "-2", "3.5", '"s"', "'t'", "true", "false",
         "==", "!=", ">", ">=", "<", "<=", "and", "or", "not", "&&", "||", "!", "contains", "in", "matches",
         "/x+/", "/[/", "/a/i", "(", ")", "[", "]", ",", '"10.0.0.0/8"', "=", "&", "|", "-", ".", "\\", '"', "'",
+        "=~", "|a|", 'x"0a"', "x'", "50:4f", "0x1f", "1_0", "subdomain_of", "TRUE", "10.0.0.0/8",
     ]
 )  # fmt: skip
 _PROPERTY_MACROS = {"m": "a == 1", "loop": "loop()"}
