@@ -246,7 +246,7 @@ pub enum Output {
     },
     Transaction {
         conn: Py<ConnInfo>,
-        tx: PyObject,
+        tx: TxValue,
         seq: u64,
     },
     /// `--dump-streams`: ordered pieces of one stream (bytes, or a gap length).
@@ -1068,9 +1068,17 @@ fn filtered_by(source: u8) -> u32 {
     }
 }
 
+/// A finished transaction: the native parser's value (turned into Python objects, or
+/// into a record, only when `pipeline::DataPlane::take` hands it out), or the Python
+/// parser's object.
+pub enum TxValue {
+    Native(Box<crate::model::Transaction>),
+    Py(PyObject),
+}
+
 enum HttpEvent {
     Transaction {
-        tx: PyObject,
+        tx: TxValue,
         grpc: bool,
         host: Option<String>,
     },
@@ -1147,17 +1155,11 @@ fn drain(py: Python<'_>, h: &mut Http, events: &mut Vec<HttpEvent>) {
                 Some(ParserEvent::Transaction(tx)) => {
                     let grpc = tx.grpc.is_some();
                     let host = native_host(&tx);
-                    match py_parser::transaction_to_py(py, &tx) {
-                        Ok(obj) => events.push(HttpEvent::Transaction {
-                            tx: obj,
-                            grpc,
-                            host,
-                        }),
-                        Err(e) => {
-                            e.print_and_set_sys_last_vars(py);
-                            events.push(HttpEvent::Failed);
-                        }
-                    }
+                    events.push(HttpEvent::Transaction {
+                        tx: TxValue::Native(tx),
+                        grpc,
+                        host,
+                    });
                 }
             },
             HttpParser::Python(p) => {
@@ -1187,7 +1189,11 @@ fn drain(py: Python<'_>, h: &mut Http, events: &mut Vec<HttpEvent>) {
                     .ok()
                     .and_then(|h| h.extract::<Option<String>>().ok())
                     .flatten();
-                events.push(HttpEvent::Transaction { tx: ev, grpc, host });
+                events.push(HttpEvent::Transaction {
+                    tx: TxValue::Py(ev),
+                    grpc,
+                    host,
+                });
             }
         }
     }

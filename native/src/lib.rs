@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod py_parser;
 pub mod reassembly;
 pub mod ring;
+pub mod summary;
 
 /// The version of the native core, for `plaintap doctor` and bug reports.
 #[pyfunction]
@@ -42,6 +43,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pipeline::hello_incomplete, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::decode_record, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::abi_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::summary_duration, m)?)?;
     Ok(())
 }
 

@@ -22,15 +22,18 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::classify;
-use crate::conn::{self, ConnInfo, Output, Settings, Table};
+use crate::conn::{self, ConnInfo, Output, Settings, Table, TxValue};
 use crate::decode;
+use crate::py_parser;
 use crate::reassembly::{self, Piece};
 use crate::ring;
+use crate::summary::{self, Summary};
 
 pub const OUT_REPORT: u8 = 0;
 pub const OUT_TRANSACTION: u8 = 1;
 pub const OUT_PIECES: u8 = 2;
 pub const OUT_CLOSED: u8 = 3;
+pub const OUT_SUMMARY: u8 = 4;
 
 /// A BPF ring buffer map, mapped into this process.
 #[pyclass(module = "plaintap._core", unsendable, name = "Ring")]
@@ -79,6 +82,11 @@ impl PyRing {
 #[pyclass(module = "plaintap._core", unsendable)]
 pub struct DataPlane {
     table: Table,
+    /// Build `artifact_record` summaries natively (set by Python when its plugins would
+    /// build nothing else, see summary.rs); None: every transaction goes to Python.
+    summary: Option<Summary>,
+    /// Summaries built natively (the rest of the transactions went to Python).
+    native_summaries: u64,
 }
 
 #[pymethods]
@@ -116,6 +124,8 @@ impl DataPlane {
                 },
                 hooks,
             ),
+            summary: None,
+            native_summaries: 0,
         }
     }
 
@@ -248,15 +258,52 @@ impl DataPlane {
                             .into_any(),
                     ],
                 )?,
-                Output::Transaction { conn, tx, seq } => PyTuple::new(
-                    py,
-                    [
-                        OUT_TRANSACTION.into_pyobject(py)?.into_any(),
-                        conn.into_bound(py).into_any(),
-                        tx.into_bound(py),
-                        seq.into_pyobject(py)?.into_any(),
-                    ],
-                )?,
+                Output::Transaction { conn, tx, seq } => {
+                    let tx = match tx {
+                        TxValue::Py(obj) => obj,
+                        TxValue::Native(t) => {
+                            if let Some(policy) = &self.summary {
+                                // A build error (a bug) leaves the transaction to Python.
+                                if let Ok(Some((attrs, body))) =
+                                    summary::build(py, conn.get(), &t, seq, policy)
+                                {
+                                    out.append(PyTuple::new(
+                                        py,
+                                        [
+                                            OUT_SUMMARY.into_pyobject(py)?.into_any(),
+                                            conn.into_bound(py).into_any(),
+                                            attrs.into_any(),
+                                            body.into_pyobject(py)?.into_any(),
+                                            t.start_ns.into_pyobject(py)?.into_any(),
+                                        ],
+                                    )?)?;
+                                    self.native_summaries += 1;
+                                    continue;
+                                }
+                            }
+                            match py_parser::transaction_to_py(py, &t) {
+                                Ok(obj) => obj,
+                                Err(e) => {
+                                    // A conversion bug costs this transaction, counted.
+                                    e.print_and_set_sys_last_vars(py);
+                                    let c = &mut self.table.counters;
+                                    *c.parse_errors.entry(t.protocol).or_default() += 1;
+                                    c.parser_failures += 1;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    PyTuple::new(
+                        py,
+                        [
+                            OUT_TRANSACTION.into_pyobject(py)?.into_any(),
+                            conn.into_bound(py).into_any(),
+                            tx.into_bound(py),
+                            seq.into_pyobject(py)?.into_any(),
+                        ],
+                    )?
+                }
                 Output::Pieces {
                     conn,
                     flow,
@@ -292,6 +339,28 @@ impl DataPlane {
             out.append(t)?;
         }
         Ok(out)
+    }
+
+    /// Build `artifact_record` summaries natively from now on, with this redaction
+    /// (`(enabled, query_params, mask_user_agent, mask_content_type)`, names lower-cased),
+    /// or None: hand every transaction to Python. Only for plugin stacks whose whole output
+    /// is that summary (dataplane.Pipeline decides).
+    #[pyo3(signature = (policy = None))]
+    fn set_summary(&mut self, policy: Option<(bool, Vec<String>, bool, bool)>) {
+        self.summary = policy.map(
+            |(enabled, query_params, mask_user_agent, mask_content_type)| Summary {
+                enabled,
+                query_params,
+                mask_user_agent,
+                mask_content_type,
+            },
+        );
+    }
+
+    /// Whether summaries are built natively (see set_summary).
+    #[getter]
+    fn native_summary(&self) -> bool {
+        self.summary.is_some()
     }
 
     /// Parse HTTP on connections opened from now on (a reload changed the stacks).
@@ -351,6 +420,7 @@ impl DataPlane {
         d.set_item("closed_by_state", c.closed_by_state)?;
         d.set_item("finished_by_exit", c.finished_by_exit)?;
         d.set_item("transactions", c.transactions)?;
+        d.set_item("native_summaries", self.native_summaries)?;
         d.set_item("connections_active", self.table.len())?;
         d.set_item("held_bytes", self.table.held_total)?;
         for (name, map) in [
@@ -399,6 +469,14 @@ fn conn_info_copy(py: Python<'_>, i: &ConnInfo) -> ConnInfo {
         parts: i.parts,
         finalized: i.finalized,
     }
+}
+
+/// `(round(ns / 1e6, 3), f"{that:.1f}")` as the native summary computes them (for tests
+/// that compare them with Python's).
+#[pyfunction]
+pub fn summary_duration(ns: u64) -> (f64, String) {
+    let ms = summary::round3(ns as f64 / 1_000_000.0);
+    (ms, format!("{ms:.1}"))
 }
 
 /// One direction of a stream, reassembled by offset (for tests of reassembly itself).

@@ -12,8 +12,12 @@ Everything from the ring buffer to finished transactions runs in the native core
 parsing); it calls back into Python only per process or connection (exec, exit, open —
 the process table and tap.filters live here), never per data record. What comes back is
 a batch of connection reports and transactions, turned into records by the plugin stacks
-(`PluginStacks.handle`) and the pure record builders. The native core's counters are
-copied into the Prometheus metrics after each call.
+(`PluginStacks.handle`) and the pure record builders. When the plugins' whole output
+would be one `artifact_record` per transaction (the only plugin is `http_capture`, no
+rules, no objects stored: `_summary_policy`), the native core builds that record's
+attributes itself (native/src/summary.rs) and Python only adds the process attributes
+and the time; transactions it declines (unusual targets or hosts) take the Python path.
+The native core's counters are copied into the Prometheus metrics after each call.
 """
 from __future__ import annotations
 
@@ -26,10 +30,12 @@ from typing import Callable
 from . import _core, metrics
 from .bpf import abi
 from .capture.process import ProcessTable
+from .config.model import normalise_capture_level
+from .plugins.http_capture import HttpCapture
 from .records.connection import connection_record
-from .records.model import Record
+from .records.model import SCOPE_EVENTS, Record
 from .records.redact import DEFAULT_REDACTION
-from .records.transaction import make_transaction_id
+from .records.transaction import make_transaction_id, transaction_connection_attrs
 
 log = logging.getLogger("plaintap.dataplane")
 
@@ -37,7 +43,7 @@ log = logging.getLogger("plaintap.dataplane")
 def monotonic_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
-_REPORT, _TRANSACTION, _PIECES, _CLOSED = 0, 1, 2, 3
+_REPORT, _TRANSACTION, _PIECES, _CLOSED, _SUMMARY = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -81,7 +87,8 @@ class Pipeline:
     """Raw kernel records → records, for the agent, the tests and the benchmarks.
 
     `stacks` (PluginStacks or None: no HTTP parsing), `object_url` and `events_enabled`
-    may be replaced between calls (a config reload)."""
+    may be replaced between calls (a config reload). `native_summary=False` keeps every
+    transaction on the Python path (tests compare the two)."""
 
     def __init__(self, stacks, clock: Callable[[int], int], *, procs: ProcessTable | None = None,
                  body_limit: int = 2 << 20, dumper=None, run_id: str | None = None,
@@ -89,12 +96,13 @@ class Pipeline:
                  on_exec: Callable[[int, int], None] | None = None,
                  object_url: Callable[[str], str | None] | None = None, events_enabled: bool = True,
                  objects_enabled: bool = True, redaction=DEFAULT_REDACTION, container_hold=None,
-                 **core_options) -> None:
-        self.stacks = stacks
+                 native_summary: bool = True, **core_options) -> None:
+        self._stacks = stacks
         self.clock = clock
         self.procs = procs if procs is not None else ProcessTable()
         self.dumper = dumper
-        self.object_url = object_url
+        self._object_url = object_url
+        self._native_summary = native_summary
         self.events_enabled = events_enabled
         self.objects_enabled = objects_enabled
         self.redaction = redaction
@@ -105,6 +113,7 @@ class Pipeline:
                                     parse_http=bool(stacks is not None and stacks.active), body_limit=body_limit,
                                     dump=dumper is not None, **core_options)
         self._seen: dict = {}
+        self._plan()
 
     # ---- input ----
 
@@ -143,6 +152,43 @@ class Pipeline:
         if stacks is not None and stacks.active:
             self.core.parse_http = True
 
+    @property
+    def stacks(self):
+        return self._stacks
+
+    @stacks.setter
+    def stacks(self, stacks) -> None:
+        self._stacks = stacks
+        self._plan()
+
+    @property
+    def object_url(self):
+        return self._object_url
+
+    @object_url.setter
+    def object_url(self, object_url) -> None:
+        self._object_url = object_url
+        self._plan()
+
+    def _plan(self) -> None:
+        self.core.set_summary(self._summary_policy())
+
+    def _summary_policy(self):
+        """The redaction the native summary needs, when the plugins would output nothing but
+        one `artifact_record` per transaction (else None: every transaction to Python)."""
+        stacks = self._stacks
+        if not self._native_summary or stacks is None or stacks.cfg.tap.endpoints:
+            return None
+        stack = stacks.by_name.get(stacks.cfg.tap.http.stack)
+        if stack is None or len(stack.plugins) != 1 or type(stack.plugins[0]) is not HttpCapture:
+            return None
+        config = stack.plugins[0].config
+        level = normalise_capture_level(config.level)
+        if config.rules or level == "none" or (level != "summary" and self._object_url is not None):
+            return None
+        r = stacks.redaction
+        return r.enabled, sorted(r.query_params), "user-agent" in r.headers, "content-type" in r.headers
+
     # ---- output ----
 
     def _collect(self) -> Emitted:
@@ -154,11 +200,23 @@ class Pipeline:
         return out
 
     def _records(self, items: list, out: Emitted) -> None:
-        clock, stacks, hold = self.clock, self.stacks, self.container_hold
+        clock, stacks, hold = self.clock, self._stacks, self.container_hold
         now = monotonic_ns() if hold is not None else 0
         for item in items:
             kind = item[0]
-            if kind == _TRANSACTION:
+            if kind == _SUMMARY:
+                if not self.events_enabled:
+                    continue
+                _, conn, attrs, body, start_ns = item
+                try:
+                    attrs.update(transaction_connection_attrs(conn, stacks.redaction))
+                    r = Record(SCOPE_EVENTS, clock(start_ns), body, attrs)
+                except Exception:  # as for plugins: a bug costs this transaction, never the agent
+                    log.exception("internal error building records for connection %s", conn.id)
+                    continue
+                if hold is None or not hold.keep(conn.process.container, r, "events", now):
+                    out.events.append(r)
+            elif kind == _TRANSACTION:
                 _, conn, tx, seq = item
                 if stacks is None:
                     continue

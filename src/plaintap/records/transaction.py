@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .connection import endpoint_attrs
+from .connection import shown_command_line
 from .model import SCOPE_EVENTS, SCOPE_OBJECTS, Record
 from .redact import DEFAULT_REDACTION, Redaction
 
@@ -45,6 +45,7 @@ __all__ = [
     "rpc_protocol",
     "server_endpoint",
     "stored_objects",
+    "transaction_connection_attrs",
     "transaction_vars",
     "url_host",
     "url_of",
@@ -196,6 +197,26 @@ def _process_exe(conn) -> str:
 # the transaction summary event
 
 
+def transaction_connection_attrs(conn, redaction: Redaction = DEFAULT_REDACTION) -> dict:
+    """The attributes a transaction summary copies from its connection, in
+    `endpoint_attrs` order: `connection.direction`, `process.*`, `container.*`, `k8s.*`
+    (what `endpoint_attrs` gives under those names, without building the rest)."""
+    p = conn.process
+    attrs = {
+        "connection.direction": conn.direction,
+        "process.pid": conn.pid,
+        "process.executable.path": p.exe,
+        "process.executable.name": p.exe_name,
+        "process.command_line": shown_command_line(p, redaction),
+    }
+    if p.uid is not None:
+        attrs["process.user.id"] = p.uid
+    for key, value in p.container_attributes().items():
+        if key == "connection.direction" or key.startswith(_CONNECTION_PREFIXES):
+            attrs[key] = value
+    return attrs
+
+
 def artifact_record(conn, tx, wall_ns: Callable[[int], int], transaction_id: str,
                     artifact_urls: Mapping[str, StoredObject] | None = None,
                     redaction: Redaction = DEFAULT_REDACTION) -> Record:
@@ -254,9 +275,7 @@ def artifact_record(conn, tx, wall_ns: Callable[[int], int], transaction_id: str
             attrs["rpc.method"] = grpc.method
         if grpc.status_code is not None:
             attrs["rpc.grpc.status_code"] = grpc.status_code
-    for key, value in endpoint_attrs(conn, redaction).items():
-        if key == "connection.direction" or key.startswith(_CONNECTION_PREFIXES):
-            attrs[key] = value
+    attrs.update(transaction_connection_attrs(conn, redaction))
     for which in ("request", "response"):
         stored = (artifact_urls or {}).get(which)
         if stored is not None:
