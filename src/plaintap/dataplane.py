@@ -276,5 +276,10 @@ class Pipeline:
                 if d:
                     counter.labels(label).inc(d)
                     seen[(name, label)] = n
+        for name in metrics.DATAPLANE_COUNTERS:
+            d = s[name] - seen.get(name, 0)
+            if d:
+                metrics.dataplane.labels(name).inc(d)
+                seen[name] = s[name]
         metrics.connections_active.set(s["connections_active"])
         metrics.held_bytes.set(s["held_bytes"])

@@ -51,6 +51,8 @@ held_bytes = Gauge("plaintap_held_bytes", "Bytes the data plane holds across con
                    "pre-classification holds; bounded by its budget)", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
                        registry=REGISTRY)
+dataplane = Counter("plaintap_dataplane", "Native data plane counters, by name (DATAPLANE_COUNTERS)",
+                    ["counter"], registry=REGISTRY)
 tls_refusals = Counter("plaintap_tls_refusals", "Files not hooked for TLS (or not now), by reason "
                        "(TLS_REFUSAL_REASONS)", ["reason"], registry=REGISTRY)
 tls_scans_dropped = Counter("plaintap_tls_scans_dropped", "Exec-triggered TLS scans dropped because too many "
@@ -61,6 +63,13 @@ tls_go_slots_used = Gauge("plaintap_tls_go_slots_used", "Go binaries holding one
 
 
 PARSE_PROTOCOLS = ("http1", "http2", "grpc")
+# DataPlane.stats() names exported as plaintap_dataplane_total{counter}: transactions
+# finished; summaries built natively; errors from the per-process Python hooks; parsers
+# that failed (a bug; that connection's parsing stops); bytes dropped while a connection's
+# protocol was unknown; connections finished by TCP_CLOSE without close(2), or by their
+# process's exit.
+DATAPLANE_COUNTERS = ("transactions", "native_summaries", "hook_errors", "parser_failures", "held_dropped_bytes",
+                      "closed_by_state", "finished_by_exit")
 SHED_REASONS = ("reassembly_wait", "held_unclassified")
 SINK_DROP_REASONS = ("queue_full", "spool_full", "export_error", "shutdown", "interrupted", "spool_corrupt")
 TLS_REFUSAL_REASONS = ("symlink", "not_regular_file", "identity_mismatch", "too_large", "truncated",
@@ -85,6 +94,8 @@ def preset_labels() -> None:
         tls_refusals.labels(reason)
     for reason in SHED_REASONS:
         shed_bytes.labels(reason)
+    for name in DATAPLANE_COUNTERS:
+        dataplane.labels(name)
 
 
 def preset_sink(name: str) -> None:

@@ -23,12 +23,10 @@ its data and its close after it:
 Why it is exact for the pairs that matter: an event caused by another (data after its
 open, a close after its data) takes its timestamp after the cause was committed, so an
 event older than W has all its causes committed before W, hence drained now (or
-before); one newer than W may not, and waits with its causes. A native ring reader
-(rust-core) must keep the same rule. Map fds: `KernelCapture.ring_fds()` →
-{"events": fd, "control": fd}.
-
-Records are copied out of the ring buffers inside one libbpf callback per record and
-handed up as a list per poll, so Python-level work above this layer is per batch.
+before); one newer than W may not, and waits with its causes. The agent drains the
+rings with the native reader (`plaintap._core.Ring` / `DataPlane.drain`, same rule) from
+`KernelCapture.ring_maps()`; `poll` (tools and tests) maps them with that same reader on
+first use, so libbpf's own ring reader is never set up and the agent maps each ring once.
 """
 from __future__ import annotations
 
@@ -44,7 +42,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from . import abi, integrity
-from .libbpf import BpfError, ObjectOpenOpts, RINGBUF_SAMPLE_FN, UprobeOpts, lib
+from .libbpf import BpfError, ObjectOpenOpts, UprobeOpts, lib
 
 log = logging.getLogger("plaintap.bpf")
 
@@ -130,7 +128,6 @@ OPTIONAL_TRACEPOINTS = {"uring_submit": "io_uring/io_uring_submit_req",
                         "uring_complete": "io_uring/io_uring_complete"}
 LEARN_SELF = "learn_self"   # attached alone at start-up: finds the agent's own tgid
 _TS = struct.Struct("<Q")
-_RING_DATA, _RING_CONTROL = 1, 2
 
 
 def _ts(raw: bytes) -> int:
@@ -149,12 +146,9 @@ class KernelCapture:
         self.obj_name = obj_name
         self._obj = None
         self._links: list[int] = []
-        self._ring = None
-        self._epoll_fd = -1
-        self._data: list[bytes] = []
-        self._control: list[bytes] = []
+        self._rings = None                    # (data, control) native readers, mapped by the first poll
+        self._attached = False
         self._held: list[bytes] = []          # events newer than the last watermark
-        self._cb = RINGBUF_SAMPLE_FN(self._on_sample)
         self._map_fds: dict[str, int] = {}
         self.attached_programs: list[str] = []
         self.skipped_programs: list[str] = []
@@ -307,12 +301,7 @@ class KernelCapture:
                 self._links.append(link)
                 self.attached_programs.append(name)
             prog = lib.bpf_object__next_program(self._obj, prog)
-        self._ring = lib.ring_buffer__new(self._map_fd(abi.DATA_RING), self._cb, _RING_DATA, None)
-        if not self._ring:
-            raise BpfError(f"cannot open the BPF ring buffer: {os.strerror(lib.errno())}")
-        if lib.ring_buffer__add(self._ring, self._map_fd(abi.CONTROL_RING), self._cb, _RING_CONTROL) < 0:
-            raise BpfError(f"cannot open the BPF control ring buffer: {os.strerror(lib.errno())}")
-        self._epoll_fd = lib.ring_buffer__epoll_fd(self._ring)
+        self._attached = True
         log.info("attached %d BPF programs", len(self._links))
 
     def ring_fds(self) -> dict[str, int]:
@@ -362,29 +351,33 @@ class KernelCapture:
 
     # ---- running ----
 
-    def _on_sample(self, ctx, data, size) -> int:
-        (self._control if ctx == _RING_CONTROL else self._data).append(ctypes.string_at(data, size))
-        return 0
-
     def poll(self, timeout_ms: int = 100) -> list[bytes]:
         """Wait up to timeout_ms for records; return all available ones (maybe []),
-        control events merged among the data by timestamp (see the module doc)."""
-        if self._ring is None:
+        control events merged among the data by timestamp (see the module doc). For tools
+        and tests: the agent drains with `DataPlane.drain`. Raises BpfError when a ring
+        cannot be mapped."""
+        if not self._attached:
             return []
+        if self._rings is None:
+            from .. import _core   # the native ring reader (maps the ring, no libbpf reader)
+            sizes = {name: (fd, size) for name, fd, size in self.ring_maps()}
+            try:
+                self._rings = tuple(_core.Ring(*sizes[name], name) for name in (abi.DATA_RING, abi.CONTROL_RING))
+            except OSError as e:
+                raise BpfError(str(e)) from None
         if self._held:
             timeout_ms = min(timeout_ms, 1)
-        try:
-            p = select.poll()
-            p.register(self._epoll_fd, select.POLLIN)
-            p.poll(timeout_ms)
-        except InterruptedError:
-            pass
+        if all(r.backlog == 0 for r in self._rings):
+            try:
+                p = select.poll()
+                for name in (abi.DATA_RING, abi.CONTROL_RING):
+                    p.register(self._map_fd(name), select.POLLIN)
+                p.poll(timeout_ms)
+            except InterruptedError:
+                pass
         watermark = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        self._data, self._control = [], []
-        ret = lib.ring_buffer__consume(self._ring)
-        if ret < 0 and -ret != 4:  # EINTR is a normal wake-up (signals)
-            raise BpfError(f"reading the BPF ring buffer failed: {os.strerror(-ret)}")
-        batch = merge_rings(self._held + self._data, self._control, watermark, self._held)
+        data, control = (r.read() for r in self._rings)
+        batch = merge_rings(self._held + data, control, watermark, self._held)
         if not batch and self._held:   # only held events: they are older than now
             batch = merge_rings(self._held[:], [], time.clock_gettime_ns(time.CLOCK_MONOTONIC), self._held)
         return batch
@@ -437,10 +430,8 @@ class KernelCapture:
         return lib.bpf_map_update_elem(self._map_fd("conns"), key, buf, BPF_NOEXIST) == 0
 
     def close(self) -> None:
-        if self._ring:
-            lib.ring_buffer__free(self._ring)
-            self._ring = None
-            self._epoll_fd = -1
+        self._rings = None       # unmapped when the native readers are dropped
+        self._attached = False
         for link in self._links:
             lib.bpf_link__destroy(link)
         self._links = []

@@ -153,3 +153,16 @@ def test_duration_rounding_matches_python():
     for ns in [*range(0, 200_000, 7), *(j * 62_500 for j in range(20_000)), 10**15 + 1]:
         ms = round(ns / 1e6, 3)
         assert _core.summary_duration(ns) == (ms, f"{ms:.1f}"), ns
+
+
+def test_dataplane_counters_reach_metrics():
+    from plaintap import metrics
+
+    def value(name):
+        return metrics.REGISTRY.get_sample_value("plaintap_dataplane_total", {"counter": name})
+    before = {n: value(n) for n in metrics.DATAPLANE_COUNTERS}
+    assert all(v is not None for v in before.values())   # every series is there from start
+    _lines(True, _events(abi.ROLE_CLIENT, False))
+    assert value("transactions") - before["transactions"] == len(HTTP1) + 2
+    assert value("native_summaries") - before["native_summaries"] == len(HTTP1) + 2 - 7
+    assert value("parser_failures") == before["parser_failures"]
