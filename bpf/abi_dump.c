@@ -31,7 +31,7 @@ int main(void)
 		F(settings, agent_pidns_dev) F(settings, agent_pidns_ino) F(settings, agent_nspid) E()
 	S(conn_key) F(conn_key, tgid) F(conn_key, fd) E()
 	S(conn) F(conn, id) F(conn, sent) F(conn, recv) F(conn, tls_sent) F(conn, tls_recv) F(conn, sk)
-		F(conn, role) F(conn, direction) F(conn, flags) E()
+		F(conn, role) F(conn, direction) F(conn, flags) F(conn, ino) E()
 	printf(", \"DATA_CHUNK\": %d, \"CNT__MAX\": %d, \"PF_SKIP_ALL\": %d, \"PF_SKIP_DATA\": %d, \"PF_SKIP_TLS\": %d}\n",
 	       DATA_CHUNK, CNT__MAX, PF_SKIP_ALL, PF_SKIP_DATA, PF_SKIP_TLS);
 	return 0;

@@ -62,8 +62,10 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/* struct sock * -> its connection, for TCP state changes. A plain hash for the same reason
+ * as `conns` (sized with it): a full table is counted (CNT_SOCKS_TABLE_FULL), never evicts. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 131072);
 	__type(key, __u64); /* struct sock * */
 	__type(value, struct sk_ref);
@@ -272,20 +274,47 @@ static __always_inline struct conn *tracked_conn(__u32 tgid, __s32 fd)
 	return bpf_map_lookup_elem(&conns, &k);
 }
 
-/* task->files->fdt->fd[fd]->private_data->sk, or NULL when fd is not a socket. */
-static __always_inline struct sock *sock_of_fd(__s32 fd)
+/* task->files->fdt->fd[fd] of the current task, or NULL. */
+static __always_inline struct file *file_of_fd(__s32 fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fdarr = BPF_CORE_READ(task, files, fdt, fd);
-	unsigned int max_fds = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return NULL;
+	struct file **fdarr = BPF_CORE_READ(fdt, fd);
+	unsigned int max_fds = BPF_CORE_READ(fdt, max_fds);
 	struct file *f = NULL;
 	if (fd < 0 || (unsigned int)fd >= max_fds)
 		return NULL;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]) || !f)
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fdarr[fd]))
 		return NULL;
-	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
+	return f;
+}
+
+/* The inode number of the socket fd names, or 0 when fd names no socket. Socket inode
+ * numbers count up (get_next_ino), so a new socket on a reused fd number has another one
+ * even where its memory reuses the old socket's addresses. */
+static __always_inline __u32 sock_ino_of_fd(__s32 fd)
+{
+	struct file *f = file_of_fd(fd);
+	if (!f)
+		return 0;
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	return (__u32)BPF_CORE_READ(inode, i_ino);
+}
+
+/* fd's file->private_data->sk (and the socket's inode number), or NULL when fd is not a socket. */
+static __always_inline struct sock *sock_of_fd(__s32 fd, __u32 *ino)
+{
+	struct file *f = file_of_fd(fd);
+	if (!f)
 		return NULL;
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	*ino = (__u32)BPF_CORE_READ(inode, i_ino);
 	struct socket *sock = BPF_CORE_READ(f, private_data);
 	if (!sock)
 		return NULL;
@@ -366,13 +395,257 @@ static __always_inline bool is_internal(__u16 family, const __u8 *a)
 	return false;
 }
 
+/* ---- connection life cycle ----
+ * An entry of `conns` names a socket by (tgid, fd), and fd numbers are reused. An entry
+ * leaves the table when its fd stops naming that socket: close(2) (enter_close),
+ * dup/dup2/dup3 putting another file on the fd, close_range(2), close-on-exec at execve,
+ * process exit (all below), each counted by reason (CNT_UNTRACKED_*). Where a close
+ * happened out of sight (io_uring's close, a racing thread), the data path still never
+ * misattributes: live_conn() checks that the fd names the socket the entry was made for
+ * (by inode number) and drops a stale entry (CLOSE_STALE). A dup of a tracked socket onto
+ * another fd carries the same connection (same id) on the new fd; the connection ends
+ * when its last fd goes (dup_refs). TCP_CLOSE alone does not untrack: the process may
+ * still read what arrived before the FIN; user space finishes the connection a grace
+ * period later, and the fd's close removes the entry. */
+
+/* tgid -> number of its entries in `conns` (at least): close_range, exec and exit sweep
+ * the table only for processes that have some. Sized with `conns` by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
+	__type(value, __u64);
+} proc_conns SEC(".maps");
+
+/* conn id -> fds of the process that carry it, for connections on more than one fd. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} dup_refs SEC(".maps");
+
+static __always_inline void proc_conns_add(__u32 tgid)
+{
+	__u64 *n = bpf_map_lookup_elem(&proc_conns, &tgid);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	__u64 one = 1;
+	if (bpf_map_update_elem(&proc_conns, &tgid, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&proc_conns, &tgid);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			count(CNT_PROC_TABLE_FULL, 1);
+	}
+}
+
+static __always_inline void proc_conns_sub(__u32 tgid)
+{
+	__u64 *n = bpf_map_lookup_elem(&proc_conns, &tgid);
+	if (n && *n > 0)
+		__sync_fetch_and_add(n, -1);
+}
+
+/* One fd of a dup'ed connection goes: true when it was the last one. */
+static __always_inline bool last_dup_ref(__u64 id)
+{
+	__u64 *r = bpf_map_lookup_elem(&dup_refs, &id);
+	if (!r)
+		return true;
+	if ((__s64)__sync_fetch_and_add(r, -1) > 1)
+		return false;
+	bpf_map_delete_elem(&dup_refs, &id);
+	return true;
+}
+
+static __always_inline void count_untrack_reason(__u32 reason)
+{
+	switch (reason) {
+	case CLOSE_DUP: count(CNT_UNTRACKED_DUP, 1); break;
+	case CLOSE_RANGE: count(CNT_UNTRACKED_CLOSE_RANGE, 1); break;
+	case CLOSE_EXEC: count(CNT_UNTRACKED_EXEC, 1); break;
+	case CLOSE_EXIT: count(CNT_UNTRACKED_EXIT, 1); break;
+	case CLOSE_STALE: count(CNT_UNTRACKED_STALE, 1); break;
+	}
+}
+
+/* Remove fd's entry. The connection ends (EV_CONN_CLOSE) unless the socket is still on
+ * another tracked fd of the process (a dup). */
+static __always_inline void untrack(__u32 tgid, __s32 fd, struct conn *c, __u32 reason)
+{
+	struct conn cc = *c; /* the value's memory may be reused once deleted */
+	struct conn_key k = { .tgid = tgid, .fd = fd };
+	if (bpf_map_delete_elem(&conns, &k))
+		return; /* a racing close removed it and reports it */
+	count(CNT_CONNS_UNTRACKED, 1);
+	count_untrack_reason(reason);
+	proc_conns_sub(tgid);
+	if ((cc.flags & CONN_DUP) && !last_dup_ref(cc.id))
+		return;
+	struct ev_conn_close ev = {};
+	ev.h.type = EV_CONN_CLOSE;
+	ev.h.pid = tgid;
+	ev.h.ts_ns = bpf_ktime_get_ns();
+	ev.conn_id = cc.id;
+	ev.bytes_sent = cc.sent;
+	ev.bytes_recv = cc.recv;
+	ev.fd = fd;
+	ev.reason = reason;
+	__u64 skey = cc.sk;
+	struct sk_ref *ref = bpf_map_lookup_elem(&socks, &skey);
+	if (ref && ref->conn_id == cc.id)
+		bpf_map_delete_elem(&socks, &skey);
+	control_out(&ev, sizeof(ev));
+}
+
+/* The tracked connection on fd, only while fd still names the socket it was tracked with.
+ * A stale entry (its socket closed out of sight, the number now naming another file) is
+ * untracked here, so its bytes are never attributed to the old connection. */
+static __always_inline struct conn *live_conn(__u32 tgid, __s32 fd)
+{
+	struct conn *c = tracked_conn(tgid, fd);
+	if (!c)
+		return NULL;
+	__u32 ino = sock_ino_of_fd(fd);
+	if (ino && ino == c->ino)
+		return c;
+	if (ino && !c->ino) {
+		/* adopted at start-up by user space, which wrote no inode: learned at first use */
+		c->ino = ino;
+		proc_conns_add(tgid);
+		return c;
+	}
+	untrack(tgid, fd, c, CLOSE_STALE);
+	return NULL;
+}
+
+/* dup/dup2/dup3 returned newfd, a copy of oldfd. Whatever newfd named before is closed:
+ * its entry goes (CLOSE_DUP) unless it was the same socket; a tracked oldfd's connection
+ * is carried on newfd too (same id, counted CNT_DUP_FOLLOWED). The two entries keep their
+ * own byte counters from here: a process writing on both fds alternately gets offsets
+ * that overlap (seen by user space as a reassembly conflict, not silent). */
+static __always_inline void on_dup(__u32 tgid, __s32 oldfd, __s32 newfd)
+{
+	if (oldfd == newfd || newfd < 0)
+		return;
+	__u32 ino = sock_ino_of_fd(newfd);
+	struct conn *old = tracked_conn(tgid, newfd);
+	if (old) {
+		if (ino && old->ino == ino)
+			return; /* both fds already named this socket */
+		untrack(tgid, newfd, old, CLOSE_DUP);
+	}
+	struct conn *src = live_conn(tgid, oldfd);
+	if (!src)
+		return;
+	__u64 id = src->id;
+	__u64 *r = bpf_map_lookup_elem(&dup_refs, &id);
+	if (r) {
+		__sync_fetch_and_add(r, 1);
+	} else {
+		__u64 two = 2;
+		if (bpf_map_update_elem(&dup_refs, &id, &two, BPF_NOEXIST)) {
+			count(CNT_DUP_UNFOLLOWED, 1);
+			return;
+		}
+	}
+	src->flags |= CONN_DUP;
+	struct conn copy = *src;
+	struct conn_key k = { .tgid = tgid, .fd = newfd };
+	if (bpf_map_update_elem(&conns, &k, &copy, BPF_NOEXIST)) {
+		last_dup_ref(id);
+		count(CNT_DUP_UNFOLLOWED, 1);
+		return;
+	}
+	count(CNT_CONNS_TRACKED, 1);
+	count(CNT_DUP_FOLLOWED, 1);
+	proc_conns_add(tgid);
+}
+
+struct sweep {
+	__u32 tgid;
+	__u32 reason;
+	__u32 left;   /* entries of tgid still to visit (from proc_conns): stop at 0 */
+	__u32 _pad;
+};
+
+static long sweep_step(struct bpf_map *map, struct conn_key *key, struct conn *c, struct sweep *sw)
+{
+	if (key->tgid != sw->tgid)
+		return 0;
+	__s32 fd = key->fd;
+	if (sw->reason != CLOSE_EXIT) {
+		__u32 ino = sock_ino_of_fd(fd);
+		if (ino && (ino == c->ino || !c->ino))
+			goto next; /* still open */
+	}
+	untrack(sw->tgid, fd, c, sw->reason);
+next:
+	if (sw->left <= 1)
+		return 1;
+	sw->left--;
+	return 0;
+}
+
+/* Untrack the process's entries whose fd no longer names their socket (close_range,
+ * exec), or all of them (exit). Costs nothing for processes with no tracked fd. */
+static __always_inline void sweep_conns(__u32 tgid, __u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&proc_conns, &tgid);
+	if (!n || !*n)
+		return;
+	struct sweep sw = { .tgid = tgid, .reason = reason, .left = *n };
+	bpf_for_each_map_elem(&conns, sweep_step, &sw, 0);
+}
+
+static __always_inline int on_dup_exit(long ret)
+{
+	if (ret < 0)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&proc_conns, &tgid))
+		return 0; /* no tracked fd in this process: nothing to follow or close */
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	on_dup(tgid, PT_REGS_PARM1_CORE_SYSCALL(regs), ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_dup")
+int exit_dup(struct trace_event_raw_sys_exit *ctx) { return on_dup_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_dup2")
+int exit_dup2(struct trace_event_raw_sys_exit *ctx) { return on_dup_exit(ctx->ret); }
+SEC("tracepoint/syscalls/sys_exit_dup3")
+int exit_dup3(struct trace_event_raw_sys_exit *ctx) { return on_dup_exit(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_exit_close_range")
+int exit_close_range(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret == 0)
+		sweep_conns(bpf_get_current_pid_tgid() >> 32, CLOSE_RANGE);
+	return 0;
+}
+
+/* Called at sched_process_exit: once the last thread goes, the process's fds close. */
+static __always_inline void forget_exited_conns(__u32 tgid)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return; /* other threads still hold the fd table */
+	sweep_conns(tgid, CLOSE_EXIT);
+	bpf_map_delete_elem(&proc_conns, &tgid);
+}
+
 /* Start tracking fd as a TCP connection (role: connect or accept) if the filters allow. */
 static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 role)
 {
 	struct settings *s = get_settings();
 	if (!s)
 		return;
-	struct sock *sk = sock_of_fd(fd);
+	__u32 ino = 0;
+	struct sock *sk = sock_of_fd(fd, &ino);
 	if (!sk)
 		return;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -423,16 +696,30 @@ static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 r
 	__u64 id = __sync_fetch_and_add(idp, 1) + 1;
 
 	struct conn c = { .id = id, .sk = (__u64)sk, .role = role, .direction = ev.direction,
-			  .flags = (pf & PF_SKIP_DATA) ? CONN_NO_DATA : 0 };
+			  .flags = (pf & PF_SKIP_DATA) ? CONN_NO_DATA : 0, .ino = ino };
 	struct conn_key k = { .tgid = tgid, .fd = fd };
-	if (bpf_map_update_elem(&conns, &k, &c, BPF_ANY)) {
+	struct conn *old = tracked_conn(tgid, fd);
+	if (old) {
+		/* connect() again on this fd: on the same socket still connecting (a second call
+		 * that returns 0 once the handshake is done), the same connection; after the first
+		 * attempt failed (the socket went through TCP_CLOSE, so its `socks` entry is gone)
+		 * or on another socket, the old id ends here. */
+		__u64 skey = (__u64)sk;
+		struct sk_ref *ref = bpf_map_lookup_elem(&socks, &skey);
+		if (old->ino == ino && ref && ref->conn_id == old->id)
+			return;
+		untrack(tgid, fd, old, CLOSE_STALE);
+	}
+	if (bpf_map_update_elem(&conns, &k, &c, BPF_NOEXIST)) {
 		count(CNT_CONN_TABLE_FULL, 1);
 		return;
 	}
 	count(CNT_CONNS_TRACKED, 1);
+	proc_conns_add(tgid);
 	struct sk_ref ref = { .conn_id = id, .tgid = tgid, .fd = fd };
 	__u64 skey = (__u64)sk;
-	bpf_map_update_elem(&socks, &skey, &ref, BPF_ANY);
+	if (bpf_map_update_elem(&socks, &skey, &ref, BPF_ANY))
+		count(CNT_SOCKS_TABLE_FULL, 1);
 
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	ev.h.type = EV_CONN_OPEN;
@@ -698,7 +985,7 @@ static __always_inline int on_data_exit(long ret, __u32 kind)
 	__u32 tgid = pid_tgid >> 32;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	__s32 fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
-	struct conn *c = tracked_conn(tgid, fd);
+	struct conn *c = live_conn(tgid, fd);
 	if (!c)
 		return 0;
 	__u64 ptr = PT_REGS_PARM2_CORE_SYSCALL(regs);
@@ -785,10 +1072,10 @@ static __always_inline int on_splice_exit(long ret)
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	__s32 fd_in = PT_REGS_PARM1_CORE_SYSCALL(regs);
 	__s32 fd_out = PT_REGS_PARM3_CORE_SYSCALL(regs);
-	struct conn *c = tracked_conn(tgid, fd_in);
+	struct conn *c = live_conn(tgid, fd_in);
 	if (c)
 		skip_as_gap(c, tgid, FLOW_RECV, ret, GAP_SPLICE, CNT_SPLICE_GAPS);
-	c = tracked_conn(tgid, fd_out);
+	c = live_conn(tgid, fd_out);
 	if (c)
 		skip_as_gap(c, tgid, FLOW_SEND, ret, GAP_SPLICE, CNT_SPLICE_GAPS);
 	return 0;
@@ -829,6 +1116,7 @@ int exit_splice(struct trace_event_raw_sys_exit *ctx) { return on_splice_exit(ct
  * Requests on registered (fixed) files cannot be mapped to a socket: counted only. */
 
 struct uring_req {
+	__u64 conn_id;     /* the completion counts only if fd still carries this connection */
 	__u32 tgid;
 	__s32 fd;
 	__u8 flow;
@@ -874,9 +1162,10 @@ int uring_submit(struct trace_event_raw_io_uring_submit_req *ctx)
 	if (!bpf_core_field_exists(req->cqe.fd))
 		return 0;
 	__s32 fd = BPF_CORE_READ(req, cqe.fd);
-	if (!tracked_conn(tgid, fd))
+	struct conn *c = live_conn(tgid, fd);
+	if (!c)
 		return 0;
-	struct uring_req r = { .tgid = tgid, .fd = fd, .flow = flow };
+	struct uring_req r = { .conn_id = c->id, .tgid = tgid, .fd = fd, .flow = flow };
 	__u64 key = (__u64)req;
 	bpf_map_update_elem(&uring_reqs, &key, &r, BPF_ANY);
 	return 0;
@@ -894,8 +1183,9 @@ int uring_complete(struct trace_event_raw_io_uring_complete *ctx)
 		bpf_map_delete_elem(&uring_reqs, &key);
 	if (ctx->res <= 0)
 		return 0;
+	/* not live_conn: a completion may run outside the process (its fd table) */
 	struct conn *c = tracked_conn(req.tgid, req.fd);
-	if (c)
+	if (c && c->id == req.conn_id)
 		skip_as_gap(c, req.tgid, req.flow, ctx->res, GAP_IO_URING, CNT_IO_URING_GAPS);
 	return 0;
 }
@@ -925,25 +1215,6 @@ SEC("tracepoint/syscalls/sys_exit_accept")
 int exit_accept(struct trace_event_raw_sys_exit *ctx) { return on_accept(ctx->ret); }
 SEC("tracepoint/syscalls/sys_exit_accept4")
 int exit_accept4(struct trace_event_raw_sys_exit *ctx) { return on_accept(ctx->ret); }
-
-static __always_inline void untrack(__u32 tgid, __s32 fd, struct conn *c, __u32 reason)
-{
-	struct ev_conn_close ev = {};
-	ev.h.type = EV_CONN_CLOSE;
-	ev.h.pid = tgid;
-	ev.h.ts_ns = bpf_ktime_get_ns();
-	ev.conn_id = c->id;
-	ev.bytes_sent = c->sent;
-	ev.bytes_recv = c->recv;
-	ev.fd = fd;
-	ev.reason = reason;
-	__u64 skey = c->sk;
-	bpf_map_delete_elem(&socks, &skey);
-	struct conn_key k = { .tgid = tgid, .fd = fd };
-	if (bpf_map_delete_elem(&conns, &k) == 0)
-		count(CNT_CONNS_UNTRACKED, 1);
-	control_out(&ev, sizeof(ev));
-}
 
 SEC("tracepoint/syscalls/sys_enter_close")
 int enter_close(struct trace_event_raw_sys_enter *ctx)
@@ -1048,6 +1319,7 @@ SEC("tracepoint/sched/sched_process_exec")
 int proc_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	sweep_conns(tgid, CLOSE_EXEC); /* close-on-exec fds are closed by now */
 	if (!should_trace(tgid))
 		return 0;
 	__u32 zero = 0;
@@ -1088,6 +1360,7 @@ int proc_exit(void *ctx)
 	 * left here, the entry would swallow the first call of a thread reusing the id. */
 	bpf_map_delete_elem(&tls_calls, &pid_tgid);
 	bpf_map_delete_elem(&thread_fd, &pid_tgid);
+	forget_exited_conns(tgid);
 	if ((__u32)pid_tgid != tgid)
 		return 0; /* the rest only for the whole process, not each thread */
 	bpf_map_delete_elem(&proc_filters, &tgid);
@@ -1163,7 +1436,7 @@ static __always_inline int ssl_exit(struct pt_regs *ctx)
 	if (fd < 0) {
 		struct ssl_fd *known = bpf_map_lookup_elem(&ssl_fds, &sk);
 		if (known) {
-			struct conn *kc = tracked_conn(tgid, known->fd);
+			struct conn *kc = live_conn(tgid, known->fd);
 			if (kc && kc->id == known->conn_id) {
 				fd = known->fd;
 			} else {
@@ -1174,7 +1447,7 @@ static __always_inline int ssl_exit(struct pt_regs *ctx)
 		}
 		if (fd < 0 && tc.flow == FLOW_RECV) {
 			struct thread_fd_t *t = bpf_map_lookup_elem(&thread_fd, &pid_tgid);
-			struct conn *tcn = t ? tracked_conn(tgid, t->fd) : NULL;
+			struct conn *tcn = t ? live_conn(tgid, t->fd) : NULL;
 			if (t && tcn && bpf_ktime_get_ns() - t->ts_ns < THREAD_FD_FRESH_NS) {
 				fd = t->fd;
 				struct ssl_fd sf = { .fd = fd, .conn_id = tcn->id };
@@ -1188,7 +1461,7 @@ static __always_inline int ssl_exit(struct pt_regs *ctx)
 		count(CNT_TLS_NO_FD, 1);
 		return 0;
 	}
-	struct conn *c = tracked_conn(tgid, fd);
+	struct conn *c = live_conn(tgid, fd);
 	if (!c) {
 		count(CNT_TLS_UNTRACKED, 1);
 		return 0;
@@ -1236,7 +1509,7 @@ static __always_inline void go_emit(__u32 tgid, __u64 conn, __u32 idx, __u8 flow
 		count(CNT_TLS_NO_FD, 1);
 		return;
 	}
-	struct conn *c = tracked_conn(tgid, fd);
+	struct conn *c = live_conn(tgid, fd);
 	if (!c) {
 		count(CNT_TLS_UNTRACKED, 1);
 		return;

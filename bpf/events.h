@@ -76,8 +76,18 @@
 #define CNT_AGENT_PEER_CONNS    18 /* accepted connections whose peer is the agent itself: not tracked */
 #define CNT_SSL_FD_STALE        19 /* SSL* -> socket entries found stale (socket closed or reused) */
 #define CNT_CONNS_TRACKED       20 /* entries added to `conns` (minus untracked ones: the table's fill) */
-#define CNT_CONNS_UNTRACKED     21 /* entries removed from `conns` by close */
-#define CNT__MAX                22
+#define CNT_CONNS_UNTRACKED     21 /* entries removed from `conns` (every way below, and close(2)) */
+/* Connection life cycle: how entries left `conns` other than by close(2) (see CLOSE_*). */
+#define CNT_UNTRACKED_DUP       22 /* dup/dup2/dup3 put another file on a tracked fd */
+#define CNT_UNTRACKED_CLOSE_RANGE 23 /* close_range(2) closed a tracked fd */
+#define CNT_UNTRACKED_EXEC      24 /* a close-on-exec tracked fd, closed by execve */
+#define CNT_UNTRACKED_EXIT      25 /* the process exited with the fd open */
+#define CNT_UNTRACKED_STALE     26 /* a data call found the fd naming another socket than the tracked one */
+#define CNT_DUP_FOLLOWED        27 /* dup of a tracked socket: the new fd carries the same connection */
+#define CNT_DUP_UNFOLLOWED      28 /* ... but the dup table was full: the new fd is not tracked */
+#define CNT_SOCKS_TABLE_FULL    29 /* tracked sockets whose TCP state changes cannot be followed (table full) */
+#define CNT_PROC_TABLE_FULL     30 /* processes whose tracked fds cannot be revalidated at close_range/exec/exit */
+#define CNT__MAX                31
 
 /* Per-process filters from tap.filters (map `proc_filters`: tgid -> __u32 of these bits),
  * written by user space when it learns a process's executable (start-up scan, exec). */
@@ -108,8 +118,14 @@ struct ev_conn_open {
 	char  comm[16];         /* 80 */
 };                              /* 96 */
 
-#define CLOSE_SYSCALL 1
-#define CLOSE_UNTRACK 2
+/* Why an entry left the kernel's connection table (ev_conn_close.reason). */
+#define CLOSE_SYSCALL 1 /* close(2) */
+#define CLOSE_UNTRACK 2 /* (unused: kept so the numbers below stay put) */
+#define CLOSE_DUP     3 /* dup2/dup3 (or dup) put another file on the fd */
+#define CLOSE_RANGE   4 /* close_range(2) */
+#define CLOSE_EXEC    5 /* close-on-exec at execve */
+#define CLOSE_EXIT    6 /* the process exited */
+#define CLOSE_STALE   7 /* found naming another socket on use (a close the kernel side did not see) */
 
 struct ev_conn_close {
 	struct ev_header h;     /* 0 */
@@ -197,6 +213,7 @@ struct conn_key {
 
 #define CONN_TLS_INSPECTED 1 /* plaintext comes from a TLS hook: stop streaming ciphertext */
 #define CONN_NO_DATA       2 /* count bytes only (the process's filter says PF_SKIP_DATA) */
+#define CONN_DUP           4 /* the socket is on more than one fd of the process (dup): see dup_refs */
 
 struct conn {
 	__u64 id;               /* 0 */
@@ -208,7 +225,10 @@ struct conn {
 	__u8  role;             /* 48: ROLE_* */
 	__u8  direction;        /* 49: DIR_* */
 	__u8  flags;            /* 50: CONN_* */
-	__u8  _pad[5];          /* 51 */
+	__u8  _pad0;            /* 51 */
+	__u32 ino;              /* 52: the socket's inode number: a data call on the fd is
+	                         * attributed to this connection only while the fd still names
+	                         * this socket (0: not known yet, learned at first use) */
 };                              /* 56 */
 
 /* Connection ids the kernel hands out count up from 1; user space adopts connections

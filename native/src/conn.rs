@@ -10,9 +10,11 @@
 //!
 //! Reports follow qtap's timing: ~500 ms after open, then every 10 s, then a final one on
 //! close (`finalized`); a connection that closes sooner gets only the final one. A
-//! connection is finished by close(2), by its process's exit, or a grace period after its
-//! socket reached TCP_CLOSE (a socket closed by close_range/dup2 or reset never sees a
-//! close(2)). All timing uses kernel timestamps passed in.
+//! connection is finished, and its state dropped, when the kernel untracks it (close(2),
+//! dup/dup2/dup3 over its fd, close_range, close-on-exec, process exit, or a stale entry
+//! found on use: `ev_conn_close.reason`), by its process's exit, or a grace period after
+//! its socket reached TCP_CLOSE (a reset socket whose fd stays open). Data for a
+//! finished connection is an orphan, counted. All timing uses kernel timestamps passed in.
 //!
 //! Python is called only per connection or process (open, exec, exit), never per data
 //! event; HTTP parsers are the native ones (`crate::http1`/`crate::http2`), or the Python

@@ -57,6 +57,14 @@ DATA_RING = "events"
 CONTROL_RING = "control"
 CONTROL_TYPES = frozenset({EV_CONN_OPEN, EV_CONN_CLOSE, EV_PROC_EXEC, EV_PROC_EXIT, EV_SOCK_STATE})
 
+# Why the kernel untracked a connection (ev_conn_close.reason, CLOSE_* in events.h).
+CLOSE_SYSCALL = 1
+CLOSE_DUP = 3
+CLOSE_RANGE = 4
+CLOSE_EXEC = 5
+CLOSE_EXIT = 6
+CLOSE_STALE = 7
+
 # Index → name of the kernel's per-CPU `counters` map (CNT_* in events.h).
 KERNEL_COUNTERS = {
     0: "ringbuf_drops",
@@ -81,8 +89,17 @@ KERNEL_COUNTERS = {
     19: "ssl_fd_stale",
     20: "conns_tracked",
     21: "conns_untracked",
+    22: "untracked_dup",
+    23: "untracked_close_range",
+    24: "untracked_exec",
+    25: "untracked_exit",
+    26: "untracked_stale",
+    27: "dup_followed",
+    28: "dup_unfollowed",
+    29: "socks_table_full",
+    30: "proc_table_full",
 }
-KERNEL_COUNTER_SLOTS = 22
+KERNEL_COUNTER_SLOTS = 31
 
 # tap.filters bits in the `proc_filters` map (PF_* in events.h).
 PF_SKIP_ALL = 1
@@ -143,7 +160,7 @@ SETTINGS = Layout("settings", (
 CONN_KEY = Layout("conn_key", (("tgid", "I"), ("fd", "i")))
 CONN = Layout("conn", (
     ("id", "Q"), ("sent", "Q"), ("recv", "Q"), ("tls_sent", "Q"), ("tls_recv", "Q"), ("sk", "Q"),
-    ("role", "B"), ("direction", "B"), ("flags", "B"), ("_pad", "5s")))
+    ("role", "B"), ("direction", "B"), ("flags", "B"), ("_pad0", "B"), ("ino", "I")))
 ADOPTED_CONN_ID_BASE = 1 << 62
 
 LAYOUTS = (HEADER, CONN_OPEN, CONN_CLOSE, DATA, GAP, PROC_EXEC, PROC_EXIT, SOCK_STATE, SETTINGS, CONN_KEY, CONN)

@@ -183,7 +183,8 @@ class KernelCapture:
         sizes = ((abi.DATA_RING, _pow2_at_least(max(self.settings.ring_bytes, 1 << 16))),
                  (abi.CONTROL_RING, _pow2_at_least(max(self.settings.control_ring_bytes, 1 << 16))),
                  ("conns", max(1, self.settings.max_connections)),
-                 ("socks", max(1, self.settings.max_connections)))
+                 ("socks", max(1, self.settings.max_connections)),
+                 ("proc_conns", max(1, self.settings.max_connections)))
         for name, size in sizes:
             m = lib.bpf_object__find_map_by_name(obj, name.encode())
             if not m or lib.bpf_map__set_max_entries(m, size) < 0:
@@ -424,7 +425,7 @@ class KernelCapture:
         kernel already tracks (tgid, fd) — it saw the connect/accept itself — or the
         table is full. `no_data`: count its bytes only (tap.filters)."""
         key = ctypes.create_string_buffer(abi.CONN_KEY.struct.pack(tgid, fd), abi.CONN_KEY.struct.size)
-        val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, abi.CONN_NO_DATA if no_data else 0, b"")
+        val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, abi.CONN_NO_DATA if no_data else 0, 0, 0)
         buf = ctypes.create_string_buffer(val, len(val))
         BPF_NOEXIST = 1
         return lib.bpf_map_update_elem(self._map_fd("conns"), key, buf, BPF_NOEXIST) == 0

@@ -44,6 +44,33 @@ def test_fd_reuse_never_mixes_connections():
     assert [(k, s) for k, _, _, s in finals(p)] == [(1, 5), (2, 7)]
 
 
+def test_every_kernel_untrack_reason_ends_the_connection_and_drops_its_state():
+    """dup2 over fd 3, close_range, close-on-exec, exit, a stale entry: the kernel says
+    why in ev_conn_close.reason; each ends the connection with its final bytes, and a late
+    data event for it (none should come) is an orphan, never added to it."""
+    reasons = (abi.CLOSE_DUP, abi.CLOSE_RANGE, abi.CLOSE_EXEC, abi.CLOSE_EXIT, abi.CLOSE_STALE)
+    p = Plane()
+    for kid, reason in enumerate(reasons, 1):
+        p.feed(conn_open(kid, kid * MS, fd=3), data(kid, kid * MS + 1, 0, b"old"),
+               conn_close(kid, kid * MS + 2, sent=3, reason=reason))
+    assert [(k, s) for k, _, _, s in finals(p)] == [(k, 3) for k in range(1, len(reasons) + 1)]
+    assert len(p.dp) == 0
+    p.feed(data(1, 100 * MS, 3, b"late", fd=3))
+    assert p.stats["orphan_events"] == 1 and len(p.dp) == 0
+
+
+def test_dup2_over_a_tracked_fd_feeds_the_new_connection():
+    """The kernel ends connection 1 (fd 3) when dup2(4, 3) replaces its file, and carries
+    connection 2 on fd 3 too: data on fd 3 arrives under id 2."""
+    p = Plane()
+    p.feed(conn_open(1, 0, fd=3), data(1, 1, 0, b"A1", fd=3),
+           conn_open(2, 2, fd=4), data(2, 3, 0, b"B1", fd=4),
+           conn_close(1, 4, sent=2, fd=3, reason=abi.CLOSE_DUP),
+           data(2, 5, 2, b"B2", fd=3), conn_close(2, 6, sent=4, fd=3))
+    assert [(k, s) for k, _, _, s in finals(p)] == [(1, 2), (2, 4)]
+    assert p.stats["orphan_events"] == 0
+
+
 def test_process_exit_finalizes_and_forgets_kernel_entries():
     p = Plane()
     p.feed(conn_open(1, 0, fd=4, pid=77), conn_open(2, 0, fd=5, pid=77), proc_exit(77, 10))
