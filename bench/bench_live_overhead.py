@@ -1,12 +1,16 @@
 """Live overhead: the same TLS load with and without the agent, alternating, in one run.
 
     sudo .venv/bin/python bench/bench_live_overhead.py [--rounds 3] [--seconds 5] [--level summary]
+                                                       [--store disabled|stdout]
 
 wrk drives nginx (TLS, HTTP/1.1 keep-alive, 1 KiB file) on 127.0.0.1. Each round runs the
 load once bare and once with plaintap capturing it (http_capture at --level, stores
 disabled so only capture + parsing + record building are measured, plus stdout access
-logs off). Printed: throughput and p50/p99 latency ratios (agent / bare), the agent's
-CPU seconds per 1,000 transactions, and kernel events lost (must be 0). Then a breakdown:
+logs off; `--store stdout` writes every event record as a JSON line to /dev/null instead,
+so the records are finished and encoded too). Printed: throughput and p50/p99 latency
+ratios (agent / bare), the agent's CPU seconds per 1,000 transactions, kernel events lost
+(must be 0), how long the agent took to exit after SIGINT, and the load average before and
+after (other work on the machine skews every figure). Then a breakdown:
 BPF program hits and run time per request, and the throughput with the agent's user
 space stopped (the kernel side's share of the cost).
 
@@ -95,11 +99,11 @@ def nginx_cpu(master: int) -> float:
     return total
 
 
-def start_agent(d: Path, level: str) -> tuple[subprocess.Popen, int]:
+def start_agent(d: Path, level: str, store: str = "disabled") -> tuple[subprocess.Popen, int]:
     cfg = d / "bench.yaml"
     cfg.write_text(f"""
 version: 2
-services: {{event_stores: [{{type: disabled}}], object_stores: [{{type: disabled}}]}}
+services: {{event_stores: [{{type: {store}}}], object_stores: [{{type: disabled}}]}}
 stacks: {{bench: {{plugins: [{{type: http_capture, config: {{level: {level}}}}}]}}}}
 tap: {{direction: all, ignore_loopback: false, http: {{stack: bench}}}}
 """)
@@ -128,11 +132,19 @@ def bpf_prog_stats() -> dict[int, tuple[str, int, int]]:
     return {p["id"]: (p.get("name", "?"), p.get("run_cnt", 0), p.get("run_time_ns", 0)) for p in progs}
 
 
-def breakdown(port: int, d: Path, level: str, seconds: int) -> float:
+def stop(agent: subprocess.Popen) -> float:
+    """SIGINT, then seconds until the agent exited."""
+    t0 = time.monotonic()
+    agent.send_signal(signal.SIGINT)
+    agent.wait(60)
+    return time.monotonic() - t0
+
+
+def breakdown(port: int, d: Path, level: str, seconds: int, store: str) -> float:
     """Where the cost goes: BPF program hits and run time per request (kernel.bpf_stats),
     and throughput with the agent's user space stopped (kernel side only: the ring fills
     and its events are dropped, which is the point)."""
-    agent, status = start_agent(d, level)
+    agent, status = start_agent(d, level, store)
     try:
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
         s0 = bpf_prog_stats()
@@ -165,19 +177,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--level", default="summary", choices=["summary", "details", "full"])
+    ap.add_argument("--store", default="disabled", choices=["disabled", "stdout"],
+                    help="event store: disabled (records built, not written) or stdout (JSON lines to /dev/null)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-program / kernel-only round")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the agent loads eBPF programs)")
     d = Path(tempfile.mkdtemp(prefix="plaintap-bench-"))
     nginx, port = start_nginx(d)
-    bare, agent_runs, cpu_per_k, nginx_per_k, lost = [], [], [], [], 0.0
+    bare, agent_runs, cpu_per_k, nginx_per_k, lost, stops = [], [], [], [], 0.0, []
     kernel_only = None
+    load_before = open("/proc/loadavg").read().split()[:3]
     try:
         wrk(port, 1)  # warm-up
         for r in range(args.rounds):
             bare.append(wrk(port, args.seconds))
-            agent, status = start_agent(d, args.level)
+            agent, status = start_agent(d, args.level, args.store)
             try:
                 c0, n0 = cpu_seconds(agent.pid), nginx_cpu(nginx.pid)
                 res = wrk(port, args.seconds)
@@ -186,21 +201,22 @@ def main() -> None:
                 c1 = cpu_seconds(agent.pid)
                 lost += lost_events(status)
             finally:
-                agent.send_signal(signal.SIGINT)
-                agent.wait(60)
+                stops.append(stop(agent))
             agent_runs.append(res)
             cpu_per_k.append((c1 - c0) / max(res["total"], 1) * 1000)
             nginx_per_k.append((n1 - n0) / max(res["total"], 1) * 1000)
             print(f"round {r + 1}: bare {bare[-1]['rps']:.0f} req/s, with agent {res['rps']:.0f} req/s", flush=True)
         if not args.no_breakdown:
-            kernel_only = breakdown(port, d, args.level, args.seconds)
+            kernel_only = breakdown(port, d, args.level, args.seconds, args.store)
     finally:
         nginx.terminate()
         nginx.wait(10)
         shutil.rmtree(d, ignore_errors=True)
     med = statistics.median
     print(f"\nTLS load: wrk -c10 against nginx, 1 KiB responses, {args.rounds} alternating rounds × {args.seconds}s,"
-          f" http_capture level {args.level}")
+          f" http_capture level {args.level}, event store {args.store}")
+    print(f"load average before {' '.join(load_before)}, after {' '.join(open('/proc/loadavg').read().split()[:3])}"
+          f" (2 cores; above ~2 other work shares the CPUs)")
     print(f"throughput   bare {med(b['rps'] for b in bare):9.0f} req/s   agent {med(a['rps'] for a in agent_runs):9.0f}"
           f" req/s   ratio {med(a['rps'] for a in agent_runs) / med(b['rps'] for b in bare):.2f}")
     for p in ("p50", "p99"):
@@ -212,6 +228,7 @@ def main() -> None:
     print(f"agent CPU    {med(cpu_per_k):.3f} s per 1,000 requests ({med(cpu_per_k) * 1000:.0f} µs each)   "
           f"nginx CPU {med(nginx_per_k) * 1000:.0f} µs per request   agent / nginx {med(cpu_per_k) / med(nginx_per_k):.2f}")
     print(f"events lost  {lost:.0f}")
+    print(f"SIGINT → exit {max(stops):.1f} s at most (target 10 s)")
 
 
 if __name__ == "__main__":

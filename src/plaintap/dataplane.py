@@ -202,6 +202,9 @@ class Pipeline:
     def _records(self, items: list, out: Emitted) -> None:
         clock, stacks, hold = self.clock, self._stacks, self.container_hold
         now = monotonic_ns() if hold is not None else 0
+        # A connection's process attributes, once per connection view and call (nothing
+        # changes them while this loop runs; the next call starts afresh).
+        conn_attrs: dict[int, dict] = {}
         for item in items:
             kind = item[0]
             if kind == _SUMMARY:
@@ -209,7 +212,10 @@ class Pipeline:
                     continue
                 _, conn, attrs, body, start_ns = item
                 try:
-                    attrs.update(transaction_connection_attrs(conn, stacks.redaction))
+                    shared = conn_attrs.get(id(conn))
+                    if shared is None:
+                        shared = conn_attrs[id(conn)] = transaction_connection_attrs(conn, stacks.redaction)
+                    attrs.update(shared)
                     r = Record(SCOPE_EVENTS, clock(start_ns), body, attrs)
                 except Exception:  # as for plugins: a bug costs this transaction, never the agent
                     log.exception("internal error building records for connection %s", conn.id)
