@@ -13,6 +13,7 @@
 //!
 //! What Python adds afterwards (per transaction, cheap): the connection's `process.*`,
 //! `container.*`, `k8s.*` attributes and the wall-clock time.
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -254,65 +255,75 @@ pub fn build<'py>(
     let ms = round3(tx.end_ns.saturating_sub(tx.start_ns) as f64 / 1_000_000.0);
     let method = req.method.as_deref().map(|m| latin1(py, m));
     let a = PyDict::new(py);
-    a.set_item("event.type", "artifact_record")?;
-    a.set_item("connection.id", &conn.id)?;
-    a.set_item("transaction.id", format!("{}-{}", conn.id, seq))?;
+    a.set_item(intern!(py, "event.type"), intern!(py, "artifact_record"))?;
+    a.set_item(intern!(py, "connection.id"), &conn.id)?;
+    a.set_item(
+        intern!(py, "transaction.id"),
+        format!("{}-{}", conn.id, seq),
+    )?;
     match &method {
-        Some(m) => a.set_item("http.request.method", m)?,
-        None => a.set_item("http.request.method", "")?,
+        Some(m) => a.set_item(intern!(py, "http.request.method"), m)?,
+        None => a.set_item(intern!(py, "http.request.method"), "")?,
     }
-    a.set_item("url.full", &url)?;
-    a.set_item("url.scheme", scheme)?;
-    a.set_item("url.path", &path_s)?;
+    a.set_item(intern!(py, "url.full"), &url)?;
+    a.set_item(
+        intern!(py, "url.scheme"),
+        if tls {
+            intern!(py, "https")
+        } else {
+            intern!(py, "http")
+        },
+    )?;
+    a.set_item(intern!(py, "url.path"), &path_s)?;
     if let Some(q) = &query_s {
-        a.set_item("url.query", q)?;
+        a.set_item(intern!(py, "url.query"), q)?;
     }
-    a.set_item("server.address", &host)?;
+    a.set_item(intern!(py, "server.address"), &host)?;
     let resp = tx.response.as_ref();
     if let Some(s) = resp.and_then(|r| r.status) {
-        a.set_item("http.response.status_code", s)?;
+        a.set_item(intern!(py, "http.response.status_code"), s)?;
     }
     if let Some(ua) = header(req, b"user-agent") {
         let v = shown(ua, policy.enabled && policy.mask_user_agent);
         if !v.is_empty() {
-            a.set_item("user_agent.original", latin1(py, v))?;
+            a.set_item(intern!(py, "user_agent.original"), latin1(py, v))?;
         }
     }
     let ct_masked = policy.enabled && policy.mask_content_type;
     if let Some(ct) = header(req, b"content-type") {
         let v = shown(ct, ct_masked);
         if !v.is_empty() {
-            a.set_item("http.request.content_type", latin1(py, v))?;
+            a.set_item(intern!(py, "http.request.content_type"), latin1(py, v))?;
         }
     }
     if let Some(ct) = resp.and_then(|r| header(r, b"content-type")) {
         let v = shown(ct, ct_masked);
         if !v.is_empty() {
-            a.set_item("http.response.content_type", latin1(py, v))?;
+            a.set_item(intern!(py, "http.response.content_type"), latin1(py, v))?;
         }
     }
-    a.set_item("http.duration_ms", ms)?;
-    a.set_item("network.protocol.version", tx.version)?;
-    a.set_item("http.request.body.size", req.body_size)?;
+    a.set_item(intern!(py, "http.duration_ms"), ms)?;
+    a.set_item(intern!(py, "network.protocol.version"), tx.version)?;
+    a.set_item(intern!(py, "http.request.body.size"), req.body_size)?;
     if req.body_truncated {
-        a.set_item("http.request.body.truncated", true)?;
+        a.set_item(intern!(py, "http.request.body.truncated"), true)?;
     }
     if let Some(r) = resp {
-        a.set_item("http.response.body.size", r.body_size)?;
+        a.set_item(intern!(py, "http.response.body.size"), r.body_size)?;
         if r.body_truncated {
-            a.set_item("http.response.body.truncated", true)?;
+            a.set_item(intern!(py, "http.response.body.truncated"), true)?;
         }
     }
     if let Some(g) = &tx.grpc {
-        a.set_item("rpc.system", "grpc")?;
+        a.set_item(intern!(py, "rpc.system"), intern!(py, "grpc"))?;
         if let Some(s) = g.service.as_deref().filter(|s| !s.is_empty()) {
-            a.set_item("rpc.service", s)?;
+            a.set_item(intern!(py, "rpc.service"), s)?;
         }
         if let Some(m) = g.method.as_deref().filter(|s| !s.is_empty()) {
-            a.set_item("rpc.method", m)?;
+            a.set_item(intern!(py, "rpc.method"), m)?;
         }
         if let Some(c) = g.status_code {
-            a.set_item("rpc.grpc.status_code", c)?;
+            a.set_item(intern!(py, "rpc.grpc.status_code"), c)?;
         }
     }
     let method_s: String = match req.method.as_deref() {
