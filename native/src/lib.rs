@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod jsonline;
 pub mod model;
 pub mod pipeline;
 pub mod py_parser;
@@ -44,6 +45,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pipeline::decode_record, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::abi_layout, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::summary_duration, m)?)?;
+    m.add_function(wrap_pyfunction!(jsonline::json_line, m)?)?;
     Ok(())
 }
 

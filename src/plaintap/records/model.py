@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from .. import _core
+
 SCOPE_EVENTS = "plaintap.events"
 SCOPE_OBJECTS = "plaintap.objects"
 
@@ -44,7 +46,18 @@ def _json_attrs(attrs: dict) -> dict:
 
 
 def to_json_line(rec: Record) -> str:
-    """The stdout store's JSON Lines form (RECORDS.md "stdout format")."""
+    """The stdout store's JSON Lines form (RECORDS.md "stdout format"). Encoded by the
+    native core (`_core.json_line`, the same bytes) when the record holds only the value
+    types it knows; else by `json_line_py`."""
+    try:
+        line = _core.json_line(rec.scope, rec.time_ns, rec.severity, rec.body, rec.attributes)
+    except TypeError:   # not a plain record (e.g. attributes not a dict): Python decides
+        line = None
+    return line if line is not None else json_line_py(rec)
+
+
+def json_line_py(rec: Record) -> str:
+    """`to_json_line` in Python: the definition the native encoder is tested against."""
     return json.dumps({
         "scope": rec.scope,
         "timestamp": rfc3339_ns(rec.time_ns),
