@@ -147,7 +147,13 @@ impl DataPlane {
     /// stamped after its cause was committed, so everything older than W has its causes
     /// committed and visible now. Stops after `max_records` records or `max_ns` of work, so
     /// the caller's loop stays responsive. Returns the number of records handled.
-    #[pyo3(signature = (rings, timeout_ms = 100, max_records = 4096, max_ns = 20_000_000))]
+    ///
+    /// `batch_wait_us`: after waking up on empty rings, wait this long more (GIL released)
+    /// so that the records of the next moments are handled as one batch: the kernel wakes
+    /// the reader at the first record after it caught up, and handling a handful of records
+    /// per turn of the agent's loop costs more in the loop than in the records. Under
+    /// saturation the rings are never empty and this never applies.
+    #[pyo3(signature = (rings, timeout_ms = 100, max_records = 4096, max_ns = 20_000_000, batch_wait_us = 0))]
     fn drain(
         &mut self,
         py: Python<'_>,
@@ -155,10 +161,16 @@ impl DataPlane {
         timeout_ms: i32,
         max_records: usize,
         max_ns: u64,
+        batch_wait_us: u64,
     ) -> usize {
         if rings.iter().all(|r| r.ring.backlog() == 0) && timeout_ms != 0 {
             let fds: Vec<i32> = rings.iter().map(|r| r.ring.fd()).collect();
             py.allow_threads(|| ring::wait(&fds, timeout_ms));
+            if batch_wait_us > 0 && rings.iter().any(|r| r.ring.backlog() > 0) {
+                py.allow_threads(|| {
+                    std::thread::sleep(std::time::Duration::from_micros(batch_wait_us))
+                });
+            }
         }
         let watermark = ring::monotonic_ns();
         let start = Instant::now();

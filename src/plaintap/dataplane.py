@@ -122,11 +122,13 @@ class Pipeline:
         self.core.feed(records)
         return self._collect()
 
-    def drain(self, rings, timeout_ms: int = 100, max_records: int = 4096, max_ns: int = 20_000_000) -> Emitted:
-        """Handle what the kernel's ring buffers hold (waiting up to timeout_ms when empty),
-        in bounded slices so the caller can check its stop flag between calls."""
-        n = self.core.drain(rings, timeout_ms, max_records, max_ns)
-        out = self._collect()
+    def drain(self, rings, timeout_ms: int = 100, max_records: int = 4096, max_ns: int = 20_000_000,
+              batch_wait_us: int = 0) -> Emitted:
+        """Handle what the kernel's ring buffers hold (waiting up to timeout_ms when empty,
+        then `batch_wait_us` more to gather a batch), in bounded slices so the caller can
+        check its stop flag between calls."""
+        n = self.core.drain(rings, timeout_ms, max_records, max_ns, batch_wait_us)
+        out = self._collect() if n else Emitted()   # nothing handled: nothing to take or count
         if n:
             out.newest_ts = self.core.last_ts
         return out
