@@ -26,13 +26,16 @@ int main(void)
 		F(ev_proc_exec, filename) F(ev_proc_exec, args) E()
 	S(ev_proc_exit) F(ev_proc_exit, exit_code) E()
 	S(ev_sock_state) F(ev_sock_state, conn_id) F(ev_sock_state, oldstate) F(ev_sock_state, newstate) E()
+	S(ev_dgram) F(ev_dgram, sk) F(ev_dgram, tid) F(ev_dgram, fd) F(ev_dgram, uid) F(ev_dgram, family)
+		F(ev_dgram, flow) F(ev_dgram, syscall) F(ev_dgram, local_port) F(ev_dgram, remote_port) F(ev_dgram, len)
+		F(ev_dgram, orig_len) F(ev_dgram, local_addr) F(ev_dgram, remote_addr) F(ev_dgram, comm) F(ev_dgram, data) E()
 	S(settings) F(settings, agent_pid) F(settings, ignore_loopback) F(settings, direction_mask)
 		F(settings, capture_data) F(settings, max_chunks) F(settings, budget_rate) F(settings, budget_burst)
 		F(settings, agent_pidns_dev) F(settings, agent_pidns_ino) F(settings, agent_nspid) E()
 	S(conn_key) F(conn_key, tgid) F(conn_key, fd) E()
 	S(conn) F(conn, id) F(conn, sent) F(conn, recv) F(conn, tls_sent) F(conn, tls_recv) F(conn, sk)
 		F(conn, role) F(conn, direction) F(conn, flags) F(conn, ino) E()
-	printf(", \"DATA_CHUNK\": %d, \"CNT__MAX\": %d, \"PF_SKIP_ALL\": %d, \"PF_SKIP_DATA\": %d, \"PF_SKIP_TLS\": %d}\n",
-	       DATA_CHUNK, CNT__MAX, PF_SKIP_ALL, PF_SKIP_DATA, PF_SKIP_TLS);
+	printf(", \"DATA_CHUNK\": %d, \"CNT__MAX\": %d, \"PF_SKIP_ALL\": %d, \"PF_SKIP_DATA\": %d, \"PF_SKIP_TLS\": %d, \"PF_SKIP_DNS\": %d, \"DGRAM_MAX\": %d}\n",
+	       DATA_CHUNK, CNT__MAX, PF_SKIP_ALL, PF_SKIP_DATA, PF_SKIP_TLS, PF_SKIP_DNS, DGRAM_MAX);
 	return 0;
 }

@@ -1558,3 +1558,365 @@ int go_read_return(struct pt_regs *ctx)
 		go_emit(tgid, call.conn, call.offsets_idx, FLOW_RECV, call.buf, n);
 	return 0;
 }
+
+/* ---- DNS: UDP datagrams to or from port 53 ----
+ * Separate programs on the same syscall tracepoints as the TCP capture above (a
+ * tracepoint runs every program attached to it), so this section stands alone.
+ *
+ * A socket becomes a DNS socket when it sends to port 53 (sendto/sendmsg/sendmmsg with
+ * an address) or is connect()ed to port 53 (glibc's and Go's resolvers connect); it is
+ * remembered in `dns_socks` by (tgid, fd) with its struct sock *, which is checked at
+ * each use (an fd closed and reused names another socket: dropped, counted). Receives
+ * and address-less sends (write/send/sendto without address) are captured only on those
+ * sockets, so every other call costs one hash lookup. Datagrams are copied whole up to
+ * DGRAM_MAX from the first buffer (a datagram spread over several iovecs, or longer, is
+ * cut and counted: CNT_DNS_CUT), charged to the process's byte budget, and go on the
+ * control ring. Peer address: the call's sockaddr, else the connected socket's peer. */
+
+/* LRU: a process that exits without closing leaves entries behind; the oldest go first.
+ * An entry lost that way costs at most the capture of a later answer on that socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct conn_key);
+	__type(value, __u64); /* struct sock * */
+} dns_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ev_dgram);
+} dgram_scratch SEC(".maps");
+
+#define SOCK_DGRAM 2
+#define DNS_PORT 53
+
+/* DNS work for this process: not the agent, and tap.filters leave its DNS. */
+static __always_inline bool dns_traced(__u32 tgid)
+{
+	return should_trace(tgid) && !(proc_filter(tgid) & (PF_SKIP_ALL | PF_SKIP_DNS));
+}
+
+/* A user sockaddr's family, port and address into ev's remote end; false when it is not
+ * an IPv4/IPv6 address. */
+static __always_inline bool dgram_peer_from_user(struct ev_dgram *ev, __u64 uaddr)
+{
+	__u16 family = 0;
+	if (!uaddr || bpf_probe_read_user(&family, sizeof(family), (void *)uaddr))
+		return false;
+	if (family == AF_INET) {
+		struct sockaddr_in sa = {};
+		if (bpf_probe_read_user(&sa, sizeof(sa), (void *)uaddr))
+			return false;
+		__builtin_memset(ev->remote_addr, 0, 16);
+		__builtin_memcpy(ev->remote_addr, &sa.sin_addr, 4);
+		ev->remote_port = bpf_ntohs(sa.sin_port);
+	} else if (family == AF_INET6) {
+		struct sockaddr_in6 sa = {};
+		if (bpf_probe_read_user(&sa, sizeof(sa), (void *)uaddr))
+			return false;
+		__builtin_memcpy(ev->remote_addr, &sa.sin6_addr, 16);
+		ev->remote_port = bpf_ntohs(sa.sin6_port);
+	} else {
+		return false;
+	}
+	ev->family = family;
+	return true;
+}
+
+/* The UDP socket behind fd (IPv4/IPv6 datagram), or NULL. */
+static __always_inline struct sock *udp_sock_of_fd(__s32 fd)
+{
+	struct sock *sk = sock_of_fd(fd);
+	if (!sk)
+		return NULL;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return NULL;
+	if (BPF_CORE_READ(sk, sk_type) != SOCK_DGRAM)
+		return NULL;
+	return sk;
+}
+
+/* Local end from the socket; remote end too unless the call named it (have_peer). */
+static __always_inline void dgram_ends_from_sock(struct ev_dgram *ev, struct sock *sk, bool have_peer)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	ev->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__builtin_memset(ev->local_addr, 0, 16);
+	if (family == AF_INET)
+		BPF_CORE_READ_INTO(&ev->local_addr, sk, __sk_common.skc_rcv_saddr);
+	else
+		BPF_CORE_READ_INTO(&ev->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
+	if (have_peer && ev->family == AF_INET && family == AF_INET6) {
+		/* an IPv4 sockaddr on an IPv6 socket cannot happen; keep the socket's family */
+		have_peer = false;
+	}
+	if (have_peer && family == AF_INET && ev->family == AF_INET6)
+		have_peer = false;
+	if (!have_peer) {
+		ev->family = family;
+		ev->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		__builtin_memset(ev->remote_addr, 0, 16);
+		if (family == AF_INET)
+			BPF_CORE_READ_INTO(&ev->remote_addr, sk, __sk_common.skc_daddr);
+		else
+			BPF_CORE_READ_INTO(&ev->remote_addr, sk, __sk_common.skc_v6_daddr);
+	}
+}
+
+/* Copy `total` bytes of one datagram from buf (at most buflen there) and send the event. */
+static __always_inline void dgram_send(struct ev_dgram *ev, __u32 tgid, __u64 buf, __u64 buflen, __u64 total)
+{
+	struct settings *s = get_settings();
+	if (!s)
+		return;
+	__u64 n = total < buflen ? total : buflen;
+	if (n > DGRAM_MAX)
+		n = DGRAM_MAX;
+	if (n < total)
+		count(CNT_DNS_CUT, 1);
+	if (!take_budget(s, tgid, n + BUDGET_EVENT_COST)) {
+		count(CNT_DNS_SHED, 1);
+		return;
+	}
+	__u32 len = n;
+	asm volatile("" : "+r"(len));
+	if (len > DGRAM_MAX)
+		return;
+	if (len && bpf_probe_read_user(ev->data, len, (void *)buf)) {
+		count(CNT_READ_FAULTS, 1);
+		return;
+	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	ev->h.type = EV_DGRAM;
+	ev->h.pid = tgid;
+	ev->h.ts_ns = bpf_ktime_get_ns();
+	ev->tid = (__u32)pid_tgid;
+	ev->uid = (__u32)bpf_get_current_uid_gid();
+	ev->len = len;
+	ev->orig_len = total > 0xffffffffULL ? 0xffffffffU : (__u32)total;
+	ev->_pad0 = 0;
+	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+	__u64 size = offsetof(struct ev_dgram, data) + len;
+	if (size > sizeof(*ev))
+		return;
+	if (bpf_ringbuf_output(&control, ev, size, 0))
+		count(CNT_CONTROL_DROPS, 1);
+	else
+		count(CNT_DNS_DGRAMS, 1);
+}
+
+static __always_inline struct ev_dgram *dgram_event(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&dgram_scratch, &zero);
+}
+
+/* The socket remembered for (tgid, fd), checked against the fd's socket now; NULL when
+ * fd is not a DNS socket (or no longer the one remembered). */
+static __always_inline struct sock *known_dns_sock(__u32 tgid, __s32 fd)
+{
+	struct conn_key k = { .tgid = tgid, .fd = fd };
+	__u64 *known = bpf_map_lookup_elem(&dns_socks, &k);
+	if (!known)
+		return NULL;
+	struct sock *sk = udp_sock_of_fd(fd);
+	if (!sk || (__u64)sk != *known) {
+		bpf_map_delete_elem(&dns_socks, &k);
+		count(CNT_DNS_SOCK_STALE, 1);
+		return NULL;
+	}
+	return sk;
+}
+
+static __always_inline void remember_dns_sock(__u32 tgid, __s32 fd, struct sock *sk)
+{
+	struct conn_key k = { .tgid = tgid, .fd = fd };
+	__u64 v = (__u64)sk;
+	bpf_map_update_elem(&dns_socks, &k, &v, BPF_ANY);
+}
+
+/* One datagram a call moved: `uaddr` is the call's sockaddr (0: none), `buf`/`buflen`
+ * its first buffer, `total` the datagram's length. */
+static __always_inline void dns_datagram(__u32 tgid, __s32 fd, __u8 flow, __u8 call, __u64 uaddr,
+					 __u64 buf, __u64 buflen, __u64 total)
+{
+	struct ev_dgram *ev = dgram_event();
+	if (!ev)
+		return;
+	bool have_peer = dgram_peer_from_user(ev, uaddr);
+	struct sock *sk;
+	if (flow == FLOW_SEND && have_peer && ev->remote_port == DNS_PORT) {
+		/* a send to port 53 makes the socket a DNS socket */
+		sk = udp_sock_of_fd(fd);
+		if (!sk)
+			return;
+		remember_dns_sock(tgid, fd, sk);
+	} else {
+		sk = known_dns_sock(tgid, fd);
+		if (!sk)
+			return;
+	}
+	dgram_ends_from_sock(ev, sk, have_peer);
+	if (ev->remote_port != DNS_PORT)
+		return;
+	ev->sk = (__u64)sk;
+	ev->fd = fd;
+	ev->flow = flow;
+	ev->syscall = call;
+	dgram_send(ev, tgid, buf, buflen, total);
+}
+
+/* sendmsg/recvmsg: the msghdr's name and first iovec. */
+static __always_inline void dns_msghdr(__u32 tgid, __s32 fd, __u8 flow, __u8 call, __u64 msg, __u64 total)
+{
+	struct user_msghdr m = {};
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)msg))
+		return;
+	struct iovec iov = {};
+	if (m.msg_iovlen < 1 || bpf_probe_read_user(&iov, sizeof(iov), (void *)m.msg_iov))
+		return;
+	dns_datagram(tgid, fd, flow, call, m.msg_namelen ? (__u64)m.msg_name : 0, (__u64)iov.iov_base,
+		     iov.iov_len, total);
+}
+
+struct dns_mmsg {
+	__u64 vec;
+	__u32 n;
+	__u32 tgid;
+	__s32 fd;
+	__u8 flow;
+	__u8 call;
+};
+
+static long dns_mmsg_step(__u32 i, struct dns_mmsg *m)
+{
+	if (i >= m->n)
+		return 1;
+	__u64 hdr = m->vec + (__u64)i * sizeof(struct mmsghdr);
+	__u32 len = 0;
+	if (bpf_probe_read_user(&len, sizeof(len), (void *)(hdr + offsetof(struct mmsghdr, msg_len))))
+		return 1;
+	dns_msghdr(m->tgid, m->fd, m->flow, m->call, hdr + offsetof(struct mmsghdr, msg_hdr), len);
+	return 0;
+}
+
+static __always_inline int dns_on_exit(long ret, __u8 call)
+{
+	if (ret <= 0)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__s32 fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	__u64 ptr = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	__u64 cnt = PT_REGS_PARM3_CORE_SYSCALL(regs);
+	switch (call) {
+	case DG_SENDTO: {
+		/* sendto(fd, buf, len, flags, addr, addrlen); send() is sendto without addr */
+		__u64 addr = PT_REGS_PARM5_CORE_SYSCALL(regs);
+		if (!addr) {
+			struct conn_key k = { .tgid = tgid, .fd = fd };
+			if (!bpf_map_lookup_elem(&dns_socks, &k))
+				return 0; /* the common case: a TCP send */
+		}
+		if (!dns_traced(tgid))
+			return 0;
+		dns_datagram(tgid, fd, FLOW_SEND, call, addr, ptr, cnt, ret);
+		return 0;
+	}
+	case DG_SENDMSG:
+	case DG_SENDMMSG:
+		break; /* the address, if any, is inside the msghdr: read below */
+	default: {
+		/* receives and write(): only on sockets already known as DNS sockets */
+		struct conn_key k = { .tgid = tgid, .fd = fd };
+		if (!bpf_map_lookup_elem(&dns_socks, &k))
+			return 0;
+	}
+	}
+	if (!dns_traced(tgid))
+		return 0;
+	switch (call) {
+	case DG_RECVFROM:
+		if (PT_REGS_PARM4_CORE_SYSCALL(regs) & MSG_PEEK)
+			return 0;
+		dns_datagram(tgid, fd, FLOW_RECV, call, PT_REGS_PARM5_CORE_SYSCALL(regs), ptr, cnt, ret);
+		break;
+	case DG_READ:
+		dns_datagram(tgid, fd, FLOW_RECV, call, 0, ptr, cnt, ret);
+		break;
+	case DG_WRITE:
+		dns_datagram(tgid, fd, FLOW_SEND, call, 0, ptr, cnt, ret);
+		break;
+	case DG_SENDMSG:
+		dns_msghdr(tgid, fd, FLOW_SEND, call, ptr, ret);
+		break;
+	case DG_RECVMSG:
+		if (cnt & MSG_PEEK)
+			return 0;
+		dns_msghdr(tgid, fd, FLOW_RECV, call, ptr, ret);
+		break;
+	case DG_SENDMMSG:
+	case DG_RECVMMSG: {
+		if (call == DG_RECVMMSG && (cnt & MSG_PEEK))
+			return 0;
+		/* ret is a message count; the first DNS_MMSG_MAX are copied, the rest counted */
+		struct dns_mmsg m = { .vec = ptr, .n = ret, .tgid = tgid, .fd = fd,
+				      .flow = call == DG_SENDMMSG ? FLOW_SEND : FLOW_RECV, .call = call };
+		if (ret > DNS_MMSG_MAX) {
+			m.n = DNS_MMSG_MAX;
+			count(CNT_DNS_MMSG_SKIPPED, ret - DNS_MMSG_MAX);
+		}
+		bpf_loop(DNS_MMSG_MAX, dns_mmsg_step, &m, 0);
+		break;
+	}
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int dns_exit_sendto(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_SENDTO); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int dns_exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_RECVFROM); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int dns_exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_SENDMSG); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int dns_exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_RECVMSG); }
+SEC("tracepoint/syscalls/sys_exit_sendmmsg")
+int dns_exit_sendmmsg(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_SENDMMSG); }
+SEC("tracepoint/syscalls/sys_exit_recvmmsg")
+int dns_exit_recvmmsg(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_RECVMMSG); }
+SEC("tracepoint/syscalls/sys_exit_write")
+int dns_exit_write(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_WRITE); }
+SEC("tracepoint/syscalls/sys_exit_read")
+int dns_exit_read(struct trace_event_raw_sys_exit *ctx) { return dns_on_exit(ctx->ret, DG_READ); }
+
+/* connect() of a UDP socket to port 53 (glibc's and Go's resolvers): a DNS socket. */
+SEC("tracepoint/syscalls/sys_exit_connect")
+int dns_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret != 0)
+		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__s32 fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	struct ev_dgram *ev = dgram_event();
+	if (!ev || !dgram_peer_from_user(ev, PT_REGS_PARM2_CORE_SYSCALL(regs)) || ev->remote_port != DNS_PORT)
+		return 0;
+	if (!dns_traced(tgid))
+		return 0;
+	struct sock *sk = udp_sock_of_fd(fd);
+	if (sk)
+		remember_dns_sock(tgid, fd, sk);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int dns_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	struct conn_key k = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = ctx->args[0] };
+	bpf_map_delete_elem(&dns_socks, &k);
+	return 0;
+}

@@ -16,6 +16,7 @@
 #define EV_PROC_EXEC   5
 #define EV_PROC_EXIT   6
 #define EV_SOCK_STATE  7
+#define EV_DGRAM       8 /* a UDP datagram to or from port 53 (DNS), with its peer */
 
 /* connection roles */
 #define ROLE_CLIENT 1 /* connect() */
@@ -87,13 +88,19 @@
 #define CNT_DUP_UNFOLLOWED      28 /* ... but the dup table was full: the new fd is not tracked */
 #define CNT_SOCKS_TABLE_FULL    29 /* tracked sockets whose TCP state changes cannot be followed (table full) */
 #define CNT_PROC_TABLE_FULL     30 /* processes whose tracked fds cannot be revalidated at close_range/exec/exit */
-#define CNT__MAX                31
+#define CNT_DNS_DGRAMS          31 /* DNS datagrams put on the control ring */
+#define CNT_DNS_CUT             32 /* ... of which cut (past DGRAM_MAX, or past the first iovec) */
+#define CNT_DNS_MMSG_SKIPPED    33 /* sendmmsg/recvmmsg messages past DNS_MMSG_MAX: not copied */
+#define CNT_DNS_SOCK_STALE      34 /* dns_socks entries whose fd now names another socket */
+#define CNT_DNS_SHED            35 /* DNS datagrams shed: the process was over its byte budget */
+#define CNT__MAX                36
 
 /* Per-process filters from tap.filters (map `proc_filters`: tgid -> __u32 of these bits),
  * written by user space when it learns a process's executable (start-up scan, exec). */
 #define PF_SKIP_ALL  1 /* not traced at all */
 #define PF_SKIP_DATA 2 /* connections and byte counts only: no payload, socket or TLS */
 #define PF_SKIP_TLS  4 /* no TLS plaintext hooks: ciphertext, TLS facts */
+#define PF_SKIP_DNS  8 /* no DNS datagrams (tap.filters `only: [dns]`) */
 
 struct ev_header {
 	__u32 type;
@@ -186,6 +193,43 @@ struct ev_sock_state {
 	__s32 oldstate;         /* 24 */
 	__s32 newstate;         /* 28 */
 };                              /* 32 */
+
+/* DNS: a UDP datagram sent to or received from port 53, copied whole up to DGRAM_MAX
+ * (EDNS0's common ceiling), with both ends. `sk` (the struct sock *) names the socket, so
+ * user space pairs a query and its answer by (pid, sk, DNS id) whether or not the socket
+ * is connected. Goes on the control ring: low volume, and in time order with the
+ * connections that follow a lookup. */
+#define DGRAM_MAX 4096
+#define DNS_MMSG_MAX 4 /* sendmmsg/recvmmsg: messages copied per call; the rest counted */
+
+#define DG_SENDTO   1 /* the syscall that moved the datagram */
+#define DG_RECVFROM 2
+#define DG_SENDMSG  3
+#define DG_RECVMSG  4
+#define DG_SENDMMSG 5
+#define DG_RECVMMSG 6
+#define DG_WRITE    7
+#define DG_READ     8
+
+struct ev_dgram {
+	struct ev_header h;     /* 0 */
+	__u64 sk;               /* 16: struct sock * (identity of the socket) */
+	__u32 tid;              /* 24 */
+	__s32 fd;               /* 28 */
+	__u32 uid;              /* 32 */
+	__u16 family;           /* 36: AF_INET | AF_INET6 (of the addresses below) */
+	__u8  flow;             /* 38: FLOW_* */
+	__u8  syscall;          /* 39: DG_* */
+	__u16 local_port;       /* 40: host order */
+	__u16 remote_port;      /* 42: host order */
+	__u32 len;              /* 44: bytes in data[] */
+	__u32 orig_len;         /* 48: the datagram's length (len < orig_len: cut) */
+	__u32 _pad0;            /* 52 */
+	__u8  local_addr[16];   /* 56: v4 in the first 4 bytes */
+	__u8  remote_addr[16];  /* 72 */
+	char  comm[16];         /* 88 */
+	__u8  data[DGRAM_MAX];  /* 104 */
+};
 
 /* Settings: one entry of the `settings` array map, written by user space after load
  * and before attach. */

@@ -48,6 +48,7 @@ const MAX_SKIPPED: usize = 65536;
 pub const SKIP_ALL: u32 = 1;
 pub const SKIP_DATA: u32 = 2;
 pub const SKIP_TLS: u32 = 4;
+pub const SKIP_DNS: u32 = 8;
 pub const SKIP_HTTP: u32 = 1 << 8;
 
 /// What Python sees of a connection: records and plugins read these attributes.
@@ -128,6 +129,8 @@ pub struct Session {
     held: u64,
     /// TCP_CLOSE seen at this time: finish after the grace period unless close(2) comes.
     closed_at: Option<u64>,
+    /// `info.domain` came from a DNS answer: SNI or Host, when seen, replace it.
+    dns_domain: bool,
 }
 
 impl Session {
@@ -196,8 +199,9 @@ impl Session {
                 }
             }
         }
-        if i.domain.is_empty() && !i.tls_sni.is_empty() {
+        if (i.domain.is_empty() || self.dns_domain) && !i.tls_sni.is_empty() {
             i.domain = i.tls_sni.clone();
+            self.dns_domain = false;
             self.dirty = true;
         }
     }
@@ -260,18 +264,22 @@ pub enum Output {
     },
     /// `--dump-streams`: the connection finished (final facts).
     Closed { conn: Py<ConnInfo> },
+    /// A DNS exchange (query and answer, either possibly missing).
+    Dns(crate::dns::Exchange),
 }
 
 /// Named counters (every drop and shed has one).
 #[derive(Default, Debug, Clone)]
 pub struct Counters {
-    pub events: [u64; 8],
+    pub events: [u64; 16],
     pub unknown_events: u64,
     pub orphan_events: u64,
     pub gap_bytes: HashMap<&'static str, u64>,
     pub parse_errors: HashMap<&'static str, u64>,
     pub parser_failures: u64,
     pub filtered_connections: u64,
+    /// DNS datagrams of processes whose DNS tap.filters skip (seen in user space).
+    pub filtered_dns: u64,
     pub hook_errors: u64,
     pub shed_bytes: HashMap<&'static str, u64>,
     pub held_dropped: u64,
@@ -321,6 +329,11 @@ pub struct Table {
     pub last_ts: u64,
     pub counters: Counters,
     pub out: Vec<Output>,
+    /// DNS: exchanges in flight and the host-wide address → name map.
+    pub dns: crate::dns::Dns,
+    /// tap.filters bits per process, asked once per process for its DNS datagrams (the
+    /// kernel skips them too once it knows; this closes the window after exec).
+    dns_flags: HashMap<u32, u32>,
 }
 
 fn pieces_as_bytes<'a>(pieces: &'a [Piece<'a>]) -> impl Iterator<Item = Bytes<'a>> + 'a {
@@ -379,6 +392,8 @@ impl Table {
             last_ts: 0,
             counters: Counters::default(),
             out: Vec::new(),
+            dns: crate::dns::Dns::default(),
+            dns_flags: HashMap::new(),
         }
     }
 
@@ -398,7 +413,7 @@ impl Table {
     pub fn handle_raw(&mut self, py: Python<'_>, raw: &[u8]) {
         match decode::decode(raw) {
             Ok(rec) => {
-                self.counters.events[(rec.kind as usize).min(7)] += 1;
+                self.counters.events[(rec.kind as usize).min(15)] += 1;
                 self.last_ts = self.last_ts.max(rec.ts_ns);
                 self.handle(py, rec);
             }
@@ -456,6 +471,7 @@ impl Table {
                 filename,
                 argv,
             } => {
+                self.dns_flags.remove(&pid);
                 if let Err(e) =
                     self.hooks
                         .call_method1(py, "on_exec", (pid, ts, ppid, uid, filename, argv))
@@ -464,6 +480,7 @@ impl Table {
                 }
             }
             Event::ProcExit { .. } => {
+                self.dns_flags.remove(&pid);
                 let kids: Vec<u64> = self
                     .by_pid
                     .get(&pid)
@@ -483,6 +500,16 @@ impl Table {
                     self.hook_error(py, e);
                 }
             }
+            Event::Dgram(d) => {
+                if self.dns_skipped(py, pid, &d) {
+                    self.counters.filtered_dns += 1;
+                    return;
+                }
+                let mut done = Vec::new();
+                self.dns
+                    .on_dgram(pid, ts, &d, &mut self.counters.parse_errors, &mut done);
+                self.out.extend(done.into_iter().map(Output::Dns));
+            }
             Event::SockState {
                 conn_id, newstate, ..
             } => {
@@ -497,6 +524,32 @@ impl Table {
                 }
             }
         }
+    }
+
+    /// True when tap.filters skip this process's DNS (or the process entirely).
+    fn dns_skipped(&mut self, py: Python<'_>, pid: u32, d: &crate::decode::Dgram<'_>) -> bool {
+        let flags = match self.dns_flags.get(&pid) {
+            Some(f) => *f,
+            None => {
+                let f = match self
+                    .hooks
+                    .call_method1(py, "on_open", (pid, d.fd, &d.comm, d.uid))
+                    .and_then(|r| r.extract::<(PyObject, u32)>(py))
+                {
+                    Ok((_, f)) => f,
+                    Err(e) => {
+                        self.hook_error(py, e);
+                        0
+                    }
+                };
+                if self.dns_flags.len() >= MAX_SKIPPED {
+                    self.dns_flags.clear();
+                }
+                self.dns_flags.insert(pid, f);
+                f
+            }
+        };
+        flags & (SKIP_ALL | SKIP_DNS) != 0
     }
 
     fn hook_error(&mut self, py: Python<'_>, e: PyErr) {
@@ -534,6 +587,14 @@ impl Table {
             }
             return;
         }
+        // qtap's domain rule: SNI, else Host/:authority, else the name a DNS answer gave
+        // the server's address (replaced by either of the first two when they come).
+        let dns_name = if o.role == ROLE_CLIENT {
+            self.dns.name_for(&o.remote_addr, ts)
+        } else {
+            None
+        };
+        let dns_domain = dns_name.is_some();
         let info = ConnInfo {
             kid: o.conn_id,
             id: format!("{}{:x}", self.settings.run_id, o.conn_id),
@@ -552,7 +613,7 @@ impl Table {
             bytes_sent: 0,
             bytes_recv: 0,
             protocol: "tcp",
-            domain: String::new(),
+            domain: dns_name.unwrap_or_default(),
             tls_enabled: false,
             tls_inspected: false,
             tls_version: String::new(),
@@ -583,6 +644,7 @@ impl Table {
                 tx_seq: 0,
                 held: 0,
                 closed_at: None,
+                dns_domain,
             },
         );
         self.by_pid.entry(pid).or_default().insert(o.conn_id);
@@ -906,11 +968,12 @@ impl Table {
                     s.info.protocol = "grpc";
                     s.dirty = true;
                 }
-                if s.info.domain.is_empty() {
+                if s.info.domain.is_empty() || s.dns_domain {
                     if let Some(h) = host {
                         let name = host_name(&h);
                         if !name.is_empty() && !is_ip(name) {
                             s.info.domain = name.to_string();
+                            s.dns_domain = false;
                             s.dirty = true;
                         }
                     }
@@ -1014,6 +1077,9 @@ impl Table {
     /// Emit the periodic reports due at kernel time `now`, and finish connections whose
     /// socket closed (TCP_CLOSE) longer than the grace period ago without a close(2).
     pub fn tick(&mut self, py: Python<'_>, now: u64) {
+        let mut done = Vec::new();
+        self.dns.tick(now, &mut done);
+        self.out.extend(done.into_iter().map(Output::Dns));
         while let Some(&Reverse((due, kid))) = self.due.peek() {
             if due > now {
                 break;
@@ -1053,6 +1119,8 @@ impl Table {
         for kid in kids {
             self.finish(py, kid, now);
         }
+        let waiting = self.dns.exchanges.drain();
+        self.out.extend(waiting.into_iter().map(Output::Dns));
     }
 
     /// Parse HTTP on connections opened from now on (a reload turned a stack on).

@@ -16,6 +16,7 @@ pub const EV_GAP: u32 = 4;
 pub const EV_PROC_EXEC: u32 = 5;
 pub const EV_PROC_EXIT: u32 = 6;
 pub const EV_SOCK_STATE: u32 = 7;
+pub const EV_DGRAM: u32 = 8;
 
 pub const ROLE_CLIENT: u8 = 1;
 pub const FLOW_SEND: u8 = 0;
@@ -23,6 +24,7 @@ pub const FLOW_RECV: u8 = 1;
 pub const SRC_SOCKET: u8 = 0;
 pub const SRC_TLS: u8 = 1;
 pub const DATA_CHUNK: usize = 16384;
+pub const DGRAM_MAX: usize = 4096;
 const AF_INET: u16 = 2;
 
 /// (struct, field, offset) for every field the decoder reads; `size` is the struct's size.
@@ -78,6 +80,22 @@ pub const LAYOUT: &[(&str, &str, usize)] = &[
     ("ev_sock_state", "oldstate", 24),
     ("ev_sock_state", "newstate", 28),
     ("ev_sock_state", "size", 32),
+    ("ev_dgram", "sk", 16),
+    ("ev_dgram", "tid", 24),
+    ("ev_dgram", "fd", 28),
+    ("ev_dgram", "uid", 32),
+    ("ev_dgram", "family", 36),
+    ("ev_dgram", "flow", 38),
+    ("ev_dgram", "syscall", 39),
+    ("ev_dgram", "local_port", 40),
+    ("ev_dgram", "remote_port", 42),
+    ("ev_dgram", "len", 44),
+    ("ev_dgram", "orig_len", 48),
+    ("ev_dgram", "local_addr", 56),
+    ("ev_dgram", "remote_addr", 72),
+    ("ev_dgram", "comm", 88),
+    ("ev_dgram", "data", 104),
+    ("ev_dgram", "size", 104 + DGRAM_MAX),
 ];
 
 /// Looks an offset up in `LAYOUT` at compile time, so the decoder below and the checked
@@ -116,6 +134,7 @@ const GAP_SIZE: usize = off("ev_gap", "size");
 const EXEC_SIZE: usize = off("ev_proc_exec", "size");
 const EXIT_SIZE: usize = off("ev_proc_exit", "size");
 const STATE_SIZE: usize = off("ev_sock_state", "size");
+const DGRAM_HDR: usize = off("ev_dgram", "data");
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnOpen {
@@ -130,6 +149,24 @@ pub struct ConnOpen {
     pub remote_addr: String,
     pub remote_port: u16,
     pub comm: String,
+}
+
+/// A UDP datagram to or from port 53 (EV_DGRAM), with both ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dgram<'a> {
+    pub sk: u64,
+    pub tid: u32,
+    pub fd: i32,
+    pub uid: u32,
+    pub flow: u8,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub remote_addr: String,
+    pub remote_port: u16,
+    /// The datagram's length on the wire (`data` may be shorter: cut in the kernel).
+    pub orig_len: u32,
+    pub comm: String,
+    pub data: &'a [u8],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +208,7 @@ pub enum Event<'a> {
         oldstate: i32,
         newstate: i32,
     },
+    Dgram(Dgram<'a>),
 }
 
 /// One decoded record: the header's pid and timestamp, and the event.
@@ -239,6 +277,7 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
         EV_PROC_EXEC => EXEC_SIZE,
         EV_PROC_EXIT => EXIT_SIZE,
         EV_SOCK_STATE => STATE_SIZE,
+        EV_DGRAM => DGRAM_HDR,
         other => return Err(DecodeError::UnknownType(other)),
     };
     if raw.len() < need {
@@ -325,6 +364,30 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
             oldstate: i32_at(raw, off("ev_sock_state", "oldstate")),
             newstate: i32_at(raw, off("ev_sock_state", "newstate")),
         },
+        EV_DGRAM => {
+            let n = u32_at(raw, off("ev_dgram", "len")) as usize;
+            if n > DGRAM_MAX || raw.len() < DGRAM_HDR + n {
+                return Err(DecodeError::Short(kind));
+            }
+            let fam = u16_at(raw, off("ev_dgram", "family"));
+            let la = off("ev_dgram", "local_addr");
+            let ra = off("ev_dgram", "remote_addr");
+            let cm = off("ev_dgram", "comm");
+            Event::Dgram(Dgram {
+                sk: u64_at(raw, off("ev_dgram", "sk")),
+                tid: u32_at(raw, off("ev_dgram", "tid")),
+                fd: i32_at(raw, off("ev_dgram", "fd")),
+                uid: u32_at(raw, off("ev_dgram", "uid")),
+                flow: raw[off("ev_dgram", "flow")],
+                local_addr: format_addr(fam, &raw[la..la + 16]),
+                local_port: u16_at(raw, off("ev_dgram", "local_port")),
+                remote_addr: format_addr(fam, &raw[ra..ra + 16]),
+                remote_port: u16_at(raw, off("ev_dgram", "remote_port")),
+                orig_len: u32_at(raw, off("ev_dgram", "orig_len")),
+                comm: cstr(&raw[cm..cm + 16]),
+                data: &raw[DGRAM_HDR..DGRAM_HDR + n],
+            })
+        }
         _ => unreachable!("checked above"),
     };
     Ok(Record {
@@ -414,7 +477,7 @@ mod tests {
                 *x = (seed >> 33) as u8;
             }
             if b.len() >= 4 {
-                b[0] = (n % 9) as u8;
+                b[0] = (n % 10) as u8;
                 b[1] = 0;
                 b[2] = 0;
                 b[3] = 0;

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 pub mod classify;
 pub mod conn;
 pub mod decode;
+pub mod dns;
 pub mod grpc;
 pub mod hpack;
 pub mod http1;

@@ -34,6 +34,7 @@ pub const OUT_TRANSACTION: u8 = 1;
 pub const OUT_PIECES: u8 = 2;
 pub const OUT_CLOSED: u8 = 3;
 pub const OUT_SUMMARY: u8 = 4;
+pub const OUT_DNS: u8 = 5;
 
 /// A BPF ring buffer map, mapped into this process.
 #[pyclass(module = "plaintap._core", unsendable, name = "Ring")]
@@ -250,7 +251,8 @@ impl DataPlane {
 
     /// Everything produced since the last call, in order: (0, conn, part, finalized)
     /// reports, (1, conn, transaction, seq) transactions, and with `dump`, (2, conn,
-    /// flow, source, [bytes | gap length, ...]) stream pieces and (3, conn) closes.
+    /// flow, source, [bytes | gap length, ...]) stream pieces and (3, conn) closes; (5,
+    /// {exchange}) DNS exchanges (see `dns_exchange_dict`).
     fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for o in std::mem::take(&mut self.table.out) {
@@ -347,6 +349,13 @@ impl DataPlane {
                         conn.into_bound(py).into_any(),
                     ],
                 )?,
+                Output::Dns(ex) => PyTuple::new(
+                    py,
+                    [
+                        OUT_DNS.into_pyobject(py)?.into_any(),
+                        dns_exchange_dict(py, ex)?.into_any(),
+                    ],
+                )?,
             };
             out.append(t)?;
         }
@@ -373,6 +382,11 @@ impl DataPlane {
     #[getter]
     fn native_summary(&self) -> bool {
         self.summary.is_some()
+    }
+
+    /// The name a DNS answer gave `addr`, if still live at kernel time `now_ns`.
+    fn dns_name(&self, addr: &str, now_ns: u64) -> Option<String> {
+        self.table.dns.name_for(addr, now_ns)
     }
 
     /// Parse HTTP on connections opened from now on (a reload changed the stacks).
@@ -435,6 +449,25 @@ impl DataPlane {
         d.set_item("native_summaries", self.native_summaries)?;
         d.set_item("connections_active", self.table.len())?;
         d.set_item("held_bytes", self.table.held_total)?;
+        let x = &self.table.dns;
+        let dns = PyDict::new(py);
+        dns.set_item("names", x.names.len())?;
+        dns.set_item("name_evictions", x.names.evictions)?;
+        dns.set_item("names_expired", x.names.expired)?;
+        dns.set_item("names_learned", x.learned)?;
+        dns.set_item("pending", x.exchanges.len())?;
+        dns.set_item("queries_given_up", x.exchanges.given_up)?;
+        dns.set_item("queries_unanswered", x.exchanges.unanswered)?;
+        dns.set_item("answers_unmatched", x.exchanges.unmatched_answers)?;
+        dns.set_item("datagrams_cut", x.cut)?;
+        dns.set_item("datagrams_ignored", x.ignored)?;
+        dns.set_item("datagrams_filtered", c.filtered_dns)?;
+        let errs = PyDict::new(py);
+        for (k, v) in &x.errors {
+            errs.set_item(*k, *v)?;
+        }
+        dns.set_item("parse_errors", errs)?;
+        d.set_item("dns", dns)?;
         for (name, map) in [
             ("gap_bytes", &c.gap_bytes),
             ("parse_errors", &c.parse_errors),
@@ -448,6 +481,36 @@ impl DataPlane {
         }
         Ok(d)
     }
+}
+
+/// A finished DNS exchange as the dict `take()` hands over (kind OUT_DNS).
+fn dns_exchange_dict(py: Python<'_>, ex: crate::dns::Exchange) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let e = &ex.ends;
+    d.set_item("pid", e.pid)?;
+    d.set_item("fd", e.fd)?;
+    d.set_item("uid", e.uid)?;
+    d.set_item("comm", &e.comm)?;
+    d.set_item("local_addr", &e.local_addr)?;
+    d.set_item("local_port", e.local_port)?;
+    d.set_item("remote_addr", &e.remote_addr)?;
+    d.set_item("remote_port", e.remote_port)?;
+    d.set_item("ts_ns", ex.ts_ns)?;
+    d.set_item("answer_ts_ns", ex.answer_ts_ns)?;
+    d.set_item("id", ex.id)?;
+    d.set_item(
+        "question_name",
+        ex.question.as_ref().map(|q| q.name.clone()),
+    )?;
+    d.set_item(
+        "question_type",
+        ex.question.as_ref().map(|q| crate::dns::type_name(q.qtype)),
+    )?;
+    d.set_item("response_code", ex.rcode.map(crate::dns::rcode_name))?;
+    d.set_item("answers", ex.answers)?;
+    d.set_item("bytes_sent", ex.bytes_sent)?;
+    d.set_item("bytes_recv", ex.bytes_recv)?;
+    Ok(d)
 }
 
 fn conn_info_copy(py: Python<'_>, i: &ConnInfo) -> ConnInfo {
@@ -709,6 +772,20 @@ pub fn decode_record<'py>(
             d.set_item("oldstate", oldstate)?;
             d.set_item("newstate", newstate)?;
         }
+        decode::Event::Dgram(g) => {
+            d.set_item("sk", g.sk)?;
+            d.set_item("tid", g.tid)?;
+            d.set_item("fd", g.fd)?;
+            d.set_item("uid", g.uid)?;
+            d.set_item("flow", g.flow)?;
+            d.set_item("local_addr", g.local_addr)?;
+            d.set_item("local_port", g.local_port)?;
+            d.set_item("remote_addr", g.remote_addr)?;
+            d.set_item("remote_port", g.remote_port)?;
+            d.set_item("orig_len", g.orig_len)?;
+            d.set_item("comm", g.comm)?;
+            d.set_item("data", PyBytes::new(py, g.data))?;
+        }
     }
     Ok((rec.kind, rec.pid, rec.ts_ns, d))
 }
@@ -730,5 +807,6 @@ pub fn abi_layout<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         inner.set_item(f, o)?;
     }
     d.set_item("DATA_CHUNK", decode::DATA_CHUNK)?;
+    d.set_item("DGRAM_MAX", decode::DGRAM_MAX)?;
     Ok(d)
 }

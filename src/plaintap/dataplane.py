@@ -29,10 +29,12 @@ from typing import Callable
 
 from . import _core, metrics
 from .bpf import abi
+from .capture.filters import SKIP_ALL, SKIP_DNS
 from .capture.process import ProcessTable
 from .config.model import normalise_capture_level
 from .plugins.http_capture import HttpCapture
 from .records.connection import connection_record
+from .records.dns import DnsAudit, DnsConn, dns_record, peer_direction
 from .records.model import SCOPE_EVENTS, Record
 from .records.redact import DEFAULT_REDACTION
 from .records.transaction import make_transaction_id, transaction_connection_attrs
@@ -43,7 +45,7 @@ log = logging.getLogger("plaintap.dataplane")
 def monotonic_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
-_REPORT, _TRANSACTION, _PIECES, _CLOSED, _SUMMARY = 0, 1, 2, 3, 4
+_REPORT, _TRANSACTION, _PIECES, _CLOSED, _SUMMARY, _DNS = 0, 1, 2, 3, 4, 5
 
 
 @dataclass
@@ -54,6 +56,12 @@ class Emitted:
     objects: list[Record] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     newest_ts: int | None = None   # kernel ns of the newest record a drain handled (None: ring was empty)
+
+
+@dataclass
+class _DnsOut:
+    process: object
+    record: Record
 
 
 class _Hooks:
@@ -86,9 +94,10 @@ class _Hooks:
 class Pipeline:
     """Raw kernel records → records, for the agent, the tests and the benchmarks.
 
-    `stacks` (PluginStacks or None: no HTTP parsing), `object_url` and `events_enabled`
-    may be replaced between calls (a config reload). `native_summary=False` keeps every
-    transaction on the Python path (tests compare the two)."""
+    `stacks` (PluginStacks or None: no HTTP parsing), `object_url`, `events_enabled` and
+    `dns_audit` (which DNS exchanges become connection events) may be replaced between
+    calls (a config reload). `native_summary=False` keeps every transaction on the Python
+    path (tests compare the two)."""
 
     def __init__(self, stacks, clock: Callable[[int], int], *, procs: ProcessTable | None = None,
                  body_limit: int = 2 << 20, dumper=None, run_id: str | None = None,
@@ -96,7 +105,7 @@ class Pipeline:
                  on_exec: Callable[[int, int], None] | None = None,
                  object_url: Callable[[str], str | None] | None = None, events_enabled: bool = True,
                  objects_enabled: bool = True, redaction=DEFAULT_REDACTION, container_hold=None,
-                 native_summary: bool = True, **core_options) -> None:
+                 native_summary: bool = True, dns_audit: DnsAudit = DnsAudit(), **core_options) -> None:
         self._stacks = stacks
         self.clock = clock
         self.procs = procs if procs is not None else ProcessTable()
@@ -113,6 +122,8 @@ class Pipeline:
                                     parse_http=bool(stacks is not None and stacks.active), body_limit=body_limit,
                                     dump=dumper is not None, **core_options)
         self._seen: dict = {}
+        self.dns_audit = dns_audit
+        self._dns_seq = 0
         self._plan()
 
     # ---- input ----
@@ -253,11 +264,35 @@ class Pipeline:
                     r = connection_record(item[1], item[2], item[3], clock, self.redaction)
                     if hold is None or not hold.keep(item[1].process.container, r, "events", now):
                         out.events.append(r)
+            elif kind == _DNS:
+                r = self._dns_record(item[1])
+                if r is not None and (hold is None or not hold.keep(r.process.container, r.record, "events", now)):
+                    out.events.append(r.record)
             elif kind == _PIECES and self.dumper is not None:
                 _, conn, flow, source, pieces = item
                 self.dumper.on_data(conn, flow, source, pieces, 0)
             elif kind == _CLOSED and self.dumper is not None:
                 self.dumper.on_close(item[1])
+
+    def _dns_record(self, ex: dict):
+        """A DNS exchange → (process, record), or None when it is not to be reported."""
+        if not (self.events_enabled and self.dns_audit.enabled):
+            return None
+        direction = peer_direction(ex["remote_addr"])
+        if not self.dns_audit.reports(ex, direction):
+            return None
+        proc = self.procs.get(ex["pid"], comm=ex["comm"], uid=ex["uid"])
+        if proc.filter_flags & (SKIP_ALL | SKIP_DNS):   # the kernel skips them too once it knows
+            return None
+        self._dns_seq += 1
+        conn = DnsConn(id=f"{self.run_id}u{self._dns_seq:x}", pid=ex["pid"], process=proc, direction=direction,
+                       local_addr=ex["local_addr"], local_port=ex["local_port"], remote_addr=ex["remote_addr"],
+                       remote_port=ex["remote_port"])
+        return _DnsOut(proc, dns_record(ex, conn, self.clock, self.redaction))
+
+    def dns_name(self, addr: str, now_ns: int) -> str | None:
+        """The name a DNS answer gave `addr`, if its TTL has not passed at kernel time now_ns."""
+        return self.core.dns_name(addr, now_ns)
 
     def stats(self) -> dict:
         return self.core.stats()
@@ -289,5 +324,17 @@ class Pipeline:
             if d:
                 metrics.dataplane.labels(name).inc(d)
                 seen[name] = s[name]
+        dns = s["dns"]
+        for name in metrics.DNS_COUNTERS:
+            d = dns[name] - seen.get(("dns", name), 0)
+            if d:
+                metrics.dns_events.labels(name).inc(d)
+                seen[("dns", name)] = dns[name]
+        for reason, n in dns["parse_errors"].items():
+            d = n - seen.get(("dns_parse", reason), 0)
+            if d:
+                metrics.dns_parse_errors.labels(reason).inc(d)
+                seen[("dns_parse", reason)] = n
+        metrics.dns_names.set(dns["names"])
         metrics.connections_active.set(s["connections_active"])
         metrics.held_bytes.set(s["held_bytes"])

@@ -60,9 +60,18 @@ tls_scans_dropped = Counter("plaintap_tls_scans_dropped", "Exec-triggered TLS sc
 tls_hooked_files = Gauge("plaintap_tls_hooked_files", "Files with TLS uprobes attached", registry=REGISTRY)
 tls_go_slots_used = Gauge("plaintap_tls_go_slots_used", "Go binaries holding one of the 256 Go hook slots",
                           registry=REGISTRY)
+dns_events = Counter("plaintap_dns", "DNS in the data plane, by counter (DNS_COUNTERS): names learned, expired and "
+                     "evicted from the address → name map, queries given up (too many waiting) or unanswered, "
+                     "answers without their query, datagrams cut in the kernel, datagrams neither a query sent "
+                     "nor an answer received, datagrams of processes tap.filters skip DNS for", ["counter"],
+                     registry=REGISTRY)
+dns_names = Gauge("plaintap_dns_names", "Addresses in the DNS address → name map (bounded; evictions counted in "
+                  "plaintap_dns_total{counter=\"name_evictions\"})", registry=REGISTRY)
+dns_parse_errors = Counter("plaintap_dns_parse_errors", "DNS messages that did not parse, by reason "
+                           "(DNS_PARSE_ERRORS; also counted in plaintap_parse_errors_total{protocol=\"dns\"})",
+                           ["reason"], registry=REGISTRY)
 
-
-PARSE_PROTOCOLS = ("http1", "http2", "grpc")
+PARSE_PROTOCOLS = ("http1", "http2", "grpc", "dns")
 # DataPlane.stats() names exported as plaintap_dataplane_total{counter}: transactions
 # finished; summaries built natively; errors from the per-process Python hooks; parsers
 # that failed (a bug; that connection's parsing stops); bytes dropped while a connection's
@@ -70,6 +79,9 @@ PARSE_PROTOCOLS = ("http1", "http2", "grpc")
 # process's exit.
 DATAPLANE_COUNTERS = ("transactions", "native_summaries", "hook_errors", "parser_failures", "held_dropped_bytes",
                       "closed_by_state", "finished_by_exit")
+DNS_PARSE_ERRORS = ("truncated", "name_loop", "name_too_long", "bad_label", "too_many_questions", "bad_rdata")
+DNS_COUNTERS = ("names_learned", "names_expired", "name_evictions", "queries_given_up", "queries_unanswered",
+                "answers_unmatched", "datagrams_cut", "datagrams_ignored", "datagrams_filtered")
 SHED_REASONS = ("reassembly_wait", "held_unclassified")
 SINK_DROP_REASONS = ("queue_full", "spool_full", "export_error", "shutdown", "interrupted", "spool_corrupt")
 TLS_REFUSAL_REASONS = ("symlink", "not_regular_file", "identity_mismatch", "too_large", "truncated",
@@ -96,6 +108,10 @@ def preset_labels() -> None:
         shed_bytes.labels(reason)
     for name in DATAPLANE_COUNTERS:
         dataplane.labels(name)
+    for name in DNS_COUNTERS:
+        dns_events.labels(name)
+    for reason in DNS_PARSE_ERRORS:
+        dns_parse_errors.labels(reason)
 
 
 def preset_sink(name: str) -> None:

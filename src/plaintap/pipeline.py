@@ -43,6 +43,7 @@ from .capture.tls_attach import TlsAttacher
 from .conn.dump import StreamDumper
 from .dataplane import Emitted, Pipeline
 from .plugins import PluginStacks
+from .records.dns import DnsAudit
 from .records.model import Record
 from .health import Health, HealthCollector
 from .sinks.base import MemoryBudget, QueuedSink
@@ -139,6 +140,11 @@ class SinkEnv:
             spool = Spool(os.path.join(self.spool_dir, inner.name), kind, self.spool_budget)
         return QueuedSink(inner, kind=kind, budget=self.budget, retry=self.retry if network else None,
                           spool=spool)
+
+
+def dns_audit(tap) -> DnsAudit:
+    """Which DNS exchanges become connection events, from `tap`."""
+    return DnsAudit(bool(tap.audit_include_dns), bool(tap.ignore_loopback), DIRECTION_MASKS[tap.direction])
 
 
 def monotonic_ns() -> int:
@@ -278,7 +284,8 @@ class Agent:
             dumper=StreamDumper(opts.dump_streams) if opts.dump_streams else None,
             run_id=secrets.token_hex(4), forget=self.kernel.forget_connection, on_exec=self.tls.on_exec,
             object_url=self.object_url, events_enabled=self.event_sink is not None,
-            objects_enabled=self.object_sink is not None, redaction=self.redaction, container_hold=self.container_hold)
+            objects_enabled=self.object_sink is not None, redaction=self.redaction, container_hold=self.container_hold,
+            dns_audit=dns_audit(tap))
         self.rings: list = []
         self._pending: list[Record] = []
         self._pending_objects: list[Record] = []
@@ -483,6 +490,9 @@ class Agent:
         if (tap.direction, tap.ignore_loopback) != (old_tap.direction, old_tap.ignore_loopback):
             self.kernel.update_filters(bool(tap.ignore_loopback), DIRECTION_MASKS[tap.direction])
             changes.append(f"direction={tap.direction} ignore_loopback={tap.ignore_loopback} (new connections)")
+        if dns_audit(tap) != self.pipeline.dns_audit:
+            self.pipeline.dns_audit = dns_audit(tap)
+            changes.append(f"audit_include_dns={tap.audit_include_dns}")
         if tap.filters.model_dump() != old_tap.filters.model_dump():
             self.filter = ProcessFilter.from_config(tap.filters)
             self.procs.refilter()

@@ -21,6 +21,7 @@ EV_GAP = 4
 EV_PROC_EXEC = 5
 EV_PROC_EXIT = 6
 EV_SOCK_STATE = 7
+EV_DGRAM = 8
 # Names of the event types, for metrics labels and logs (never the bare number).
 EVENT_NAMES = {
     EV_CONN_OPEN: "conn_open",
@@ -30,6 +31,7 @@ EVENT_NAMES = {
     EV_PROC_EXEC: "proc_exec",
     EV_PROC_EXIT: "proc_exit",
     EV_SOCK_STATE: "sock_state",
+    EV_DGRAM: "dns_datagram",
 }
 
 ROLE_CLIENT = 1
@@ -55,7 +57,7 @@ GAP_REASONS = {1: "ringbuf_full", 2: "chunk_budget", 3: "sendfile", 4: "read_fau
 # Ring-buffer maps (events.h): `events` carries EV_DATA and EV_GAP, `control` every other type.
 DATA_RING = "events"
 CONTROL_RING = "control"
-CONTROL_TYPES = frozenset({EV_CONN_OPEN, EV_CONN_CLOSE, EV_PROC_EXEC, EV_PROC_EXIT, EV_SOCK_STATE})
+CONTROL_TYPES = frozenset({EV_CONN_OPEN, EV_CONN_CLOSE, EV_PROC_EXEC, EV_PROC_EXIT, EV_SOCK_STATE, EV_DGRAM})
 
 # Why the kernel untracked a connection (ev_conn_close.reason, CLOSE_* in events.h).
 CLOSE_SYSCALL = 1
@@ -98,16 +100,23 @@ KERNEL_COUNTERS = {
     28: "dup_unfollowed",
     29: "socks_table_full",
     30: "proc_table_full",
+    31: "dns_datagrams",
+    32: "dns_datagrams_cut",
+    33: "dns_mmsg_skipped",
+    34: "dns_sock_stale",
+    35: "dns_budget_shed",
 }
-KERNEL_COUNTER_SLOTS = 31
+KERNEL_COUNTER_SLOTS = 36
 
 # tap.filters bits in the `proc_filters` map (PF_* in events.h).
 PF_SKIP_ALL = 1
 PF_SKIP_DATA = 2
 PF_SKIP_TLS = 4
+PF_SKIP_DNS = 8
 CONN_NO_DATA = 2  # struct conn flags
 
 DATA_CHUNK = 16384
+DGRAM_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,10 @@ PROC_EXEC = Layout("ev_proc_exec", _HDR + (
     ("filename", "256s"), ("args", "512s")))
 PROC_EXIT = Layout("ev_proc_exit", _HDR + (("exit_code", "i"), ("_pad0", "I")))
 SOCK_STATE = Layout("ev_sock_state", _HDR + (("conn_id", "Q"), ("oldstate", "i"), ("newstate", "i")))
+DGRAM = Layout("ev_dgram", _HDR + (
+    ("sk", "Q"), ("tid", "I"), ("fd", "i"), ("uid", "I"), ("family", "H"), ("flow", "B"), ("syscall", "B"),
+    ("local_port", "H"), ("remote_port", "H"), ("len", "I"), ("orig_len", "I"), ("_pad0", "I"),
+    ("local_addr", "16s"), ("remote_addr", "16s"), ("comm", "16s")))  # datagram follows at `data`
 SETTINGS = Layout("settings", (
     ("agent_pid", "I"), ("ignore_loopback", "B"), ("direction_mask", "B"),
     ("capture_data", "B"), ("_pad0", "B"), ("max_chunks", "I"), ("budget_rate", "I"),
@@ -163,8 +176,12 @@ CONN = Layout("conn", (
     ("role", "B"), ("direction", "B"), ("flags", "B"), ("_pad0", "B"), ("ino", "I")))
 ADOPTED_CONN_ID_BASE = 1 << 62
 
-LAYOUTS = (HEADER, CONN_OPEN, CONN_CLOSE, DATA, GAP, PROC_EXEC, PROC_EXIT, SOCK_STATE, SETTINGS, CONN_KEY, CONN)
+LAYOUTS = (HEADER, CONN_OPEN, CONN_CLOSE, DATA, GAP, PROC_EXEC, PROC_EXIT, SOCK_STATE, DGRAM, SETTINGS, CONN_KEY,
+           CONN)
 DATA_PAYLOAD_OFFSET = DATA.struct.size
+DGRAM_PAYLOAD_OFFSET = DGRAM.struct.size
+# Structs that end in a payload array: (offset of `data`, the constant sizing the array).
+_PAYLOADS = {"ev_data": (DATA_PAYLOAD_OFFSET, "DATA_CHUNK"), "ev_dgram": (DGRAM_PAYLOAD_OFFSET, "DGRAM_MAX")}
 
 
 class AbiMismatch(RuntimeError):
@@ -200,21 +217,23 @@ def check_layout(compiled: dict | None = None) -> None:
         if c is None:
             problems.append(f"{lay.name} missing from abi.json")
             continue
-        size = lay.struct.size if lay is not DATA else DATA_PAYLOAD_OFFSET + compiled["DATA_CHUNK"]
+        payload = _PAYLOADS.get(lay.name)
+        size = lay.struct.size if payload is None else payload[0] + compiled.get(payload[1], 0)
         if size != c["size"]:
             problems.append(f"{lay.name}: size {size} != {c['size']}")
         offs = lay.offsets()
         for field, off in c.items():
             if field == "size":
                 continue
-            if field == "data":
-                if off != DATA_PAYLOAD_OFFSET:
-                    problems.append(f"ev_data.data at {off}, mirror says {DATA_PAYLOAD_OFFSET}")
+            if field == "data" and payload is not None:
+                if off != payload[0]:
+                    problems.append(f"{lay.name}.data at {off}, mirror says {payload[0]}")
                 continue
             if offs.get(field) != off:
                 problems.append(f"{lay.name}.{field} at {off}, mirror says {offs.get(field)}")
     for name, value in (("DATA_CHUNK", DATA_CHUNK), ("CNT__MAX", KERNEL_COUNTER_SLOTS), ("PF_SKIP_ALL", PF_SKIP_ALL),
-                        ("PF_SKIP_DATA", PF_SKIP_DATA), ("PF_SKIP_TLS", PF_SKIP_TLS)):
+                        ("PF_SKIP_DATA", PF_SKIP_DATA), ("PF_SKIP_TLS", PF_SKIP_TLS), ("PF_SKIP_DNS", PF_SKIP_DNS),
+                        ("DGRAM_MAX", DGRAM_MAX)):
         if compiled.get(name) != value:
             problems.append(f"{name} {compiled.get(name)} != {value}")
     problems += _native_problems(compiled)

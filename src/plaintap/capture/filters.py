@@ -10,7 +10,7 @@ closes the short window between a process's exec and the map update.
   data → connections and byte counts only, no payload (so no TLS facts, no HTTP)
   tls  → no TLS plaintext hooks: the connection is seen as ciphertext with its TLS facts
   http → payload is captured but not parsed as HTTP (no transactions)
-  dns  → DNS is not reported (plaintap does not capture DNS yet: nothing to skip)
+  dns  → no DNS: its datagrams are not captured (so neither reported nor learned from)
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ SKIP_ALL = abi.PF_SKIP_ALL
 SKIP_DATA = abi.PF_SKIP_DATA
 SKIP_TLS = abi.PF_SKIP_TLS
 SKIP_HTTP = 1 << 8          # user space only
-SKIP_DNS = 1 << 9           # user space only (no DNS capture yet)
-KERNEL_BITS = SKIP_ALL | SKIP_DATA | SKIP_TLS
+SKIP_DNS = abi.PF_SKIP_DNS
+KERNEL_BITS = SKIP_ALL | SKIP_DATA | SKIP_TLS | SKIP_DNS
 
 ONLY_BITS = {"data": SKIP_DATA, "tls": SKIP_TLS, "http": SKIP_HTTP, "dns": SKIP_DNS}
 

@@ -47,6 +47,14 @@ def sock_state(kid, ts, new, old=1, pid=10) -> bytes:
     return abi.SOCK_STATE.struct.pack(abi.EV_SOCK_STATE, pid, ts, kid, old, new)
 
 
+def dgram(ts, payload: bytes, flow=abi.FLOW_SEND, pid=10, fd=5, sk=0xFFFF0001, local=("10.0.0.1", 40000),
+          remote=("10.0.0.53", 53), comm=b"x", uid=0, orig_len=None) -> bytes:
+    """An EV_DGRAM record: one UDP datagram to (FLOW_SEND) or from (FLOW_RECV) port 53."""
+    return abi.DGRAM.struct.pack(abi.EV_DGRAM, pid, ts, sk, pid, fd, uid, 2, flow, 1, local[1], remote[1],
+                                 len(payload), len(payload) if orig_len is None else orig_len, 0,
+                                 v4(local[0]), v4(remote[0]), comm) + payload
+
+
 class StaticProcs(ProcessTable):
     """Every pid is /usr/bin/x (no /proc reads)."""
 
@@ -86,7 +94,7 @@ class Plane:
         self.hooks = Hooks(procs)
         kw.setdefault("parse_http", False)
         self.dp = _core.DataPlane(self.hooks, **kw)
-        self.reports, self.txs, self.pieces, self.closed = [], [], [], []
+        self.reports, self.txs, self.pieces, self.closed, self.dns = [], [], [], [], []
 
     def _take(self):
         for item in self.dp.take():
@@ -97,6 +105,8 @@ class Plane:
                 self.txs.append(item[1:])
             elif kind == 2:
                 self.pieces.append(item[1:])
+            elif kind == 5:
+                self.dns.append(item[1])
             else:
                 self.closed.append(item[1])
 

@@ -1,0 +1,172 @@
+"""DNS end to end: UDP datagrams to and from port 53 captured in the kernel, parsed, paired,
+reported (tap.audit_include_dns) and used to name later connections that carry no SNI and
+no Host (qtap's domain rule).
+
+A test-owned DNS server (helpers/dnsserver.py) answers on 127.0.0.2:53 (another loopback
+address when that one is taken); the client (helpers/dnsclient.py) resolves a name through
+it with sendto/recvfrom, then sends a plain HTTP/1.0 request without Host to the address
+it got, served by an HTTP server in this process. glibc's own resolver (getent, in a
+private mount namespace whose /etc/resolv.conf names the test server) sends its A and
+AAAA queries together with sendmmsg.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import HELPERS, run_helper
+
+pytestmark = pytest.mark.kernel
+
+NAME = "api.dns-test.example"
+OTHER = "getent.dns-test.example"
+
+
+def config(audit: bool) -> str:
+    return f"""
+version: 2
+services:
+  event_stores: [{{type: stdout}}]
+  object_stores: [{{type: stdout}}]
+stacks:
+  capture:
+    plugins:
+      - type: http_capture
+        config: {{level: summary}}
+tap:
+  direction: all
+  ignore_loopback: false
+  audit_include_dns: {str(audit).lower()}
+  http: {{stack: capture}}
+"""
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        body = b"resolved\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def web():
+    """An HTTP server on a loopback address of its own (the address the DNS server gives)."""
+    addr = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(1, 250)}"
+    srv = http.server.ThreadingHTTPServer((addr, 0), _Quiet)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def dns_server(web):
+    """The DNS server on 127.0.0.2:53, or on another loopback address when that is taken."""
+    candidates = ["127.0.0.2"] + [f"127.53.{random.randint(0, 255)}.{random.randint(1, 254)}" for _ in range(5)]
+    for addr in candidates:
+        p = subprocess.Popen([sys.executable, str(HELPERS / "dnsserver.py"), addr, "30",
+                              f"{NAME}={web[0]}", f"{OTHER}={web[0]}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = p.stdout.readline()
+        if line:
+            assert json.loads(line)["addr"] == addr
+            yield addr
+            p.kill()
+            p.wait()
+            return
+        p.wait()
+    pytest.fail(f"no loopback address to run the DNS server on: {p.stderr.read()[-500:]}")
+
+
+def dns_events(agent) -> list[dict]:
+    return [a for a in agent.connections() if a.get("connection.protocol") == "dns"]
+
+
+def test_dns_exchange_reported_and_names_the_next_connection(start_agent, dns_server, web, tmp_path):
+    agent = start_agent(config(audit=True))
+    got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]), "--garbage")
+    assert got["address"] == web[0] and got["status"] == 200
+
+    # glibc's resolver: A and AAAA in one sendmmsg, the answers by recvfrom.
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {dns_server}\noptions timeout:2 attempts:1\n")
+    g = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {resolv} /etc/resolv.conf && exec getent ahosts {OTHER}"],
+                       capture_output=True, text=True, timeout=30)
+    assert g.returncode == 0 and web[0] in g.stdout, g.stderr
+    time.sleep(1.0)
+    learned = agent.metric("plaintap_dns_total", 'counter="names_learned"')
+    parse_errors = agent.metric("plaintap_dns_parse_errors_total")
+    dns_protocol_errors = agent.metric("plaintap_parse_errors_total", 'protocol="dns"')
+    agent.stop()
+
+    mine = [a for a in dns_events(agent) if a["process.pid"] == got["pid"]]
+    assert len(mine) == 1, f"expected one DNS exchange from the client, got {mine}"
+    d = mine[0]
+    assert d["network.transport"] == "udp" and d["connection.finalized"] is True
+    assert d["dns.question.name"] == NAME and d["dns.question.type"] == "A"
+    assert d["dns.response_code"] == "NOERROR" and d["dns.answers"] == [web[0]]
+    assert d["server.address"] == dns_server and d["server.port"] == 53
+    assert d["network.peer.address"] == dns_server and d["connection.direction"] == "egress-internal"
+    assert d["connection.bytes_sent"] == len(NAME) + 2 + 16 and d["connection.bytes_received"] > d["connection.bytes_sent"]
+    assert d["process.executable.path"] == os.path.realpath(sys.executable)
+
+    # The TCP connection that followed: no SNI, no Host — named by the answer.
+    tcp = [a for a in agent.connections(client__port=got["local_port"]) if a["network.transport"] == "tcp"
+           and a["process.pid"] == got["pid"]]
+    assert tcp and all(a["server.address"] == NAME for a in tcp), tcp
+    assert tcp[-1]["network.peer.address"] == web[0] and tcp[-1]["connection.protocol"] == "http1"
+
+    # glibc's A and AAAA queries, sent together with sendmmsg: two exchanges.
+    ge = [a for a in dns_events(agent) if a["dns.question.name"] == OTHER]
+    assert sorted(a["dns.question.type"] for a in ge) == ["A", "AAAA"], ge
+    a_rec = next(a for a in ge if a["dns.question.type"] == "A")
+    assert a_rec["dns.answers"] == [web[0]] and a_rec["process.executable.name"] == "getent"
+    assert next(a for a in ge if a["dns.question.type"] == "AAAA")["dns.answers"] == []
+
+    assert learned >= 2
+    assert parse_errors >= 1 and dns_protocol_errors == parse_errors, \
+        "the non-DNS datagram to port 53 was not counted as a parse error"
+
+
+def test_without_audit_no_dns_events_but_names_still_learned(start_agent, dns_server, web):
+    agent = start_agent(config(audit=False))
+    got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]))
+    assert got["status"] == 200
+    time.sleep(0.5)
+    agent.stop()
+    assert dns_events(agent) == []
+    tcp = [a for a in agent.connections(client__port=got["local_port"]) if a["process.pid"] == got["pid"]]
+    assert tcp and all(a["server.address"] == NAME for a in tcp), tcp
+    assert tcp[-1]["network.peer.address"] == web[0]
+
+
+def test_only_dns_filter_skips_the_process_dns(start_agent, dns_server, web):
+    """`filters.custom[].only: [dns]`: the process's DNS is neither reported nor learned from
+    (the kernel does not copy it), its connections are captured as usual."""
+    agent = start_agent(config(audit=True) + f"""  filters:
+    custom:
+      - exe: {os.path.realpath(sys.executable)}
+        only: [dns]
+""")
+    got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]))
+    assert got["status"] == 200
+    time.sleep(0.5)
+    agent.stop()
+    assert [a for a in dns_events(agent) if a["process.pid"] == got["pid"]] == []
+    tcp = [a for a in agent.connections(client__port=got["local_port"]) if a["process.pid"] == got["pid"]]
+    assert tcp and all(a["server.address"] == web[0] for a in tcp), tcp
+    assert tcp[-1]["connection.protocol"] == "http1"
