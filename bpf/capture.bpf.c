@@ -1628,7 +1628,8 @@ static __always_inline bool dgram_peer_from_user(struct ev_dgram *ev, __u64 uadd
 /* The UDP socket behind fd (IPv4/IPv6 datagram), or NULL. */
 static __always_inline struct sock *udp_sock_of_fd(__s32 fd)
 {
-	struct sock *sk = sock_of_fd(fd);
+	__u32 ino = 0;
+	struct sock *sk = sock_of_fd(fd, &ino);
 	if (!sk)
 		return NULL;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
