@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, disable_created_metrics
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily
 
 from .bpf import abi
@@ -58,6 +59,13 @@ tls_refusals = Counter("plaintap_tls_refusals", "Files not hooked for TLS (or no
 tls_scans_dropped = Counter("plaintap_tls_scans_dropped", "Exec-triggered TLS scans dropped because too many "
                             "processes were waiting for one", registry=REGISTRY)
 tls_hooked_files = Gauge("plaintap_tls_hooked_files", "Files with TLS uprobes attached", registry=REGISTRY)
+tls_exec_to_hooked = Histogram(
+    "plaintap_tls_exec_to_hooked_seconds", "From a program's exec (kernel timestamp) to TLS hooks attached on a "
+    "file first found for it (its executable, or a TLS library of its root)", registry=REGISTRY,
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
+tls_analysis_cache_hits = Counter("plaintap_tls_analysis_cache_hits", "Files hooked from an analysis of the same "
+                                  "content (build ID and hooked bytes equal) instead of analysing them",
+                                  registry=REGISTRY)
 tls_go_slots_used = Gauge("plaintap_tls_go_slots_used", "Go binaries holding one of the 256 Go hook slots",
                           registry=REGISTRY)
 dns_events = Counter("plaintap_dns", "DNS in the data plane, by counter (DNS_COUNTERS): names learned, expired and "
@@ -87,7 +95,7 @@ SINK_DROP_REASONS = ("queue_full", "spool_full", "export_error", "shutdown", "in
 TLS_REFUSAL_REASONS = ("symlink", "not_regular_file", "identity_mismatch", "too_large", "truncated",
                        "too_many_functions", "function_too_long", "too_many_returns", "malformed", "bad_offsets",
                        "read_failed", "timeout", "cpu_limit", "memory_limit", "crashed", "attach_failed",
-                       "rate_limited", "queue_full", "worker_unavailable")
+                       "rate_limited", "queue_full", "worker_unavailable", "unknown_go_layout")
 
 
 def preset_labels() -> None:

@@ -278,7 +278,9 @@ class Agent:
                                   containers=self.containers)
         # records of a container still being looked up wait for its names (bounded in time)
         self.container_hold = ContainerHold(int((self.containers.timeout + 0.5) * 1e9))
-        self.tls = TlsAttacher(self.kernel, opts.tls_probes)
+        # analyses by content, kept across restarts beside the spool (the agent's state directory)
+        self.tls = TlsAttacher(self.kernel, opts.tls_probes, cache_path=os.path.join(
+            os.path.dirname(os.path.abspath(opts.spool_dir)), "tls-analysis-cache.json"))
         self.pipeline = Pipeline(
             self.stacks, self.clock, procs=self.procs, body_limit=opts.http_buffer_size,
             dumper=StreamDumper(opts.dump_streams) if opts.dump_streams else None,
@@ -597,15 +599,13 @@ class Agent:
     def _loop(self) -> None:
         next_check = 0
         while not self._stop.is_set():
-            # analyses in flight: come back sooner to attach their hooks
-            out = self.pipeline.drain(self.rings, 10 if self.tls.waiting else 100, SLICE_RECORDS, SLICE_NS,
-                                      BATCH_WAIT_US)
+            # TLS discovery runs on its own thread (exec events reach it through on_exec)
+            out = self.pipeline.drain(self.rings, 100, SLICE_RECORDS, SLICE_NS, BATCH_WAIT_US)
             self._take(out)
             self.health.beat(out.newest_ts)
             self._poll_reload()
             now = monotonic_ns()
             self._take(self.pipeline.tick(now))
-            self.tls.tick(now)
             self.status.progress()
             self._flush_records()
             if now >= next_check:

@@ -196,13 +196,24 @@ def test_node_https(start_agent, nginx, tmp_path):
 
 
 def test_go_net_http_started_after_agent(start_agent, nginx, tmp_path, go_client):
-    # A binary the agent has never seen: found by exec discovery. Its first request waits
-    # 300 ms, the documented worst case for analysing and hooking a new executable.
-    agent = start_agent(ALL_LOOPBACK)
-    pid, token, body = run_client("go", nginx, tmp_path, go_client=go_client, delay=0.3)
+    # Three fresh copies of a Go client (each a new inode: hooks never attached to it
+    # before; the first one's content never analysed by this agent), each started after
+    # the agent and sending its request at once: every first request is plaintext.
+    agent = start_agent(ALL_LOOPBACK, "--log-level", "debug")
+    runs = []
+    for i in range(3):
+        exe = tmp_path / f"copy{i}" / go_client.name
+        exe.parent.mkdir()
+        shutil.copy2(go_client, exe)
+        runs.append((exe, *run_client("go", nginx, tmp_path, go_client=exe)))
     assert_no_losses(agent)
+    # the copies after the first are hooked from its analysis (same build ID and code)
+    hits = agent.metric("plaintap_tls_analysis_cache_hits_total")
     agent.stop()
-    check_exchange(agent, nginx, pid, token, body, str(go_client))
+    open("/tmp/tlsfirst/agent-debug.log", "w").write(agent.stderr())
+    for exe, pid, token, body in runs:
+        check_exchange(agent, nginx, pid, token, body, str(exe))
+    assert hits >= 2, agent.stderr()[-3000:]
 
 
 def test_client_in_other_mount_namespace_with_its_own_libssl(start_agent, nginx, tmp_path):

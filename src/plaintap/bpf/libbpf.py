@@ -100,6 +100,7 @@ class _Lib:
 
     def __init__(self) -> None:
         self._cdll: ctypes.CDLL | None = None
+        self._pydll: ctypes.PyDLL | None = None
         self._print_cb = None
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
@@ -146,6 +147,18 @@ class _Lib:
 
     def __getattr__(self, name: str):
         return getattr(self._load(), name)
+
+    def gil_held(self, name: str):
+        """Function `name` called without releasing the GIL (ctypes.PyDLL). For short
+        calls made in a burst from a thread other than the capture loop's (attaching a
+        file's uprobes): released around each call, the GIL comes back only after the
+        capture thread's switch interval, up to 5 ms per call."""
+        cdll = self._load()
+        if self._pydll is None:
+            self._pydll = ctypes.PyDLL(cdll._name, use_errno=True)
+        fn = getattr(self._pydll, name)
+        fn.restype, fn.argtypes = _SIGNATURES[name]
+        return fn
 
     @staticmethod
     def errno() -> int:

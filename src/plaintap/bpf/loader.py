@@ -329,14 +329,15 @@ class KernelCapture:
         `binary` is /proc/self/fd/N of a file the caller opened (capture/safeopen.py):
         the kernel resolves it to that open file's path and inode, so no name anybody
         else controls is looked up here. Returns a link handle; raises BpfError."""
-        prog = lib.bpf_object__find_program_by_name(self._obj, prog_name.encode())
+        prog = lib.gil_held("bpf_object__find_program_by_name")(self._obj, prog_name.encode())
         if not prog:
             raise BpfError(f"BPF program {prog_name} not found")
         opts = UprobeOpts()
         opts.sz = ctypes.sizeof(UprobeOpts)
         opts.retprobe = retprobe
         opts.bpf_cookie = cookie
-        link = lib.bpf_program__attach_uprobe_opts(prog, pid, binary.encode(), offset, ctypes.byref(opts))
+        attach = lib.gil_held("bpf_program__attach_uprobe_opts")   # see gil_held: a file's probes in one go
+        link = attach(prog, pid, binary.encode(), offset, ctypes.byref(opts))
         if not link:
             raise BpfError(f"cannot attach uprobe {prog_name} at {binary}+{offset:#x}: {os.strerror(lib.errno())}")
         self._links.append(link)

@@ -87,6 +87,10 @@ class AnalysisService:
     def pending(self) -> int:
         return len(self._queue) + sum(1 for w in self._workers if w.job is not None)
 
+    def sockets(self) -> list:
+        """The sockets of workers busy with a file (readable when their reply is in)."""
+        return [w.sock for w in self._workers if w.job is not None]
+
     def submit(self, fd: int, name: str, done: Callable[[dict], None], priority: int = 1) -> bool:
         """Queue `fd` (still the caller's) for analysis; False when the queue is full.
         Lower `priority` goes first, and within a priority smaller files (quicker)."""

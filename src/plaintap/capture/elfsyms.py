@@ -29,7 +29,30 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
+from elftools.elf import elffile as _elffile
 from elftools.elf.elffile import ELFFile
+from elftools.elf.structs import ELFStructs as _ELFStructs
+
+
+class _ReusedELFStructs(_ELFStructs):
+    """pyelftools builds its ~200 header parsers anew for every file it opens (~7 ms,
+    more than the rest of a Go binary's analysis); they depend only on the ELF kind, so
+    build them once per kind and reuse them (the parsers hold no per-file state)."""
+
+    _built: dict = {}
+
+    def create_advanced_structs(self, e_type=None, e_machine=None, e_osabi=None):
+        key = (self.little_endian, self.elfclass, e_type, e_machine, e_osabi)
+        built = self._built.get(key)
+        if built is not None:
+            self.__dict__.update(built)
+            return
+        super().create_advanced_structs(e_type, e_machine, e_osabi)
+        if len(self._built) < 64:
+            self._built[key] = dict(self.__dict__)
+
+
+_elffile.ELFStructs = _ReusedELFStructs
 
 PT_LOAD = "PT_LOAD"
 PF_X = 0x1

@@ -36,9 +36,12 @@ Layouts used (from the Go runtime's own definitions, runtime/symtab.go):
 
 from __future__ import annotations
 
+import array
+import bisect
 import logging
 import re
 import struct
+import sys
 from dataclasses import dataclass, field
 
 from .elfsyms import ElfError, ElfImage
@@ -294,29 +297,41 @@ def pclntab_functions(elf: ElfImage, names: set[str] | list[str] | tuple[str, ..
     if not name_offsets:
         return {}
 
-    if magic == PCLN_GO116:
-        ent = struct.Struct(e + ("QQ" if ptr_size == 8 else "II"))
-    else:
-        ent = struct.Struct(e + "II")
+    # The functab is (nfunc+1) x {entry, funcoff} and each _func starts {entry, nameoff}.
+    # Walking every function in Python costs ~40 ms on a 5 MB binary, which a program
+    # started after the agent does not leave us: instead find the 4-byte nameoff of each
+    # wanted name where a _func would hold it, and check that the _func found there is
+    # the one the functab points to (funcoffs grow with the index: binary search).
+    word_code = "Q" if (magic == PCLN_GO116 and ptr_size == 8) else "I"
+    ent_words = 2
+    ent_size = ent_words * struct.calcsize(word_code)
     nameoff_at = ptr_size if magic == PCLN_GO116 else 4
+    tab_end = pclntab + (nfunc + 1) * ent_size
+    if pclntab < 0 or tab_end > len(buf):
+        raise GoBinaryError(f"{elf.path}: truncated pclntab (functab)")
+    table = array.array(word_code, bytes(buf[pclntab:tab_end]))
+    if (sys.byteorder == "little") != elf.little_endian:
+        table.byteswap()
+    entries, funcoffs = table[0::2], table[1::2]
     out: dict[str, GoFunc] = {}
     name_at = struct.Struct(e + "i")
-    try:
-        for i in range(nfunc):
-            pc, funcoff = ent.unpack_from(buf, pclntab + i * ent.size)
-            (nameoff,) = name_at.unpack_from(buf, pclntab + funcoff + nameoff_at)
-            name = name_offsets.get(nameoff)
-            if name is None or name in out:
-                continue
-            next_pc = ent.unpack_from(buf, pclntab + (i + 1) * ent.size)[0]
-            if text_start is not None:
-                pc += text_start
-                next_pc += text_start
-            if not (pc < next_pc):
-                raise GoBinaryError(f"{elf.path}: functab not sorted at {name}")
-            out[name] = GoFunc(name, pc, next_pc, "pclntab")
-    except struct.error as exc:
-        raise GoBinaryError(f"{elf.path}: truncated pclntab: {exc}") from exc
+    for nameoff, name in sorted(name_offsets.items()):
+        if name in out:
+            continue
+        needle = name_at.pack(nameoff)
+        pos = buf.find(needle, tab_end)
+        while pos != -1 and name not in out:
+            funcoff = pos - nameoff_at - pclntab
+            i = bisect.bisect_left(funcoffs, funcoff, 0, nfunc)
+            if i < nfunc and funcoffs[i] == funcoff:
+                pc, next_pc = entries[i], entries[i + 1]
+                if text_start is not None:
+                    pc += text_start
+                    next_pc += text_start
+                if not (pc < next_pc):
+                    raise GoBinaryError(f"{elf.path}: functab not sorted at {name}")
+                out[name] = GoFunc(name, pc, next_pc, "pclntab")
+            pos = buf.find(needle, pos + 1)
     return out
 
 
@@ -343,12 +358,12 @@ def return_sites(elf: ElfImage, func: GoFunc) -> list[int]:
     whole (a RET we failed to see would mean silently lost data), or the architecture
     is not one we disassemble.
     """
-    import capstone  # imported here: only Go targets need it
+    from .tls_targets import disassembler  # imported here: only Go targets need capstone
 
     if elf.machine == EM_X86_64:
-        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md = disassembler("x86_64")
     elif elf.machine == EM_AARCH64:
-        md = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+        md = disassembler("arm64")
     else:
         raise GoBinaryError(f"{elf.path}: cannot disassemble {elf.machine}")
     length = func.end - func.entry
@@ -533,23 +548,39 @@ def fd_offsets_from_dwarf(elf: ElfImage) -> dict | None:
     return None
 
 
+def _table_entry(key: tuple[int, int] | None) -> tuple[dict, str] | None:
+    """(offsets, source) for release line `key` from GO_FD_OFFSETS_TABLE: measured, or
+    strictly between two measured lines whose layouts are equal (every struct on the
+    chain kept its shape on both sides). None: not known."""
+    if key is None:
+        return None
+    if key in GO_FD_OFFSETS_TABLE:
+        return GO_FD_OFFSETS_TABLE[key], f"table go{key[0]}.{key[1]}: {GO_FD_OFFSETS_TABLE_SOURCE}"
+    below = [k for k in GO_FD_OFFSETS_TABLE if k < key]
+    above = [k for k in GO_FD_OFFSETS_TABLE if k > key]
+    if below and above:
+        lo, hi = max(below), min(above)
+        if GO_FD_OFFSETS_TABLE[lo] == GO_FD_OFFSETS_TABLE[hi]:
+            return GO_FD_OFFSETS_TABLE[lo], (f"table: go{key[0]}.{key[1]} lies between measured go{lo[0]}.{lo[1]} "
+                                             f"and go{hi[0]}.{hi[1]}, which agree")
+    return None
+
+
 def fd_offsets_for(elf: ElfImage, version: tuple[int, int, int] | None) -> dict:
-    """Offsets from DWARF when present, else from GO_FD_OFFSETS_TABLE."""
+    """The *tls.Conn -> fd offsets: from GO_FD_OFFSETS_TABLE for a release line measured
+    here (fast: no DWARF walk while a new program waits to be hooked), else from the
+    binary's DWARF. Raises GoBinaryError("unknown_go_layout") when neither knows them:
+    a layout we have not seen is refused, never guessed."""
+    entry = _table_entry(version[:2] if version else None)
+    if entry is not None:
+        return _with_derived(*entry)
     from_dwarf = fd_offsets_from_dwarf(elf)
     if from_dwarf is not None:
         return from_dwarf
-    key = version[:2] if version else None
-    if key in GO_FD_OFFSETS_TABLE:
-        source = f"table go{key[0]}.{key[1]}: {GO_FD_OFFSETS_TABLE_SOURCE}"
-        return _with_derived(GO_FD_OFFSETS_TABLE[key], source)
-    # Not measured: take the nearest measured release line and say so.
-    target = key or (1, 0)
-    nearest = min(GO_FD_OFFSETS_TABLE, key=lambda k: (abs((k[0] - target[0]) * 1000 + k[1] - target[1]), k))
-    wanted = f"go{key[0]}.{key[1]}" if key else "an unknown Go version"
-    return _with_derived(
-        GO_FD_OFFSETS_TABLE[nearest],
-        f"assumed from table go{nearest[0]}.{nearest[1]} ({wanted} not measured)",
-    )
+    wanted = f"go{version[0]}.{version[1]}" if version else "an unknown Go version"
+    known = ", ".join(f"go{a}.{b}" for a, b in sorted(GO_FD_OFFSETS_TABLE))
+    raise GoBinaryError(f"{elf.path}: struct layout of {wanted} not known (measured: {known}; the binary has no "
+                        "DWARF to read it from)", "unknown_go_layout")
 
 
 # --------------------------------------------------------------------------------------

@@ -2,12 +2,28 @@
 
 Targets come from the files processes map (tls_targets); this module decides when to
 look, gets each file analysed, and attaches each file once, by (device, inode): a uprobe
-on a file covers every process that maps it, now and later. Looking happens
+on a file covers every process that maps it, now and later — also a process that has
+not reached the hooked code yet, so a hook attached between exec and the program's first
+TLS call sees that call. Looking happens
   * at start-up: all processes, plus the system's own libssl and the `node` on PATH (so
     a client that starts later and uses them is covered before its first byte);
-  * after each exec (at once for the executable itself — Go binaries, Node — then at
-    +50 ms, +300 ms, +2 s: libraries are mapped by the loader, or dlopen'ed later);
+  * at each exec, on the TLS thread (below), at once: the executable (Go binaries, Node)
+    and — the first time a (mount namespace, root directory) is seen (a new container) —
+    the TLS libraries
+    the loader would find in that root's library directories (LOADER_DIRS, resolved
+    inside /proc/<pid>/root like every other name), before the loader has mapped them;
+    then again at +50 ms, +300 ms, +2 s (libraries mapped later, dlopen);
   * every 30 s over all processes (containers with their own copies).
+
+All of it runs on one thread of its own ("tls-attach", started by `start`): the capture
+loop only hands exec events over (`on_exec`: a queue and an eventfd), so an exec is
+looked at within a millisecond whatever the data plane is doing, and an analysis reply
+is attached the moment it arrives (the thread waits on the workers' sockets). A file
+whose content was analysed before — a copy, a container's libssl equal to the host's,
+the same program after a restart — is hooked without analysis (tls_cache: build ID plus
+the bytes at every hooked offset; saved across restarts). The traced program is never
+stopped or slowed: the race is only between our attach and its first TLS call, and
+bench/bench_exec_attach.py measures it.
 
 Untrusted processes name these files, so (issue 9):
   * each file is opened once (safeopen: in the process's root, no symlinks, a regular
@@ -27,7 +43,11 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
+import select
 import shutil
+import stat
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,9 +56,11 @@ from typing import Callable
 from .. import metrics
 from ..bpf.libbpf import BpfError
 from .analysis import AnalysisService
-from .safeopen import OpenRefused, open_host_file
+from .safeopen import OpenRefused, open_host_file, open_path_in_root, reopen_for_reading
+from .tls_cache import ContentCache, content_key
 from .tls_targets import (
     FAMILIES, AnalysisError, GoTlsTarget, MappedFile, OpenedFile, OpenSSLTarget, TlsTarget, _all_pids, _is_node,
+    _layer_identity,
     exe_inode, open_mapped, parse_maps, read_maps, read_overlay_mounts, target_from_result, validate_result,
 )
 
@@ -62,6 +84,20 @@ GO_SLOTS = 256
 START_WAIT_S = 20.0
 KNOWN_CAPACITY = 65536
 FAILED_CAPACITY = 8192
+# Where a new root's TLS libraries are looked for at its first exec: the loader's
+# default directories (glibc's multiarch and lib64 layouts, musl's). Names only match
+# TLS_LIBRARY_NAME; at most MAX_DIR_ENTRIES entries per directory are looked at, and at
+# most MAX_ROOT_LIBS files per root are opened. A root is surveyed again after ROOT_TTL_NS.
+LOADER_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+               "/lib/aarch64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/local/lib",
+               "/usr/local/lib64")
+TLS_LIBRARY_NAME = re.compile(r"^libssl\.so(\.[0-9]+)*[a-z]?$")
+MAX_DIR_ENTRIES = 8192
+MAX_ROOT_LIBS = 8
+MAX_ROOTS = 4096
+ROOT_TTL_NS = 30_000 * MS
+EXEC_TS_CAPACITY = 8192
+MAX_SAME_CONTENT_WAITERS = 64
 # Refusals that say nothing about the file itself: not remembered, tried again later.
 TRANSIENT = frozenset({"rate_limited", "queue_full", "worker_unavailable", "gone", "open_failed"})
 
@@ -124,8 +160,18 @@ def system_tls_paths(families: frozenset) -> list[str]:
 
 class TlsAttacher:
     def __init__(self, kernel, families: tuple[str, ...] | frozenset, analysis: AnalysisService | None = None,
-                 budget_clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 budget_clock: Callable[[], int] = time.monotonic_ns, cache_path: str | None = None) -> None:
         self.kernel = kernel
+        self.content = ContentCache(cache_path)
+        self._lock = threading.Lock()              # guards _due, _fresh, _exec_ts (on_exec's caller)
+        self._fresh: set[int] = set()              # pids whose first scan (with the root survey) is due
+        self._exec_ts: OrderedDict[int, int] = OrderedDict()   # pid -> its exec's kernel timestamp
+        self._roots: OrderedDict[tuple, int] = OrderedDict()  # (mount ns, root dir) surveyed -> when
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._thread: threading.Thread | None = None
+        # content key being analysed -> files with the same key waiting for its result
+        self._same_content: dict[str, list] = {}
+        self._thread_stop = False
         self.families = frozenset(families) & FAMILIES
         self.analysis = analysis or AnalysisService()
         self.budget_clock = budget_clock
@@ -155,6 +201,9 @@ class TlsAttacher:
         self._now_ns = now_ns
         if not self.families:
             return
+        kept = self.content.load(validate_result)
+        if kept:
+            log.info("TLS analysis cache: %d files known from earlier runs (%s)", kept, self.content.path)
         for path in system_tls_paths(self.families):
             try:
                 fd, st = open_host_file(path)
@@ -168,14 +217,44 @@ class TlsAttacher:
                 self.scan(pid)
         self.analysis.wait_idle(START_WAIT_S, idle)
         self.next_full_ns = now_ns + FULL_RESCAN_NS
+        self.content.save(force=True)
+        self._thread = threading.Thread(target=self._run, name="tls-attach", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        """The TLS thread: exec scans, analysis replies, rescans (see the module doc)."""
+        while not self._thread_stop:
+            try:
+                self.tick(time.monotonic_ns(), _on_thread=True)
+                self.content.save()
+            except Exception:   # a bug here must not end TLS discovery for the agent's life
+                log.exception("TLS discovery step failed")
+            with self._lock:
+                nxt = min((due[0] for due in self._due.values()), default=None)
+            timeout = 1.0 if nxt is None else max(0.0, min(1.0, (nxt - time.monotonic_ns()) / 1e9))
+            if self._fresh:
+                timeout = 0.0
+            try:
+                select.select([self._wake, *self.analysis.sockets()], [], [], timeout)
+                os.eventfd_read(self._wake)
+            except BlockingIOError:
+                pass
+            except (OSError, ValueError):   # a worker socket closed meanwhile
+                time.sleep(0.001)
 
     @property
     def waiting(self) -> bool:
-        """Analyses are queued or running (their hooks come on a later tick)."""
-        return bool(self.analysis.pending)
+        """Analyses are queued or running and the caller's tick attaches them (no TLS
+        thread)."""
+        return self._thread is None and bool(self.analysis.pending)
 
     def close(self) -> None:
         self._closing = True          # what is still queued is dropped quietly
+        if self._thread is not None:
+            self._thread_stop = True
+            os.eventfd_write(self._wake, 1)
+            self._thread.join(5)
+        self.content.save(force=True)
         self.analysis.close()
         for h in self.attached.values():
             if h.fd >= 0:
@@ -183,16 +262,26 @@ class TlsAttacher:
                 h.fd = -1
 
     def on_exec(self, pid: int, now_ns: int) -> None:
+        """Process `pid` exec'd at kernel time `now_ns`: scan it now and a few times
+        later. Cheap and thread-safe (the capture loop calls it)."""
         if not self.families:
             return
-        if pid not in self._due and len(self._due) >= MAX_DUE_PIDS:
-            metrics.tls_scans_dropped.inc()
-            return
-        self._due[pid] = [now_ns + d for d in EXEC_RESCANS_NS]
+        with self._lock:
+            if pid not in self._due and len(self._due) >= MAX_DUE_PIDS:
+                metrics.tls_scans_dropped.inc()
+                return
+            self._due[pid] = [now_ns + d for d in EXEC_RESCANS_NS]
+            self._fresh.add(pid)
+            self._exec_ts[pid] = now_ns
+            self._exec_ts.move_to_end(pid)
+            while len(self._exec_ts) > EXEC_TS_CAPACITY:
+                self._exec_ts.popitem(last=False)
+        os.eventfd_write(self._wake, 1)
 
-    def tick(self, now_ns: int) -> None:
-        """Between ring polls: deliver analyses, run due scans within the budget."""
-        if not self.families:
+    def tick(self, now_ns: int, _on_thread: bool = False) -> None:
+        """Deliver analyses, run due scans within the budget. Done by the TLS thread once
+        `start` has started it (a call from elsewhere then does nothing)."""
+        if not self.families or (self._thread is not None and not _on_thread):
             return
         self._now_ns = now_ns
         self.analysis.poll()
@@ -202,15 +291,29 @@ class TlsAttacher:
         def budget_left() -> bool:
             return scans < SCANS_PER_TICK and self.budget_clock() - started < SCAN_BUDGET_NS
 
-        for pid in [p for p, due in self._due.items() if due[0] <= now_ns]:
+        with self._lock:
+            ready = [p for p, due in self._due.items() if due[0] <= now_ns]
+        for pid in ready:
             if not budget_left():
                 break
-            due = self._due[pid]
-            while due and due[0] <= now_ns:
-                due.pop(0)
-            if not due:
-                del self._due[pid]
-            self.scan(pid)
+            with self._lock:
+                due = self._due.get(pid)
+                if due is None:
+                    continue
+                while due and due[0] <= now_ns:
+                    due.pop(0)
+                if not due:
+                    del self._due[pid]
+                first = pid in self._fresh
+                self._fresh.discard(pid)
+            if first and log.isEnabledFor(logging.DEBUG):
+                with self._lock:
+                    ts = self._exec_ts.get(pid)
+                if ts is not None:
+                    log.debug("exec scan of pid %d starts %.1f ms after its exec", pid,
+                              (time.monotonic_ns() - ts) / 1e6)
+            self.scan(pid, survey=first)
+            self.analysis.poll()       # a new file goes to a worker at once
             scans += 1
         if not self._cycle and now_ns >= self.next_full_ns:
             me = os.getpid()
@@ -228,8 +331,9 @@ class TlsAttacher:
 
     # ---- scanning ----
 
-    def scan(self, pid: int) -> None:
-        """Look at the files `pid` maps executable; hook or queue the new ones."""
+    def scan(self, pid: int, survey: bool = False) -> None:
+        """Look at the files `pid` maps executable; hook or queue the new ones. With
+        `survey` (its exec's first scan), also the TLS libraries of its root."""
         maps = read_maps(pid)
         if maps is None:
             return
@@ -264,9 +368,76 @@ class TlsAttacher:
                 # mapped file itself was opened through map_files instead
                 refuse(opened.name_refusal, f"{mf.pathname} (pid {pid})", "opened the mapped file instead")
             self._consider_opened(pid, mf, opened, exe_ino)
+        if survey:
+            self._survey_root(pid, get_overlays)
 
-    def _consider_opened(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None) -> None:
-        """Takes ownership of opened.fd."""
+    def _survey_root(self, pid: int, overlays: Callable[[], dict]) -> None:
+        """The first exec in a root directory not seen lately (a new container): open
+        the TLS libraries in its loader directories and hook them (their analysis, or a
+        cached one, goes first), so they are hooked before the loader maps them."""
+        root = f"/proc/{pid}/root"
+        try:
+            rst = os.stat(root)
+            mntns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        except OSError:
+            return
+        rkey = (mntns, rst.st_dev, rst.st_ino)
+        seen = self._roots.get(rkey)
+        if seen is not None and self._now_ns - seen < ROOT_TTL_NS:
+            return
+        self._roots[rkey] = self._now_ns
+        self._roots.move_to_end(rkey)
+        while len(self._roots) > MAX_ROOTS:
+            self._roots.popitem(last=False)
+        opened_n = 0
+        for directory in LOADER_DIRS:
+            if opened_n >= MAX_ROOT_LIBS:
+                break
+            try:
+                pfd = open_path_in_root(root, directory)
+            except OpenRefused:
+                continue          # absent, or a symlink (merged /usr: found under /usr/lib)
+            try:
+                if not stat.S_ISDIR(os.fstat(pfd).st_mode):
+                    continue
+                dfd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            finally:
+                os.close(pfd)
+            names = []
+            try:
+                with os.scandir(dfd) as it:
+                    for i, entry in enumerate(it):
+                        if i >= MAX_DIR_ENTRIES:
+                            break
+                        if TLS_LIBRARY_NAME.match(entry.name):
+                            names.append(entry.name)
+            except OSError:
+                pass
+            finally:
+                os.close(dfd)
+            for name in sorted(names)[: MAX_ROOT_LIBS - opened_n]:
+                path = f"{directory}/{name}"
+                try:
+                    pfd = open_path_in_root(root, path)
+                except OpenRefused:
+                    continue      # libssl.so -> libssl.so.3: the real file is listed too
+                try:
+                    st0 = os.fstat(pfd)
+                    fd, st = reopen_for_reading(pfd, path, st0.st_dev, st0.st_ino)
+                except (OpenRefused, OSError):
+                    continue
+                finally:
+                    os.close(pfd)
+                opened_n += 1
+                ident = _layer_identity(overlays(), path, st) or (st.st_dev, st.st_ino)
+                mf = MappedFile(path, False, st.st_dev, st.st_ino, 0, 0)
+                self._consider_opened(pid, mf, OpenedFile(fd, st, ident, f"{root}{path}"), None, library=True)
+
+    def _consider_opened(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None,
+                         library: bool = False) -> None:
+        """Takes ownership of opened.fd. `library`: a TLS library found by name."""
         mkey = (mf.dev, mf.ino)
         ident, key = opened.ident, opened.key
         if ident in self._last_seen:
@@ -285,6 +456,19 @@ class TlsAttacher:
             self._remember(mkey, None)
             os.close(opened.fd)
             return
+        ckey = content_key(opened.fd, opened.st.st_size)
+        if ckey is not None:
+            result = self.content.lookup(ckey, opened.fd, opened.st.st_size)
+            if result is not None:
+                metrics.tls_analysis_cache_hits.inc()
+                self._results[key] = result
+                self._apply(pid, mf, opened, exe_ino, result)
+                return
+            waiters = self._same_content.get(ckey)
+            if waiters is not None and len(waiters) < MAX_SAME_CONTENT_WAITERS:
+                # a copy of a file being analysed right now: its result serves this one
+                waiters.append((pid, mf, opened, exe_ino, library))
+                return
         what = f"{mf.pathname} (pid {pid})" if pid else mf.pathname
         uid = opened.st.st_uid
         if not self._budget.take(uid, self._now_ns / 1e9):
@@ -295,13 +479,19 @@ class TlsAttacher:
 
         def done(reply: dict) -> None:
             self._inflight.discard(ident)
-            self._on_reply(pid, mf, opened, exe_ino, reply)
+            waiting = self._same_content.pop(ckey, []) if ckey is not None else []
+            self._on_reply(pid, mf, opened, exe_ino, reply, ckey)
+            for args in waiting:      # hooked from the cache now, or analysed themselves
+                if self._closing:
+                    os.close(args[2].fd)
+                else:
+                    self._consider_opened(*args[:4], library=args[4])
 
         # First the programs just started (a Go binary's first request waits on this;
         # the uid budget bounds how many one user can start), then TLS libraries by name
         # (a hint only: it orders, it trusts nothing), then root's other files, then
         # everybody else's.
-        if exe_ino is not None and mf.ino == exe_ino:
+        if (exe_ino is not None and mf.ino == exe_ino) or library:
             priority = 0
         elif "ssl" in os.path.basename(mf.pathname):
             priority = 1
@@ -311,8 +501,12 @@ class TlsAttacher:
             self._inflight.discard(ident)
             refuse("queue_full", what)
             os.close(opened.fd)
+            return
+        if ckey is not None:
+            self._same_content[ckey] = []
 
-    def _on_reply(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None, reply: dict) -> None:
+    def _on_reply(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None, reply: dict,
+                  ckey: str | None = None) -> None:
         what = f"{mf.pathname} (pid {pid})" if pid else mf.pathname
         if self._closing:
             os.close(opened.fd)
@@ -338,6 +532,8 @@ class TlsAttacher:
         self._results[opened.key] = result
         while len(self._results) > FAILED_CAPACITY:
             self._results.popitem(last=False)
+        if ckey is not None:
+            self.content.store(ckey, opened.fd, opened.st.st_size, result)
         self._apply(pid, mf, opened, exe_ino, result)
 
     def _apply(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None, result: dict) -> None:
@@ -389,8 +585,17 @@ class TlsAttacher:
         via = ""
         if isinstance(t, OpenSSLTarget):
             via = ", internal read/write" if "ssl_read_internal" in t.symbols else ", exported SSL_read/SSL_write"
-        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d, %.0f ms to attach)", t.family,
-                 t.maps_path, n, via, opened.path, t.pid_seen, (time.monotonic() - started) * 1000)
+        with self._lock:
+            exec_ts = self._exec_ts.get(t.pid_seen)
+        since_exec = ""
+        if exec_ts is not None:
+            # CLOCK_MONOTONIC, like the kernel's bpf_ktime_get_ns() exec timestamp
+            elapsed = max(0, time.monotonic_ns() - exec_ts)
+            metrics.tls_exec_to_hooked.observe(elapsed / 1e9)
+            since_exec = f", {elapsed / 1e6:.1f} ms after its exec"
+        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d, %.1f ms to attach%s)",
+                 t.family, t.maps_path, n, via, opened.path, t.pid_seen, (time.monotonic() - started) * 1000,
+                 since_exec)
         return hooked.fd >= 0
 
     def _uprobe(self, hooked: _Hooked, prog: str, t: TlsTarget, off: int, **kw) -> None:

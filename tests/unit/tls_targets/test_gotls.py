@@ -8,6 +8,7 @@ process the bytes at each offset must be a RET (0xC3) in memory.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 
@@ -15,7 +16,7 @@ import pytest
 
 from plaintap.capture import gotls
 from plaintap.capture.elfsyms import ElfImage
-from plaintap.capture.tls_targets import GoTlsTarget, clear_cache, scan_process
+from plaintap.capture.tls_targets import AnalysisError, GoTlsTarget, analyze_in_process, clear_cache, scan_process
 
 from .tls_helpers import find_go, load_bias, mapping_for_address, read_file, read_memory, same_code, wait_for_line
 
@@ -110,16 +111,21 @@ def test_every_offset_is_a_ret_in_the_file(go_builds):
 
 def test_fd_offsets(go_builds):
     normal, stripped = analyze(go_builds["normal"]), analyze(go_builds["stripped"])
-    assert normal.fd_offsets["source"] == "dwarf"
+    # a measured release line comes from the table, DWARF or not (no DWARF walk while a
+    # new program waits to be hooked)
+    assert normal.fd_offsets["source"].startswith("table go1.19")
     assert stripped.fd_offsets["source"].startswith("table go1.19")
+    with ElfImage(str(go_builds["normal"])) as elf:
+        dwarf = gotls.fd_offsets_from_dwarf(elf)
+    assert dwarf["source"] == "dwarf"
     for key in ("tls_conn_conn", "iface_data", "tcpconn_conn", "conn_fd", "netfd_pfd", "pfd_sysfd",
                 "conn_data", "fd_ptr", "sysfd"):
-        assert normal.fd_offsets[key] == stripped.fd_offsets[key], key
+        assert dwarf[key] == stripped.fd_offsets[key], key
     # net.Conn is an interface: (itab, data) -> the *net.TCPConn is the second word;
     # poll.FD starts with a 16-byte fdMutex, then Sysfd.
-    assert normal.fd_offsets["conn_data"] == 8
-    assert normal.fd_offsets["fd_ptr"] == 0
-    assert normal.fd_offsets["sysfd"] == 16
+    assert dwarf["conn_data"] == 8
+    assert dwarf["fd_ptr"] == 0
+    assert dwarf["sysfd"] == 16
 
 
 def test_fd_offsets_table_matches_dwarf_here(go_builds):
@@ -131,11 +137,30 @@ def test_fd_offsets_table_matches_dwarf_here(go_builds):
     assert {k: dwarf[k] for k in table} == table
 
 
-def test_unmeasured_version_says_it_is_assumed(go_builds):
+def test_unknown_layout_is_refused_not_guessed(go_builds, monkeypatch):
+    table = {(1, 19): gotls.GO_FD_OFFSETS_TABLE[(1, 19)], (1, 21): gotls.GO_FD_OFFSETS_TABLE[(1, 19)]}
+    monkeypatch.setattr(gotls, "GO_FD_OFFSETS_TABLE", table)
     with ElfImage(str(go_builds["stripped"])) as elf:
-        offsets = gotls.fd_offsets_for(elf, (1, 23, 0))
-    assert offsets["source"].startswith("assumed from table go1.19")
-    assert offsets["sysfd"] == 16
+        # between two measured lines that agree: taken, and said so
+        between = gotls.fd_offsets_for(elf, (1, 20, 3))
+        assert between["source"].startswith("table: go1.20 lies between measured go1.19 and go1.21")
+        assert between["sysfd"] == 16
+        # outside what was measured, and no DWARF to read: refused with its reason
+        for version in ((1, 18, 0), (1, 99, 0), None):
+            with pytest.raises(gotls.GoBinaryError) as e:
+                gotls.fd_offsets_for(elf, version)
+            assert e.value.reason == "unknown_go_layout"
+    with ElfImage(str(go_builds["normal"])) as elf:
+        assert gotls.fd_offsets_for(elf, (1, 99, 0))["source"] == "dwarf"   # DWARF says it
+    # the worker's answer for such a binary is a counted refusal
+    monkeypatch.setattr(gotls, "GO_FD_OFFSETS_TABLE", {(1, 99): table[(1, 19)]})
+    fd = os.open(go_builds["stripped"], os.O_RDONLY)
+    try:
+        with pytest.raises(AnalysisError) as e:
+            analyze_in_process(fd, "stripped")
+        assert e.value.reason == "unknown_go_layout"
+    finally:
+        os.close(fd)
 
 
 def test_version_parsing_and_abi():
