@@ -323,12 +323,16 @@ class KernelCapture:
         return out
 
     def attach_uprobe(self, prog_name: str, binary: str, offset: int, retprobe: bool = False,
-                      cookie: int = 0, pid: int = -1) -> int:
+                      cookie: int = 0, pid: int = -1, hold_gil: bool = False) -> int:
         """Attach a uprobe program at a file offset of `binary` (all processes mapping
         that file when pid is -1); `cookie` reaches the program via bpf_get_attach_cookie.
         `binary` is /proc/self/fd/N of a file the caller opened (capture/safeopen.py):
         the kernel resolves it to that open file's path and inode, so no name anybody
-        else controls is looked up here. Returns a link handle; raises BpfError."""
+        else controls is looked up here. `hold_gil`: keep the GIL during the call (the
+        probes after a file's first: ~0.1 ms each, where giving the GIL back to a busy
+        capture thread costs up to its 5 ms switch interval per call; the first one can
+        wait for an RCU grace period in the kernel and releases it). Returns a link
+        handle; raises BpfError."""
         prog = lib.gil_held("bpf_object__find_program_by_name")(self._obj, prog_name.encode())
         if not prog:
             raise BpfError(f"BPF program {prog_name} not found")
@@ -336,7 +340,10 @@ class KernelCapture:
         opts.sz = ctypes.sizeof(UprobeOpts)
         opts.retprobe = retprobe
         opts.bpf_cookie = cookie
-        attach = lib.gil_held("bpf_program__attach_uprobe_opts")   # see gil_held: a file's probes in one go
+        if hold_gil:
+            attach = lib.gil_held("bpf_program__attach_uprobe_opts")
+        else:
+            attach = lib.bpf_program__attach_uprobe_opts
         link = attach(prog, pid, binary.encode(), offset, ctypes.byref(opts))
         if not link:
             raise BpfError(f"cannot attach uprobe {prog_name} at {binary}+{offset:#x}: {os.strerror(lib.errno())}")

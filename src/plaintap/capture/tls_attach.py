@@ -599,7 +599,10 @@ class TlsAttacher:
         return hooked.fd >= 0
 
     def _uprobe(self, hooked: _Hooked, prog: str, t: TlsTarget, off: int, **kw) -> None:
-        hooked.links.append(self.kernel.attach_uprobe(prog, t.path, off, **kw))
+        # the first probe of a file may wait for an RCU grace period in the kernel (uprobe
+        # registration takes a global percpu rw-semaphore for writing): the GIL is released
+        # for it; the rest take ~0.1 ms each and keep it (see KernelCapture.attach_uprobe)
+        hooked.links.append(self.kernel.attach_uprobe(prog, t.path, off, hold_gil=bool(hooked.links), **kw))
 
     def _attach_openssl(self, t: OpenSSLTarget, hooked: _Hooked) -> int:
         internal = all(sym in t.symbols for sym, _, _ in OPENSSL_INTERNAL_HOOKS)

@@ -306,7 +306,7 @@ class FakeKernel:
         self.next = 1
         self.slots = {}
 
-    def attach_uprobe(self, prog, binary, offset, retprobe=False, cookie=0, pid=-1):
+    def attach_uprobe(self, prog, binary, offset, retprobe=False, cookie=0, pid=-1, hold_gil=False):
         link = self.next
         self.next += 1
         self.links[link] = (prog, binary, os.readlink(binary), offset, cookie)
