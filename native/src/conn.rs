@@ -243,6 +243,13 @@ impl ConnInfo {
     }
 }
 
+/// What arrived for one stream of a connection: bytes, or a capture gap and its reason.
+#[derive(Clone, Copy)]
+enum Incoming<'d> {
+    Data(&'d [u8]),
+    Gap { len: u64, reason: &'static str },
+}
+
 /// What the table hands to Python, in order.
 pub enum Output {
     Report {
@@ -431,7 +438,7 @@ impl Table {
                 source,
                 data,
                 ..
-            } => self.on_data(py, conn_id, offset, flow, source, data, ts),
+            } => self.on_stream(py, conn_id, offset, flow, source, Incoming::Data(data), ts),
             Event::Gap {
                 conn_id,
                 offset,
@@ -439,16 +446,11 @@ impl Table {
                 flow,
                 source,
                 reason,
-            } => self.on_gap(
-                py,
-                conn_id,
-                offset,
-                len,
-                flow,
-                source,
-                decode::gap_reason(reason),
-                ts,
-            ),
+            } => {
+                let reason = decode::gap_reason(reason);
+                let gap = Incoming::Gap { len, reason };
+                self.on_stream(py, conn_id, offset, flow, source, gap, ts)
+            }
             Event::ConnOpen(o) => self.on_open(py, pid, ts, o, false),
             Event::ConnClose {
                 conn_id,
@@ -658,15 +660,18 @@ impl Table {
         }
     }
 
+    /// Bytes or a capture gap for one stream of a connection (the kernel's EV_DATA and
+    /// EV_GAP): counted, checked against the connection's filters, reassembled by offset,
+    /// and whatever became contiguous handed to the classifier and parser.
     #[allow(clippy::too_many_arguments)]
-    fn on_data(
+    fn on_stream(
         &mut self,
         py: Python<'_>,
         conn_id: u64,
         offset: u64,
         flow: u8,
         source: u8,
-        data: &[u8],
+        what: Incoming<'_>,
         ts: u64,
     ) {
         if flow > 1 || source > 1 {
@@ -678,7 +683,14 @@ impl Table {
             self.orphan(conn_id);
             return;
         };
-        let end = offset + data.len() as u64;
+        let len = match what {
+            Incoming::Data(data) => data.len() as u64,
+            Incoming::Gap { len, reason } => {
+                *self.counters.gap_bytes.entry(reason).or_default() += len;
+                len
+            }
+        };
+        let end = offset + len;
         if source == SRC_SOCKET {
             if flow == FLOW_SEND {
                 s.info.bytes_sent = s.info.bytes_sent.max(end);
@@ -689,7 +701,8 @@ impl Table {
         if s.info.skip & filtered_by(source) != 0 {
             return;
         }
-        if source == SRC_TLS && !(s.info.tls_inspected && s.info.tls_enabled) {
+        let is_data = matches!(what, Incoming::Data(_));
+        if is_data && source == SRC_TLS && !(s.info.tls_inspected && s.info.tls_enabled) {
             s.info.tls_inspected = true;
             s.info.tls_enabled = true;
             s.facts.tls_enabled = true;
@@ -697,9 +710,11 @@ impl Table {
         }
         let mut pieces = Vec::new();
         let st = s.stream(flow, source, max_pending);
-        st.add(offset, data, &mut pieces);
-        let holes = st.hole_bytes;
-        st.hole_bytes = 0;
+        match what {
+            Incoming::Data(data) => st.add(offset, data, &mut pieces),
+            Incoming::Gap { len, .. } => st.add_gap(offset, len, &mut pieces),
+        }
+        let holes = std::mem::take(&mut st.hole_bytes);
         self.count_holes(holes);
         if !pieces.is_empty() {
             self.consume(py, conn_id, flow, source, &pieces, ts);
@@ -713,51 +728,6 @@ impl Table {
             // (its ring buffer was full), so it counts with the ring-buffer losses.
             *self.counters.gap_bytes.entry("ringbuf_full").or_default() += holes;
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_gap(
-        &mut self,
-        py: Python<'_>,
-        conn_id: u64,
-        offset: u64,
-        len: u64,
-        flow: u8,
-        source: u8,
-        reason: &'static str,
-        ts: u64,
-    ) {
-        if flow > 1 || source > 1 {
-            self.counters.unknown_events += 1;
-            return;
-        }
-        let max_pending = self.settings.max_pending;
-        let Some(s) = self.conns.get_mut(&conn_id) else {
-            self.orphan(conn_id);
-            return;
-        };
-        *self.counters.gap_bytes.entry(reason).or_default() += len;
-        let end = offset + len;
-        if source == SRC_SOCKET {
-            if flow == FLOW_SEND {
-                s.info.bytes_sent = s.info.bytes_sent.max(end);
-            } else {
-                s.info.bytes_recv = s.info.bytes_recv.max(end);
-            }
-        }
-        if s.info.skip & filtered_by(source) != 0 {
-            return;
-        }
-        let mut pieces = Vec::new();
-        let st = s.stream(flow, source, max_pending);
-        st.add_gap(offset, len, &mut pieces);
-        let holes = st.hole_bytes;
-        st.hole_bytes = 0;
-        self.count_holes(holes);
-        if !pieces.is_empty() {
-            self.consume(py, conn_id, flow, source, &pieces, ts);
-        }
-        self.account(py, conn_id);
     }
 
     /// Keep the global byte budget: recompute what this session holds; past the budget,

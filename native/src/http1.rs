@@ -48,7 +48,6 @@
 //! (`pipeline_overflows`) rather than memory grown.
 #![forbid(unsafe_code)]
 
-mod input;
 pub mod syntax;
 pub mod table;
 #[cfg(test)]
@@ -57,8 +56,8 @@ mod tests;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::input::{Body, StreamInput};
 use crate::model::{Event, Message, ParseError, Parser, Side, Transaction};
-use input::{BodyBuffer, StreamInput};
 use syntax::{Framing, LineMatch};
 pub use table::{next_state, Input, State};
 
@@ -191,7 +190,7 @@ struct SideState {
     state: State,
     /// Id of the exchange whose message body is being read (None between messages).
     exch: Option<u64>,
-    body: BodyBuffer,
+    body: Body,
     /// Body / chunk bytes left.
     remaining: u64,
     /// Stream offset to resume the CRLF CRLF search from.
@@ -213,7 +212,7 @@ impl SideState {
             inp: StreamInput::default(),
             state,
             exch: None,
-            body: BodyBuffer::new(0),
+            body: Body::new(0, false),
             remaining: 0,
             scan_abs: 0,
             lost: false,
@@ -793,12 +792,12 @@ impl Core {
             }
             Framing::Length(n) => {
                 let s = &mut self.sides[si];
-                s.body = BodyBuffer::new(self.cfg.body_limit);
+                s.body = Body::new(self.cfg.body_limit, false);
                 s.remaining = n;
                 self.go(si, Input::HeadLength);
             }
             Framing::Chunked => {
-                self.sides[si].body = BodyBuffer::new(self.cfg.body_limit);
+                self.sides[si].body = Body::new(self.cfg.body_limit, false);
                 self.go(si, Input::HeadChunked);
             }
         }
@@ -897,16 +896,16 @@ impl Core {
             }
             Framing::Length(n) => {
                 let s = &mut self.sides[si];
-                s.body = BodyBuffer::new(self.cfg.body_limit);
+                s.body = Body::new(self.cfg.body_limit, false);
                 s.remaining = n;
                 self.go(si, Input::HeadLength);
             }
             Framing::Chunked => {
-                self.sides[si].body = BodyBuffer::new(self.cfg.body_limit);
+                self.sides[si].body = Body::new(self.cfg.body_limit, false);
                 self.go(si, Input::HeadChunked);
             }
             Framing::Eof => {
-                self.sides[si].body = BodyBuffer::new(self.cfg.body_limit);
+                self.sides[si].body = Body::new(self.cfg.body_limit, false);
                 self.go(si, Input::HeadEof);
             }
         }

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod input;
 pub mod jsonline;
 pub mod model;
 pub mod pipeline;

@@ -585,3 +585,37 @@ fn corpus_is_parsed_three_ways_without_internal_errors() {
         three_ways(&[d(C, &c, 1), d(S, &s, 2), St::Close(3)], true);
     }
 }
+
+#[test]
+fn many_small_writes_behind_one_incomplete_message_keep_marks_bounded() {
+    // One byte per write, each with its own timestamp, all inside one header section that
+    // stays incomplete (under the 64 KiB header limit): the bytes are bounded by that
+    // limit, and the chunk timestamps by MAX_MARKS, not by the number of writes.
+    let mut p = parser(false);
+    p.feed(C, b"GET / HTTP/1.1\r\nX-Slow: ", 1);
+    let writes = 3 * crate::input::MAX_MARKS as u64;
+    for i in 0..writes {
+        p.feed(C, b"a", 2 + i);
+        assert!(p.core.sides[0].inp.mark_count() <= crate::input::MAX_MARKS);
+    }
+    assert_eq!(p.core.sides[0].inp.mark_count(), crate::input::MAX_MARKS);
+    p.feed(C, b"\r\n\r\n", 10_000_000);
+    p.feed(S, b"HTTP/1.1 204 No Content\r\n\r\n", 10_000_001);
+    let mut txs = Vec::new();
+    while let Some(ev) = p.next_event() {
+        if let Event::Transaction(t) = ev {
+            txs.push(t);
+        }
+    }
+    assert_eq!(txs.len(), 1);
+    let h = &txs[0].request.headers;
+    let slow = h
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(b"x-slow"))
+        .unwrap();
+    assert_eq!(slow.1.len() as u64, writes);
+    // The request starts at its first write's timestamp, whatever was capped after it.
+    assert_eq!(txs[0].request.first_ns, 1);
+    // Consumed: the marks went with the bytes.
+    assert!(p.core.sides[0].inp.mark_count() <= 1);
+}

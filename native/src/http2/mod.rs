@@ -2,7 +2,7 @@
 //!
 //! How it works
 //! ------------
-//! Each direction is a frame reader over an `Inbox`: the client side first checks the
+//! Each direction is a frame reader over a `StreamInput` (`crate::input`): the client side first checks the
 //! connection preface, then both read 9-byte frame headers. Non-DATA frames are validated
 //! once complete (`frames::parse`); DATA payloads are streamed straight into the stream's
 //! body (so a 16 MiB frame never sits in memory, and a capture gap inside a DATA frame
@@ -48,12 +48,11 @@ use crate::hpack::{self, Decoder, Field};
 use crate::model::{Event, Message, ParseError, Parser, Side, Transaction};
 
 pub mod frames;
-pub mod input;
 pub mod py;
 pub mod table;
 
+use crate::input::{Body, StreamInput};
 use frames::*;
-use input::{Body, Inbox};
 use table::{Input, State};
 
 /// Largest header block (HEADERS/PUSH_PROMISE + CONTINUATION) collected.
@@ -193,7 +192,7 @@ impl Stream {
 struct Dir {
     side: Side,
     is_client: bool,
-    inp: Inbox,
+    inp: StreamInput,
     state: Reader,
     dec: Decoder,
     /// SETTINGS_HEADER_TABLE_SIZE the other end announced (limits this side's encoder).
@@ -221,7 +220,7 @@ impl Dir {
         Dir {
             side,
             is_client: side == Side::Client,
-            inp: Inbox::default(),
+            inp: StreamInput::default(),
             state: match (midstream, side) {
                 (true, _) => Reader::Hunt,
                 (false, Side::Client) => Reader::Preface,
@@ -390,7 +389,7 @@ impl Http2Parser {
             };
             match step {
                 Step::Progress => continue,
-                Step::Need if !self.dirs[d].inp.gaps.is_empty() => {
+                Step::Need if self.dirs[d].inp.has_gap() => {
                     self.gap(d, limit);
                     continue;
                 }
@@ -589,7 +588,7 @@ impl Http2Parser {
                             &mut st.resp_body
                         };
                         if let Some(b) = body {
-                            let over = b.add(piece, &mut self.used, self.budget);
+                            let over = b.add_within(piece, &mut self.used, self.budget);
                             self.stats[Stat::BodyBytesOverBudget as usize] += over;
                         }
                     }
