@@ -131,6 +131,8 @@ pub struct Session {
     closed_at: Option<u64>,
     /// `info.domain` came from a DNS answer: SNI or Host, when seen, replace it.
     dns_domain: bool,
+    /// DNS over TCP (a client connection to port 53): its messages' framing.
+    dns_tcp: Option<Box<crate::dns::TcpFraming>>,
 }
 
 impl Session {
@@ -178,7 +180,7 @@ impl Session {
         let i = &mut self.info;
         if let Some(p) = f.protocol {
             let name = p.name();
-            if i.protocol != name && i.protocol != "grpc" {
+            if i.protocol != name && i.protocol != "grpc" && i.protocol != "dns" {
                 i.protocol = name;
                 self.dirty = true;
             }
@@ -647,6 +649,7 @@ impl Table {
                 held: 0,
                 closed_at: None,
                 dns_domain,
+                dns_tcp: (o.role == ROLE_CLIENT && o.remote_port == 53).then(Box::default),
             },
         );
         self.by_pid.entry(pid).or_default().insert(o.conn_id);
@@ -821,6 +824,47 @@ impl Table {
                 );
             }
             s.apply_facts();
+        }
+        // 1b. DNS over TCP: each length-prefixed message handled like a datagram.
+        if let (SRC_SOCKET, Some(f)) = (source, s.dns_tcp.as_mut()) {
+            let mut msgs: Vec<Vec<u8>> = Vec::new();
+            for p in pieces {
+                match p {
+                    Piece::Data(d) => f.feed(flow, d, |m| msgs.push(m.to_vec())),
+                    Piece::Gap(_) => f.gap(flow),
+                }
+            }
+            let mut parsed = false;
+            let mut done = Vec::new();
+            for m in &msgs {
+                let i = &s.info;
+                let ends = crate::dns::Endpoints {
+                    pid: i.pid,
+                    fd: i.fd,
+                    uid: 0,
+                    comm: String::new(),
+                    local_addr: i.local_addr.clone(),
+                    local_port: i.local_port,
+                    remote_addr: i.remote_addr.clone(),
+                    remote_port: i.remote_port,
+                };
+                let msg = crate::dns::Msg {
+                    sock: kid,
+                    flow,
+                    data: m,
+                    cut: false,
+                    len: m.len() as u64 + 2,
+                    transport: "tcp",
+                };
+                parsed |=
+                    self.dns
+                        .on_message(ts, msg, ends, &mut self.counters.parse_errors, &mut done);
+            }
+            if parsed && s.info.protocol != "dns" {
+                s.info.protocol = "dns";
+                s.dirty = true;
+            }
+            self.out.extend(done.into_iter().map(Output::Dns));
         }
         // 2. HTTP
         let mut events = Vec::new();

@@ -613,6 +613,8 @@ pub struct Exchange {
     pub answers: Vec<String>,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    /// "udp", or "tcp" for DNS over a TCP connection to port 53.
+    pub transport: &'static str,
 }
 
 type Key = (u32, u64, u16); // pid, socket, DNS id
@@ -644,6 +646,7 @@ impl Exchanges {
         ends: Endpoints,
         ts: u64,
         len: u64,
+        transport: &'static str,
     ) -> Option<Exchange> {
         let key = (ends.pid, sk, m.id);
         let ex = Exchange {
@@ -656,6 +659,7 @@ impl Exchanges {
             answers: Vec::new(),
             bytes_sent: len,
             bytes_recv: 0,
+            transport,
         };
         if let Some(prev) = self.pending.get_mut(&key) {
             // A retransmission with the same id: one exchange.
@@ -686,6 +690,7 @@ impl Exchanges {
         ends: Endpoints,
         ts: u64,
         len: u64,
+        transport: &'static str,
     ) -> (Exchange, bool) {
         let key = (ends.pid, sk, m.id);
         let q = m.questions.first();
@@ -710,6 +715,7 @@ impl Exchanges {
                 answers: Vec::new(),
                 bytes_sent: 0,
                 bytes_recv: 0,
+                transport,
             }
         };
         ex.answer_ts_ns = Some(ts);
@@ -751,6 +757,59 @@ impl Exchanges {
         let mut v: Vec<Exchange> = self.pending.drain().map(|(_, e)| e).collect();
         v.sort_by_key(|e| e.ts_ns);
         v
+    }
+}
+
+/// One DNS message as captured: the socket it went through (struct sock *, or the
+/// connection id for TCP), its direction, its bytes (`cut`: the kernel copied only part).
+pub struct Msg<'a> {
+    pub sock: u64,
+    pub flow: u8,
+    pub data: &'a [u8],
+    pub cut: bool,
+    pub len: u64,
+    pub transport: &'static str,
+}
+
+/// DNS over TCP (RFC 1035 4.2.2): each message prefixed by its 2-byte length. One per
+/// direction of a connection to port 53. Holds at most one message (≤ 64 KiB + 2); a
+/// capture gap loses the framing, and that direction is not parsed further (counted).
+#[derive(Default)]
+pub struct TcpFraming {
+    buf: [Vec<u8>; 2],
+    dead: [bool; 2],
+}
+
+impl TcpFraming {
+    /// Bytes of direction `flow`; complete messages are handed to `each`.
+    pub fn feed(&mut self, flow: u8, data: &[u8], mut each: impl FnMut(&[u8])) {
+        let i = (flow as usize).min(1);
+        if self.dead[i] {
+            return;
+        }
+        let b = &mut self.buf[i];
+        b.extend_from_slice(data);
+        let mut at = 0;
+        while b.len() >= at + 2 {
+            let n = u16::from_be_bytes([b[at], b[at + 1]]) as usize;
+            if b.len() < at + 2 + n {
+                break;
+            }
+            each(&b[at + 2..at + 2 + n]);
+            at += 2 + n;
+        }
+        b.drain(..at);
+    }
+
+    /// Bytes of direction `flow` are missing: its framing is lost.
+    pub fn gap(&mut self, flow: u8) {
+        let i = (flow as usize).min(1);
+        self.dead[i] = true;
+        self.buf[i] = Vec::new();
+    }
+
+    pub fn held_bytes(&self) -> usize {
+        self.buf[0].len() + self.buf[1].len()
     }
 }
 
@@ -797,14 +856,6 @@ impl Dns {
         if cut {
             self.cut += 1;
         }
-        let m = match parse(d.data, cut) {
-            Ok(m) => m,
-            Err(e) => {
-                *self.errors.entry(e.label()).or_default() += 1;
-                *parse_errors.entry("dns").or_default() += 1;
-                return;
-            }
-        };
         let ends = Endpoints {
             pid,
             fd: d.fd,
@@ -815,15 +866,48 @@ impl Dns {
             remote_addr: d.remote_addr.clone(),
             remote_port: d.remote_port,
         };
-        let len = d.orig_len as u64;
-        match (d.flow, m.is_response) {
+        let msg = Msg {
+            sock: d.sk,
+            flow: d.flow,
+            data: d.data,
+            cut,
+            len: d.orig_len as u64,
+            transport: "udp",
+        };
+        self.on_message(ts, msg, ends, parse_errors, out);
+    }
+
+    /// One DNS message (a datagram, or one length-prefixed message of a TCP stream).
+    /// Returns whether it parsed.
+    pub fn on_message(
+        &mut self,
+        ts: u64,
+        msg: Msg<'_>,
+        ends: Endpoints,
+        parse_errors: &mut HashMap<&'static str, u64>,
+        out: &mut Vec<Exchange>,
+    ) -> bool {
+        let m = match parse(msg.data, msg.cut) {
+            Ok(m) => m,
+            Err(e) => {
+                *self.errors.entry(e.label()).or_default() += 1;
+                *parse_errors.entry("dns").or_default() += 1;
+                return false;
+            }
+        };
+        match (msg.flow, m.is_response) {
             (crate::decode::FLOW_SEND, false) if m.opcode == 0 => {
-                if let Some(old) = self.exchanges.query(d.sk, &m, ends, ts, len) {
+                if let Some(old) =
+                    self.exchanges
+                        .query(msg.sock, &m, ends, ts, msg.len, msg.transport)
+                {
                     out.push(old);
                 }
             }
             (crate::decode::FLOW_RECV, true) if m.opcode == 0 => {
-                let (ex, matched) = self.exchanges.answer(d.sk, &m, ends, ts, len);
+                let (ex, matched) =
+                    self.exchanges
+                        .answer(msg.sock, &m, ends, ts, msg.len, msg.transport);
                 if matched {
                     let name = ex
                         .question
@@ -839,6 +923,7 @@ impl Dns {
             }
             _ => self.ignored += 1,
         }
+        true
     }
 
     /// Queries unanswered by kernel time `now`, and expired names.
@@ -1075,12 +1160,12 @@ mod tests {
     fn exchanges_pair_by_socket_and_id() {
         let mut x = Exchanges::default();
         let q = parse(&query(7, "www.example.com", TYPE_A), false).unwrap();
-        assert!(x.query(1, &q, ends(5), 100, 33).is_none());
+        assert!(x.query(1, &q, ends(5), 100, 33, "udp").is_none());
         let a = parse(&answer(), false).unwrap();
         // another process's answer with the same id does not match
-        let (_, matched) = x.answer(1, &a, ends(6), 150, 120);
+        let (_, matched) = x.answer(1, &a, ends(6), 150, 120, "udp");
         assert!(!matched);
-        let (ex, matched) = x.answer(1, &a, ends(5), 200, 120);
+        let (ex, matched) = x.answer(1, &a, ends(5), 200, 120, "udp");
         assert!(matched);
         assert_eq!(ex.ts_ns, 100);
         assert_eq!(ex.answer_ts_ns, Some(200));
@@ -1089,7 +1174,7 @@ mod tests {
         assert_eq!(ex.rcode, Some(0));
         assert!(x.is_empty());
         // unanswered
-        x.query(1, &q, ends(5), 1000, 33);
+        x.query(1, &q, ends(5), 1000, 33, "udp");
         assert!(x.expire(1000 + QUERY_TIMEOUT_NS - 1).is_empty());
         let gone = x.expire(1000 + QUERY_TIMEOUT_NS);
         assert_eq!(gone.len(), 1);
@@ -1098,12 +1183,34 @@ mod tests {
     }
 
     #[test]
+    fn tcp_framing_splits_messages_across_reads() {
+        let mut f = TcpFraming::default();
+        let q = query(1, "a.b", TYPE_A);
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            wire.extend_from_slice(&(q.len() as u16).to_be_bytes());
+            wire.extend_from_slice(&q);
+        }
+        let mut got = Vec::new();
+        for chunk in wire.chunks(5) {
+            f.feed(0, chunk, |m| got.push(m.to_vec()));
+        }
+        assert_eq!(got, vec![q.clone(), q.clone(), q.clone()]);
+        assert_eq!(f.held_bytes(), 0);
+        f.gap(0);
+        f.feed(0, &wire, |_| panic!("parsed after a gap"));
+        assert_eq!(f.held_bytes(), 0);
+    }
+
+    #[test]
     fn pending_is_bounded() {
         let mut x = Exchanges::default();
         let mut given_up = 0;
         for i in 0..(MAX_PENDING + 10) {
             let q = parse(&query(i as u16, "a.b", TYPE_A), false).unwrap();
-            if x.query(i as u64, &q, ends(5), i as u64, 20).is_some() {
+            if x.query(i as u64, &q, ends(5), i as u64, 20, "udp")
+                .is_some()
+            {
                 given_up += 1;
             }
         }

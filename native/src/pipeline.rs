@@ -510,6 +510,7 @@ fn dns_exchange_dict(py: Python<'_>, ex: crate::dns::Exchange) -> PyResult<Bound
     d.set_item("answers", ex.answers)?;
     d.set_item("bytes_sent", ex.bytes_sent)?;
     d.set_item("bytes_recv", ex.bytes_recv)?;
+    d.set_item("transport", ex.transport)?;
     Ok(d)
 }
 

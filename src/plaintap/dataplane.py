@@ -260,7 +260,8 @@ class Pipeline:
                 if res.access_log_lines:
                     out.lines.extend(res.access_log_lines)
             elif kind == _REPORT:
-                if self.events_enabled:
+                # a DNS-over-TCP connection is reported by its exchanges (kind _DNS), if at all
+                if self.events_enabled and item[1].protocol != "dns":
                     r = connection_record(item[1], item[2], item[3], clock, self.redaction)
                     if hold is None or not hold.keep(item[1].process.container, r, "events", now):
                         out.events.append(r)

@@ -143,6 +143,26 @@ def test_dns_exchange_reported_and_names_the_next_connection(start_agent, dns_se
         "the non-DNS datagram to port 53 was not counted as a parse error"
 
 
+def test_dns_over_tcp_is_reported_with_transport_tcp_and_names_the_next_connection(start_agent, dns_server, web):
+    agent = start_agent(config(audit=True))
+    got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]), "--tcp")
+    assert got["address"] == web[0] and got["status"] == 200
+    time.sleep(0.5)
+    agent.stop()
+    mine = [a for a in dns_events(agent) if a["process.pid"] == got["pid"]]
+    assert len(mine) == 1, mine
+    d = mine[0]
+    assert d["network.transport"] == "tcp" and d["dns.question.name"] == NAME
+    assert d["dns.response_code"] == "NOERROR" and d["dns.answers"] == [web[0]]
+    assert d["server.address"] == dns_server and d["server.port"] == 53
+    # the TCP connection to port 53 is reported by its exchange only
+    plain = [a for a in agent.connections() if a["process.pid"] == got["pid"] and a["server.port"] == 53
+             and a.get("connection.protocol") != "dns"]
+    assert plain == []
+    tcp = [a for a in agent.connections(client__port=got["local_port"]) if a["process.pid"] == got["pid"]]
+    assert tcp and all(a["server.address"] == NAME for a in tcp), tcp
+
+
 def test_without_audit_no_dns_events_but_names_still_learned(start_agent, dns_server, web):
     agent = start_agent(config(audit=False))
     got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]))

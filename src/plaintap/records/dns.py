@@ -6,7 +6,9 @@ the question, the response code and the answers as text. With `tap.audit_include
 each exchange that passes the tap's loopback, direction and process filters becomes one
 connection record — a finished one (`part` 0, `finalized`), like a connection that closed
 before its first report. Without it nothing is reported: the data plane still learns the
-names (the address → name map that names later connections).
+names (the address → name map that names later connections). DNS over TCP (a connection
+to port 53) is reported the same way, one event per exchange with `network.transport:
+tcp`; the TCP connection's own reports are not made (its exchanges stand for it).
 """
 from __future__ import annotations
 
@@ -99,7 +101,7 @@ def dns_record(ex: dict, conn: DnsConn, wall_ns: Callable[[int], int],
         "connection.part": 0,
         "connection.finalized": True,
         "connection.protocol": "dns",
-        "network.transport": "udp",
+        "network.transport": ex.get("transport") or "udp",
         "tls.enabled": False,
         "tls.inspected": False,
         "connection.bytes_sent": int(ex.get("bytes_sent") or 0),

@@ -1,13 +1,14 @@
 """Resolve a name through a given DNS server with real DNS packets, then talk plain HTTP
 to the answer with no Host header.
 
-    dnsclient.py SERVER NAME HTTP_PORT [--garbage]
+    dnsclient.py SERVER NAME HTTP_PORT [--garbage] [--tcp]
 
 Sends an A query for NAME to SERVER:53 with sendto() from an unconnected UDP socket,
 reads the answer with recvfrom(), connects over TCP to the first address answered at
 HTTP_PORT and sends `GET /dns-probe HTTP/1.0` without Host (so the connection has no
 SNI and no Host: only DNS can name it). With --garbage it first sends a datagram that is
-not DNS to SERVER:53. Prints one JSON line: {"pid", "address", "local_port", "status"}.
+not DNS to SERVER:53. With --tcp the query goes over TCP (2-byte length prefix, one
+connection, the query written in two pieces). Prints one JSON line: {"pid", "address", "local_port", "status"}.
 """
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def first_a(msg: bytes) -> str:
     raise SystemExit(f"no A record in the answer (rcode {msg[3] & 15})")
 
 
+def recv_exact(c: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = c.recv(n - len(data))
+        if not chunk:
+            raise SystemExit("DNS server closed the connection early")
+        data += chunk
+    return data
+
+
 def main() -> None:
     server, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -49,11 +60,20 @@ def main() -> None:
     if "--garbage" in sys.argv:
         u.sendto(b"\x12\x34 this is not DNS", (server, 53))
     qid = os.getpid() & 0xFFFF
-    u.sendto(query(qid, name), (server, 53))
-    while True:
-        msg, peer = u.recvfrom(4096)
-        if peer == (server, 53) and msg[:2] == struct.pack(">H", qid):
-            break
+    if "--tcp" in sys.argv:
+        with socket.create_connection((server, 53), timeout=10) as t:
+            q = query(qid, name)
+            framed = struct.pack(">H", len(q)) + q
+            t.sendall(framed[:5])
+            t.sendall(framed[5:])
+            n = struct.unpack(">H", recv_exact(t, 2))[0]
+            msg = recv_exact(t, n)
+    else:
+        u.sendto(query(qid, name), (server, 53))
+        while True:
+            msg, peer = u.recvfrom(4096)
+            if peer == (server, 53) and msg[:2] == struct.pack(">H", qid):
+                break
     addr = first_a(msg)
     with socket.create_connection((addr, port), timeout=10) as c:
         c.sendall(b"GET /dns-probe HTTP/1.0\r\nUser-Agent: dnsclient\r\n\r\n")

@@ -2,8 +2,8 @@
 
     dnsserver.py ADDR TTL NAME=IPV4 [NAME=IPV4 ...]
 
-Binds ADDR:53 (UDP), prints one JSON line {"addr": ADDR, "port": 53} when ready, and
-answers until killed: an A question for a NAME in the table gets its address (TTL
+Binds ADDR:53 (UDP and TCP, RFC 1035's 2-byte length prefix), prints one JSON line
+{"addr": ADDR, "port": 53} when ready, and answers until killed: an A question for a NAME in the table gets its address (TTL
 seconds), an HTTPS question gets `1 . alpn=h2 ipv4hint=<address>`, AAAA gets NOERROR with
 no answer, any other name NXDOMAIN. Compression pointers name the question, as real
 servers do. Unparseable datagrams are ignored.
@@ -15,6 +15,7 @@ import json
 import socket
 import struct
 import sys
+import threading
 
 
 def question(msg: bytes) -> tuple[str, int, int]:
@@ -43,11 +44,39 @@ def answer(msg: bytes, table: dict[str, str], ttl: int) -> bytes:
     return header + msg[12:end] + b"".join(rrs)
 
 
+def recv_exact(c: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = c.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def serve_tcp(t: socket.socket, table: dict[str, str], ttl: int) -> None:
+    while True:
+        c, _ = t.accept()
+        with c:
+            try:
+                while True:
+                    n = struct.unpack(">H", recv_exact(c, 2))[0]
+                    reply = answer(recv_exact(c, n), table, ttl)
+                    c.sendall(struct.pack(">H", len(reply)) + reply)
+            except (EOFError, OSError, IndexError, UnicodeDecodeError, struct.error):
+                pass
+
+
 def main() -> None:
     addr, ttl = sys.argv[1], int(sys.argv[2])
     table = dict(a.lower().split("=", 1) for a in sys.argv[3:])
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((addr, 53))
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((addr, 53))
+    t.listen(8)
+    threading.Thread(target=serve_tcp, args=(t, table, ttl), daemon=True).start()
     print(json.dumps({"addr": addr, "port": 53}), flush=True)
     while True:
         msg, peer = s.recvfrom(4096)

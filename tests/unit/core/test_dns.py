@@ -14,7 +14,7 @@ from plaintap.capture.process import ProcessInfo
 from plaintap.dataplane import Pipeline
 from plaintap.records.dns import DnsAudit, peer_direction
 
-from .kernel_records import MS, Plane, StaticProcs, conn_close, conn_open, data, dgram
+from .kernel_records import MS, Plane, StaticProcs, conn_close, conn_open, data, dgram, gap
 
 S = 1000 * MS
 NAME = "api.example.com"
@@ -178,3 +178,32 @@ def test_decode_of_a_datagram_record():
     kind, pid, ts, d = _core.decode(dgram(5, b"abc", flow=abi.FLOW_RECV, pid=3, orig_len=9))
     assert (kind, pid, ts) == (abi.EV_DGRAM, 3, 5)
     assert (d["data"], d["orig_len"], d["flow"], d["remote_addr"], d["remote_port"]) == (b"abc", 9, 1, "10.0.0.53", 53)
+
+
+def test_dns_over_tcp_messages_split_across_reads():
+    q, a = query(5), response(5)
+    send = struct.pack(">H", len(q)) + q
+    recv = struct.pack(">H", len(a)) + a
+    p = Plane()
+    p.feed(conn_open(1, 0, remote=("10.0.0.53", 53)),
+           data(1, MS, 0, send[:3]), data(1, 2 * MS, 3, send[3:]),
+           data(1, 3 * MS, 0, recv[:20], flow=abi.FLOW_RECV), data(1, 4 * MS, 20, recv[20:], flow=abi.FLOW_RECV),
+           conn_close(1, 5 * MS))
+    (ex,) = p.dns
+    assert (ex["transport"], ex["question_name"], ex["answers"]) == ("tcp", NAME, ["93.184.216.34"])
+    assert (ex["bytes_sent"], ex["bytes_recv"]) == (len(send), len(recv))
+    assert p.reports[-1][0].protocol == "dns"
+    assert p.dp.dns_name("93.184.216.34", 6 * MS) == NAME
+    # a gap loses the framing: nothing after it is parsed, nothing invented
+    p2 = Plane()
+    p2.feed(conn_open(1, 0, remote=("10.0.0.53", 53)), gap(1, MS, 0, 1), data(1, 2 * MS, 1, send[1:]))
+    assert p2.dns == [] and p2.stats["parse_errors"].get("dns", 0) == 0
+
+
+def test_dns_over_tcp_connection_reported_only_by_its_exchanges():
+    q, a = query(5), response(5)
+    recs = [conn_open(1, 0, remote=("10.0.0.53", 53)), data(1, MS, 0, struct.pack(">H", len(q)) + q),
+            data(1, 2 * MS, 0, struct.pack(">H", len(a)) + a, flow=abi.FLOW_RECV), conn_close(1, 3 * MS)]
+    on = pipeline(DnsAudit(True, False, 7)).feed(recs).events
+    assert [(r.attributes["connection.protocol"], r.attributes["network.transport"]) for r in on] == [("dns", "tcp")]
+    assert pipeline(DnsAudit(False)).feed(recs).events == []
