@@ -588,7 +588,7 @@ class Agent:
             if proc.filter_flags & SKIP_ALL:
                 continue
             if not self.kernel.adopt_connection(ec.pid, ec.fd, conn_id, ec.role, ec.direction,
-                                                no_data=bool(proc.filter_flags & SKIP_DATA)):
+                                                no_data=bool(proc.filter_flags & SKIP_DATA), inode=ec.inode):
                 continue
             self.pipeline.adopt(ec.pid, now, conn_id, ec.fd, proc.uid or 0, ec.role, ec.direction, ec.local_addr,
                                 ec.local_port, ec.remote_addr, ec.remote_port, proc.comm)

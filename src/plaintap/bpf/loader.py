@@ -428,12 +428,15 @@ class KernelCapture:
                         tgid, os.strerror(lib.errno()))
 
     def adopt_connection(self, tgid: int, fd: int, conn_id: int, role: int, direction: int,
-                         no_data: bool = False) -> bool:
+                         no_data: bool = False, inode: int = 0) -> bool:
         """Start tracking a connection that was open before the agent. False when the
         kernel already tracks (tgid, fd) — it saw the connect/accept itself — or the
-        table is full. `no_data`: count its bytes only (tap.filters)."""
+        table is full. `no_data`: count its bytes only (tap.filters). `inode`: the socket's
+        (from /proc): data calls count only while the fd still names that socket (0: the
+        kernel takes the socket the fd names at its first data call)."""
         key = ctypes.create_string_buffer(abi.CONN_KEY.struct.pack(tgid, fd), abi.CONN_KEY.struct.size)
-        val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, abi.CONN_NO_DATA if no_data else 0, 0, 0)
+        val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, abi.CONN_NO_DATA if no_data else 0, 0,
+                                   inode & 0xFFFFFFFF)
         buf = ctypes.create_string_buffer(val, len(val))
         BPF_NOEXIST = 1
         return lib.bpf_map_update_elem(self._map_fd("conns"), key, buf, BPF_NOEXIST) == 0
