@@ -9,6 +9,8 @@ OTLP receiver (tests/e2e/backends.py), with a private spool. Two phases, each --
   more than the pipeline can take, so the kernel drops events and the queues are pushed.
 * `outage` — a steady request every 100 ms while the collector is stopped for the whole
   phase: the backlog goes to the spool; then the collector comes back and the backlog drains.
+* `idle` (not in the default) — 100,000 idle tracked connections (--idle N), held for the
+  phase: RSS before, with them, and after they close.
 
 Every --every seconds one line: RSS, sink queue bytes (memory), spool bytes, pipeline lag,
 oldest undelivered record, records produced/exported/dropped, kernel ring drops. At the end
@@ -18,6 +20,8 @@ printed, never asserted: this is a benchmark, not a test. Traffic stays on 127.0
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import signal
 import subprocess
@@ -50,7 +54,7 @@ tap:
   filters:
     custom:
       - {{exe: rotel-agent, strategy: suffix}}
-      - {{exe: {sys.executable}, strategy: exact}}
+      - {{exe: {os.path.realpath(sys.executable)}, strategy: exact}}
 """
 
 
@@ -86,6 +90,7 @@ def sample(t0: float, pid: int, port: int, rows: list[int]) -> None:
     rows.append(r)
     print(f"{time.monotonic() - t0:6.0f}s  rss {r / 2**20:7.1f} MiB  queue {m.get('plaintap_sink_queue_bytes', 0) / 2**20:7.1f} MiB"
           f"  spool {m.get('plaintap_sink_spool_bytes', 0) / 2**20:7.1f} MiB"
+          f"  held {m.get('plaintap_held_bytes', 0) / 2**20:6.1f} MiB"
           f"  lag {m.get('plaintap_pipeline_lag_seconds', 0):6.2f}s  oldest {m.get('oldest_max', 0):6.1f}s"
           f"  produced {m.get('plaintap_sink_accepted_records_total', 0):9.0f}"
           f"  exported {m.get('plaintap_sink_exported_records_total', 0):9.0f}"
@@ -107,12 +112,46 @@ def run_for(seconds: float, every: float, t0: float, pid: int, port: int, rows: 
         sample(t0, pid, port, rows)
 
 
+def idle_phase(n: int, seconds: float, every: float, t0: float, pid: int, port: int) -> None:
+    """n idle connections, each holder process with its own listening port (so the ephemeral
+    ports of one destination suffice) and at most 8,400 (its descriptors)."""
+    print(f"-- idle: {n} idle tracked connections for {seconds:.0f}s", flush=True)
+    helper = ROOT / "tests" / "e2e" / "helpers" / "idle_conns.py"
+    before = rss(pid)
+    counts = [8400] * (n // 8400) + ([n % 8400] if n % 8400 else [])
+    # the system Python: the soak's own (the receiver, the scrapes) is filtered out
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    holders = [subprocess.Popen([python, str(helper), str(k)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for k in counts]
+    rows: list[int] = []
+    try:
+        for h, k in zip(holders, counts):
+            assert json.loads(h.stdout.readline())["connections"] == k
+        end = time.monotonic() + 120
+        while scrape(port).get("plaintap_connections_active", 0) < n and time.monotonic() < end:
+            time.sleep(1)
+        print(f"   tracked: {scrape(port).get('plaintap_connections_active', 0):.0f}", flush=True)
+        run_for(seconds, every, t0, pid, port, rows)
+    finally:
+        for h in holders:
+            h.stdin.close()
+        for h in holders:
+            h.wait(60)
+    time.sleep(5)
+    after = rss(pid)
+    summary("idle", rows)
+    print(f"== idle: RSS {before / 2**20:.1f} MiB before, {max(rows or [0]) / 2**20:.1f} MiB with {n} idle "
+          f"connections (+{(max(rows or [0]) - before) / 2**20:.1f} MiB), {after / 2**20:.1f} MiB after they closed",
+          flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--every", type=float, default=30.0)
     ap.add_argument("--phase", default="saturate,outage")
     ap.add_argument("--memory-limit", default="512mb")
+    ap.add_argument("--idle", type=int, default=100_000, help="connections for the idle phase")
     args = ap.parse_args()
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="plaintap-soak-") as tmp:
@@ -125,6 +164,7 @@ def main() -> None:
         sport = free_port()
         agent = subprocess.Popen([str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{sport}",
                                   "--spool-dir", str(d / "spool"), "--memory-limit", args.memory_limit,
+                                  "--lock-file", str(d / "agent.lock"),
                                   "--log-level", "info"], stdout=subprocess.DEVNULL, stderr=open(d / "agent.err", "wb"))
         try:
             for _ in range(600):
@@ -132,6 +172,8 @@ def main() -> None:
                     if urllib.request.urlopen(f"http://127.0.0.1:{sport}/readyz", timeout=1).status == 200:
                         break
                 except OSError:
+                    if agent.poll() is not None:
+                        sys.exit("the agent exited at start: " + (d / "agent.err").read_text()[-2000:])
                     time.sleep(0.1)
             t0 = time.monotonic()
             sample(t0, agent.pid, sport, [])
@@ -163,6 +205,8 @@ def main() -> None:
                 stop.set()
                 client.join(30)
                 summary("outage", rows)
+            if "idle" in args.phase:
+                idle_phase(args.idle, seconds, args.every, t0, agent.pid, sport)
             t = time.monotonic()
             agent.send_signal(signal.SIGTERM)
             agent.wait(60)

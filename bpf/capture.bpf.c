@@ -492,6 +492,8 @@ static __always_inline void untrack(__u32 tgid, __s32 fd, struct conn *c, __u32 
 	ev.conn_id = cc.id;
 	ev.bytes_sent = cc.sent;
 	ev.bytes_recv = cc.recv;
+	ev.tls_sent = cc.tls_sent;
+	ev.tls_recv = cc.tls_recv;
 	ev.fd = fd;
 	ev.reason = reason;
 	__u64 skey = cc.sk;

@@ -141,7 +141,9 @@ struct ev_conn_close {
 	__u64 bytes_recv;       /* 32 */
 	__s32 fd;               /* 40 */
 	__u32 reason;           /* 44: CLOSE_* */
-};                              /* 48 */
+	__u64 tls_sent;         /* 48: plaintext bytes given to the TLS library (the TLS stream's end) */
+	__u64 tls_recv;         /* 56: so user space sees a loss at a stream's very end too */
+};                              /* 64 */
 
 struct ev_data {
 	struct ev_header h;     /* 0 */

@@ -39,6 +39,12 @@ pub const CLOSE_GRACE_NS: u64 = 1_000_000_000;
 /// Application bytes held per connection while its protocol is not known yet.
 pub const HOLD_LIMIT: u64 = 256 * 1024;
 pub const DEFAULT_BYTE_BUDGET: u64 = 256 << 20;
+/// How long (kernel time, measured by the newest record handled) bytes wait for a hole
+/// in their stream before the hole is given up as lost. Records reach the ring in the
+/// order their offsets were taken, give or take a few microseconds between CPUs, so a hole
+/// this old is a record the kernel could not even report (ring full). Without this, every
+/// such hole held up to `max_pending` bytes of the stream, and parsing stalled behind it.
+pub const HOLE_WAIT_NS: u64 = 50_000_000;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_CLOSE: i32 = 7;
 /// Remembered ids of connections tap.filters skipped (their close is not an orphan).
@@ -283,6 +289,8 @@ pub struct Counters {
     pub events: [u64; 16],
     pub unknown_events: u64,
     pub orphan_events: u64,
+    /// Bytes of gap events for a connection the table does not know (lost, not on a stream).
+    pub orphan_gap_bytes: u64,
     pub gap_bytes: HashMap<&'static str, u64>,
     pub parse_errors: HashMap<&'static str, u64>,
     pub parser_failures: u64,
@@ -334,8 +342,12 @@ pub struct Table {
     due: BinaryHeap<Reverse<(u64, u64)>>,
     skipped: HashSet<u64>,
     pub held_total: u64,
+    /// Connections with a stream whose bytes wait for a hole (see HOLE_WAIT_NS).
+    waiting: HashSet<u64>,
     /// Kernel time of the newest record handled (for the pipeline-lag gauge).
     pub last_ts: u64,
+    /// Kernel time up to which the rings were found empty (every record older is handled).
+    pub caught_up: u64,
     pub counters: Counters,
     pub out: Vec<Output>,
     /// DNS: exchanges in flight and the host-wide address → name map.
@@ -343,6 +355,27 @@ pub struct Table {
     /// tap.filters bits per process, asked once per process for its DNS datagrams (the
     /// kernel skips them too once it knows; this closes the window after exec).
     dns_flags: HashMap<u32, u32>,
+}
+
+/// Track whether a stream has bytes waiting for a hole, and since when; true if it has.
+fn note_wait(st: &mut Stream, ts: u64) -> bool {
+    if !st.has_pending() {
+        st.waiting_since = 0;
+        return false;
+    }
+    if st.waiting_since == 0 {
+        st.waiting_since = ts.max(1);
+    }
+    true
+}
+
+fn owned(out: Vec<Piece<'_>>) -> Vec<Piece<'static>> {
+    out.into_iter()
+        .map(|p| match p {
+            Piece::Data(d) => Piece::Data(std::borrow::Cow::Owned(d.into_owned())),
+            Piece::Gap(n) => Piece::Gap(n),
+        })
+        .collect()
 }
 
 fn pieces_as_bytes<'a>(pieces: &'a [Piece<'a>]) -> impl Iterator<Item = Bytes<'a>> + 'a {
@@ -398,7 +431,9 @@ impl Table {
             due: BinaryHeap::new(),
             skipped: HashSet::new(),
             held_total: 0,
+            waiting: HashSet::new(),
             last_ts: 0,
+            caught_up: 0,
             counters: Counters::default(),
             out: Vec::new(),
             dns: crate::dns::Dns::default(),
@@ -458,6 +493,7 @@ impl Table {
                 conn_id,
                 bytes_sent,
                 bytes_recv,
+                tls_end,
                 ..
             } => match self.conns.get_mut(&conn_id) {
                 None => {
@@ -466,6 +502,7 @@ impl Table {
                 Some(s) => {
                     s.info.bytes_sent = s.info.bytes_sent.max(bytes_sent);
                     s.info.bytes_recv = s.info.bytes_recv.max(bytes_recv);
+                    self.holes_at_close(py, conn_id, [bytes_sent, bytes_recv], tls_end, ts);
                     self.finish(py, conn_id, ts);
                 }
             },
@@ -683,6 +720,9 @@ impl Table {
         }
         let max_pending = self.settings.max_pending;
         let Some(s) = self.conns.get_mut(&conn_id) else {
+            if let Incoming::Gap { len, .. } = what {
+                self.counters.orphan_gap_bytes += len;
+            }
             self.orphan(conn_id);
             return;
         };
@@ -718,6 +758,9 @@ impl Table {
             Incoming::Gap { len, .. } => st.add_gap(offset, len, &mut pieces),
         }
         let holes = std::mem::take(&mut st.hole_bytes);
+        if note_wait(st, ts) {
+            self.waiting.insert(conn_id);
+        }
         self.count_holes(holes);
         if !pieces.is_empty() {
             self.consume(py, conn_id, flow, source, &pieces, ts);
@@ -1035,6 +1078,7 @@ impl Table {
         let Some(mut s) = self.conns.remove(&kid) else {
             return;
         };
+        self.waiting.remove(&kid);
         self.held_total -= s.held.min(self.held_total);
         if let Some(h) = s.http.as_mut() {
             if !h.dead {
@@ -1094,6 +1138,7 @@ impl Table {
         let mut done = Vec::new();
         self.dns.tick(now, &mut done);
         self.out.extend(done.into_iter().map(Output::Dns));
+        self.give_up_holes(py);
         while let Some(&Reverse((due, kid))) = self.due.peek() {
             if due > now {
                 break;
@@ -1124,6 +1169,134 @@ impl Table {
             self.due
                 .push(Reverse((now + self.settings.interval_ns, kid)));
         }
+    }
+
+    /// The close event says where the kernel's streams ended. A stream that ended short of
+    /// that (or never arrived at all) lost its last bytes with no gap event and no later data
+    /// to reveal them (the ring was too full even for the gap event): a hole too. The TLS
+    /// plaintext streams always; the socket streams only of a connection without TLS
+    /// (the kernel stops copying ciphertext once a TLS call is seen on the socket).
+    fn holes_at_close(&mut self, py: Python<'_>, kid: u64, sock_end: [u64; 2], tls_end: [u64; 2], ts: u64) {
+        let max_pending = self.settings.max_pending;
+        let Some(s) = self.conns.get_mut(&kid) else {
+            return;
+        };
+        // (a TLS handshake seen on the wire counts too: a call that read only a session
+        // ticket stops the ciphertext without any plaintext)
+        let no_tls = tls_end == [0, 0] && !s.info.tls_enabled;
+        let mut tail = 0;
+        let mut pieces: Vec<(u8, u8, Vec<Piece<'static>>)> = Vec::new();
+        for source in [SRC_SOCKET, SRC_TLS] {
+            if s.info.skip & filtered_by(source) != 0 || (source == SRC_SOCKET && !no_tls) {
+                continue;
+            }
+            for flow in [FLOW_SEND, FLOW_RECV] {
+                let end = if source == SRC_TLS { tls_end } else { sock_end }[flow as usize];
+                let known = s.streams.iter().find(|(k, _)| *k == (flow, source)).map_or(0, |(_, st)| st.end());
+                if end <= known {
+                    continue;
+                }
+                let st = s.stream(flow, source, max_pending);
+                let mut out = Vec::new();
+                st.add_gap(known, end - known, &mut out);
+                tail += end - known;
+                pieces.push((flow, source, owned(out)));
+            }
+        }
+        self.count_holes(tail);
+        for (flow, source, p) in pieces {
+            if !p.is_empty() {
+                self.consume(py, kid, flow, source, &p, ts);
+            }
+        }
+    }
+
+    /// Give up holes that bytes have waited behind for HOLE_WAIT_NS of kernel time (newer
+    /// records handled meanwhile): the hole becomes a gap counted with the ring-buffer
+    /// losses, and what waited behind it is delivered.
+    pub fn give_up_holes(&mut self, py: Python<'_>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        // Handled records newer than the wait, or rings found empty that much later.
+        let newest = self.last_ts.max(self.caught_up);
+        let horizon = newest.saturating_sub(HOLE_WAIT_NS);
+        let kids: Vec<u64> = self.waiting.iter().copied().collect();
+        for kid in kids {
+            let Some(s) = self.conns.get_mut(&kid) else {
+                self.waiting.remove(&kid);
+                continue;
+            };
+            let mut flushed: Vec<(u8, u8, Vec<Piece<'static>>)> = Vec::new();
+            let (mut holes, mut still) = (0, false);
+            for ((flow, source), st) in s.streams.iter_mut() {
+                if !st.has_pending() {
+                    st.waiting_since = 0;
+                    continue;
+                }
+                if st.waiting_since > horizon {
+                    still = true;
+                    continue;
+                }
+                // Every hole of the stream at once: under a full ring they come every few
+                // KiB, and giving up one per HOLE_WAIT_NS let the bytes behind pile up.
+                let mut out = Vec::new();
+                st.flush(&mut out);
+                holes += st.hole_bytes;
+                st.hole_bytes = 0;
+                st.waiting_since = 0;
+                flushed.push((*flow, *source, owned(out)));
+            }
+            if !still {
+                self.waiting.remove(&kid);
+            }
+            self.count_holes(holes);
+            for (flow, source, pieces) in flushed {
+                self.consume(py, kid, flow, source, &pieces, newest);
+            }
+            self.account(py, kid);
+        }
+    }
+
+    /// Shutdown, in bounded steps: finalise up to `max` open connections (lowest ids
+    /// first); returns how many are left.
+    pub fn close_some(&mut self, py: Python<'_>, now: u64, max: usize) -> usize {
+        let mut kids: Vec<u64> = self.conns.keys().copied().collect();
+        if kids.len() > max {
+            kids.select_nth_unstable(max);
+            kids.truncate(max);
+        }
+        kids.sort_unstable();
+        for kid in kids {
+            self.finish(py, kid, now);
+        }
+        self.conns.len()
+    }
+
+    /// Shutdown past its finalising deadline: finish what is left without parsing what it
+    /// holds (those bytes are counted as shed, reason "shutdown"): final reports only.
+    /// Returns the number of connections finished so.
+    pub fn abandon_all(&mut self, py: Python<'_>, now: u64) -> usize {
+        let mut kids: Vec<u64> = self.conns.keys().copied().collect();
+        kids.sort_unstable();
+        let n = kids.len();
+        for kid in kids {
+            if let Some(s) = self.conns.get_mut(&kid) {
+                let held = s.mem();
+                s.streams.clear();
+                s.classifier = None;
+                if let Some(h) = s.http.as_mut() {
+                    h.held.clear();
+                    h.held_bytes = 0;
+                    h.dead = true;
+                }
+                if held > 0 {
+                    *self.counters.shed_bytes.entry("shutdown").or_default() += held;
+                }
+            }
+            self.finish(py, kid, now);
+        }
+        n
     }
 
     /// Shutdown: finalise every open connection.

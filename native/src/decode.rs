@@ -51,7 +51,9 @@ pub const LAYOUT: &[(&str, &str, usize)] = &[
     ("ev_conn_close", "bytes_recv", 32),
     ("ev_conn_close", "fd", 40),
     ("ev_conn_close", "reason", 44),
-    ("ev_conn_close", "size", 48),
+    ("ev_conn_close", "tls_sent", 48),
+    ("ev_conn_close", "tls_recv", 56),
+    ("ev_conn_close", "size", 64),
     ("ev_data", "conn_id", 16),
     ("ev_data", "offset", 24),
     ("ev_data", "len", 32),
@@ -177,6 +179,8 @@ pub enum Event<'a> {
         bytes_sent: u64,
         bytes_recv: u64,
         fd: i32,
+        /// Where the TLS plaintext streams ended (send, recv).
+        tls_end: [u64; 2],
     },
     Data {
         conn_id: u64,
@@ -324,6 +328,10 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
             bytes_sent: u64_at(raw, off("ev_conn_close", "bytes_sent")),
             bytes_recv: u64_at(raw, off("ev_conn_close", "bytes_recv")),
             fd: i32_at(raw, off("ev_conn_close", "fd")),
+            tls_end: [
+                u64_at(raw, off("ev_conn_close", "tls_sent")),
+                u64_at(raw, off("ev_conn_close", "tls_recv")),
+            ],
         },
         EV_GAP => Event::Gap {
             conn_id: u64_at(raw, off("ev_gap", "conn_id")),

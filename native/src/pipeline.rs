@@ -188,9 +188,11 @@ impl DataPlane {
                 }
             }
             let Some((i, ts)) = best else {
+                self.table.caught_up = watermark;
                 break;
             };
             if ts >= watermark {
+                self.table.caught_up = watermark;
                 break;
             }
             let r = &rings[i].ring;
@@ -247,6 +249,18 @@ impl DataPlane {
     /// Shutdown: finalise every open connection.
     fn close_all(&mut self, py: Python<'_>, now_ns: u64) {
         self.table.close_all(py, now_ns);
+    }
+
+    /// Shutdown in bounded steps: finalise up to `max` connections; returns how many are left.
+    #[pyo3(signature = (now_ns, max = 1024))]
+    fn close_some(&mut self, py: Python<'_>, now_ns: u64, max: usize) -> usize {
+        self.table.close_some(py, now_ns, max)
+    }
+
+    /// Shutdown past its deadline: final reports for what is left, its held bytes not
+    /// parsed (counted: shed_bytes["shutdown"]). Returns the number of connections.
+    fn abandon_all(&mut self, py: Python<'_>, now_ns: u64) -> usize {
+        self.table.abandon_all(py, now_ns)
     }
 
     /// Everything produced since the last call, in order: (0, conn, part, finalized)
@@ -439,6 +453,7 @@ impl DataPlane {
         d.set_item("events", ev)?;
         d.set_item("unknown_events", c.unknown_events)?;
         d.set_item("orphan_events", c.orphan_events)?;
+        d.set_item("orphan_gap_bytes", c.orphan_gap_bytes)?;
         d.set_item("filtered_connections", c.filtered_connections)?;
         d.set_item("hook_errors", c.hook_errors)?;
         d.set_item("parser_failures", c.parser_failures)?;
@@ -714,11 +729,14 @@ pub fn decode_record<'py>(
             bytes_sent,
             bytes_recv,
             fd,
+            tls_end,
         } => {
             d.set_item("conn_id", conn_id)?;
             d.set_item("bytes_sent", bytes_sent)?;
             d.set_item("bytes_recv", bytes_recv)?;
             d.set_item("fd", fd)?;
+            d.set_item("tls_sent", tls_end[0])?;
+            d.set_item("tls_recv", tls_end[1])?;
         }
         decode::Event::Data {
             conn_id,

@@ -46,6 +46,10 @@ pub struct Stream {
     /// Gap bytes that no kernel gap event announced (holes skipped over).
     pub hole_bytes: u64,
     pub duplicate_bytes: u64,
+    /// Kernel time since which bytes have waited for a hole (0: none waiting). The
+    /// connection table gives a hole up once newer records have been handled for a while
+    /// (`conn::HOLE_WAIT_NS`), instead of holding up to `max_pending` bytes behind it.
+    pub waiting_since: u64,
 }
 
 pub const DEFAULT_MAX_PENDING: u64 = 8 << 20;
@@ -67,7 +71,19 @@ impl Stream {
             gap_bytes: 0,
             hole_bytes: 0,
             duplicate_bytes: 0,
+            waiting_since: 0,
         }
+    }
+
+    /// One past the last byte known: delivered or waiting.
+    pub fn end(&self) -> u64 {
+        let last = self.pending.iter().next_back().map_or(0, |(&o, h)| {
+            o + match h {
+                Held::Data(d) => d.len() as u64,
+                Held::Gap(n) => *n,
+            }
+        });
+        self.next.max(last)
     }
 
     pub fn has_pending(&self) -> bool {

@@ -158,6 +158,18 @@ class Pipeline:
         self.core.close_all(now_ns)
         return self._collect()
 
+    def close_some(self, now_ns: int, max_conns: int = 1024) -> tuple[Emitted, int]:
+        """Shutdown in bounded steps: finalise up to max_conns connections; (records, how
+        many are left)."""
+        left = self.core.close_some(now_ns, max_conns)
+        return self._collect(), left
+
+    def abandon_all(self, now_ns: int) -> tuple[Emitted, int]:
+        """Shutdown out of time: final reports for the rest, what they hold not parsed
+        (counted in shed_bytes["shutdown"]); (records, how many connections)."""
+        n = self.core.abandon_all(now_ns)
+        return self._collect(), n
+
     def set_stacks(self, stacks) -> None:
         """A reload: new stacks for the next transaction; HTTP parsing for new connections
         once any stack wants it."""
@@ -308,6 +320,7 @@ class Pipeline:
                 metrics.kernel_events.labels(abi.EVENT_NAMES.get(t, f"type_{t}")).inc(d)
                 seen[("events", t)] = n
         for name, counter in (("unknown_events", metrics.unknown_events), ("orphan_events", metrics.orphan_events),
+                              ("orphan_gap_bytes", metrics.orphan_gap_bytes),
                               ("filtered_connections", metrics.filtered_connections)):
             d = s[name] - seen.get(name, 0)
             if d:

@@ -27,6 +27,8 @@ unknown_events = Counter("plaintap_unknown_kernel_events", "Ring-buffer records 
                          registry=REGISTRY)
 orphan_events = Counter("plaintap_orphan_events", "Data events for a connection the agent does not know",
                         registry=REGISTRY)
+orphan_gap_bytes = Counter("plaintap_orphan_gap_bytes", "Bytes of kernel gap events (losses) for a connection the "
+                           "agent does not know: lost, but on no stream", registry=REGISTRY)
 gap_bytes = Counter("plaintap_stream_gap_bytes", "Bytes missing from reassembled streams, by reason",
                     ["reason"], registry=REGISTRY)
 records = Counter("plaintap_records", "Records produced, by scope", ["scope"], registry=REGISTRY)
@@ -47,7 +49,8 @@ container_lookups = Counter("plaintap_container_lookups", "Container metadata lo
 connections_active = Gauge("plaintap_connections_active", "Connections currently tracked", registry=REGISTRY)
 shed_bytes = Counter("plaintap_shed_bytes", "Bytes the data plane gave up on to stay within its memory budget, by "
                      "reason (reassembly_wait: a hole skipped early; held_unclassified: bytes held before the "
-                     "protocol was known)", ["reason"], registry=REGISTRY)
+                     "protocol was known; shutdown: bytes connections held when finalising at stop ran out of "
+                     "time, not parsed)", ["reason"], registry=REGISTRY)
 held_bytes = Gauge("plaintap_held_bytes", "Bytes the data plane holds across connections (reassembly waits, "
                    "pre-classification holds; bounded by its budget)", registry=REGISTRY)
 parse_errors = Counter("plaintap_parse_errors", "Protocol parse errors, by protocol", ["protocol"],
@@ -90,7 +93,7 @@ DATAPLANE_COUNTERS = ("transactions", "native_summaries", "hook_errors", "parser
 DNS_PARSE_ERRORS = ("truncated", "name_loop", "name_too_long", "bad_label", "too_many_questions", "bad_rdata")
 DNS_COUNTERS = ("names_learned", "names_expired", "name_evictions", "queries_given_up", "queries_unanswered",
                 "answers_unmatched", "datagrams_cut", "datagrams_ignored", "datagrams_filtered")
-SHED_REASONS = ("reassembly_wait", "held_unclassified")
+SHED_REASONS = ("reassembly_wait", "held_unclassified", "shutdown")
 SINK_DROP_REASONS = ("queue_full", "spool_full", "export_error", "shutdown", "interrupted", "spool_corrupt")
 TLS_REFUSAL_REASONS = ("symlink", "not_regular_file", "identity_mismatch", "too_large", "truncated",
                        "too_many_functions", "function_too_long", "too_many_returns", "malformed", "bad_offsets",

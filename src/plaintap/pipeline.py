@@ -66,6 +66,8 @@ DIRECTION_MASKS = {
 DROP_CHECK_NS = 5_000_000_000
 RING_DRAIN_SECONDS = 1.0        # at stop: how long to keep reading what the kernel already produced
 PROGRESS_EVERY = 2.0            # at stop: a progress line this often while sinks drain
+FINALISE_SECONDS = 2.0          # at stop: parsing what open connections hold, at most (then final reports only)
+FINALISE_SLICE = 512            # connections finalised per step
 WATCHDOG_AFTER = 4.5            # a stop still running this long past --shutdown-timeout is forced (exit ≤ 15 s)
 DEFAULT_SPOOL_DIR = "/var/lib/plaintap/spool"
 # One slice of the capture loop: at most this many ring records or this much time before
@@ -121,6 +123,14 @@ class RunOptions:
     spool_dir: str = DEFAULT_SPOOL_DIR         # --spool-dir: one subdirectory per network sink
     spool_size: int = 1 << 30                  # --spool-size (0: no spool)
     retry_window: float = 60.0                 # --retry-window: outage retried without a spool before dropping
+
+
+def data_plane_budget(memory_limit: int) -> int:
+    """The native data plane's share of --memory-limit: bytes waiting in reassembly and held
+    before classification (an eighth: 64 MiB at the default; past it they are shed,
+    counted in plaintap_shed_bytes_total). The sink queues get half; the rest is the kernel
+    ring buffers' mappings, HTTP bodies being parsed and the interpreter."""
+    return max(8 << 20, memory_limit // 8)
 
 
 class SinkEnv:
@@ -287,7 +297,7 @@ class Agent:
             run_id=secrets.token_hex(4), forget=self.kernel.forget_connection, on_exec=self.tls.on_exec,
             object_url=self.object_url, events_enabled=self.event_sink is not None,
             objects_enabled=self.object_sink is not None, redaction=self.redaction, container_hold=self.container_hold,
-            dns_audit=dns_audit(tap))
+            dns_audit=dns_audit(tap), byte_budget=data_plane_budget(opts.memory_limit))
         self.rings: list = []
         self._pending: list[Record] = []
         self._pending_objects: list[Record] = []
@@ -641,15 +651,25 @@ class Agent:
                 self.health.beat(out.newest_ts)
         except Exception as e:
             log.debug("drain at shutdown: %s", e)
-        t0, open_conns = time.monotonic(), len(self.pipeline.core)
+        t0, open_conns, abandoned = time.monotonic(), len(self.pipeline.core), 0
         try:
-            self._take(self.pipeline.close_all(monotonic_ns()))
+            # Bounded: what a saturated data plane holds could take longer to parse than the
+            # stop may; past FINALISE_SECONDS the rest get final reports only, counted.
+            now, until, left = monotonic_ns(), t0 + FINALISE_SECONDS, open_conns
+            while left:
+                if time.monotonic() >= until:
+                    out, abandoned = self.pipeline.abandon_all(now)
+                    self._take(out)
+                    break
+                out, left = self.pipeline.close_some(now, FINALISE_SLICE)
+                self._take(out)
         except Exception:  # bad state must not keep the records already made from the sinks
             log.exception("finalising connections at shutdown")
         self._flush_records(final=True)
         self.rings = []
-        log.info("stopping: capture stopped; %d open connections finalised in %.1fs", open_conns,
-                 time.monotonic() - t0)
+        log.info("stopping: capture stopped; %d open connections finalised in %.1fs%s", open_conns,
+                 time.monotonic() - t0, f" ({abandoned} of them out of time: final reports only, their held "
+                 "bytes counted in plaintap_shed_bytes_total{reason=\"shutdown\"})" if abandoned else "")
         lost = {k: v for k, v in (self._safe_counters()).items() if k.startswith("ringbuf") and v}
         if lost:
             log.warning("kernel ring buffer lost %s during this run (raise --ring-buffer-size)", lost)

@@ -148,7 +148,8 @@ CONN_OPEN = Layout("ev_conn_open", _HDR + (
     ("role", "B"), ("direction", "B"), ("local_port", "H"), ("remote_port", "H"),
     ("_pad0", "I"), ("local_addr", "16s"), ("remote_addr", "16s"), ("comm", "16s")))
 CONN_CLOSE = Layout("ev_conn_close", _HDR + (
-    ("conn_id", "Q"), ("bytes_sent", "Q"), ("bytes_recv", "Q"), ("fd", "i"), ("reason", "I")))
+    ("conn_id", "Q"), ("bytes_sent", "Q"), ("bytes_recv", "Q"), ("fd", "i"), ("reason", "I"),
+    ("tls_sent", "Q"), ("tls_recv", "Q")))
 DATA = Layout("ev_data", _HDR + (
     ("conn_id", "Q"), ("offset", "Q"), ("len", "I"), ("flow", "B"), ("source", "B"),
     ("_pad0", "H"), ("fd", "i"), ("_pad1", "I")))  # payload follows at `data`

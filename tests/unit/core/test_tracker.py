@@ -115,6 +115,48 @@ def test_lost_ring_record_is_reported_as_gap_bytes():
     assert p.stats["gap_bytes"] == {"ringbuf_full": 1010}
 
 
+def test_a_hole_nobody_fills_is_given_up_once_newer_records_are_50ms_on():
+    """A hole with no gap event (the kernel's ring was too full to report it) does not hold
+    the stream up to its pending bound: once records 50 ms newer (kernel time) have been
+    handled, every hole of the stream becomes a gap counted as ringbuf_full and what waited
+    behind it is delivered. Wall time alone (an agent behind the ring) gives nothing up."""
+    from plaintap.bpf import abi as a
+    p = Plane(dump=True)
+    p.feed(conn_open(1, 0), conn_open(2, 0, fd=4),
+           data(1, 1 * MS, 0, b"abc"), data(1, 2 * MS, 1003, b"xyz"), data(1, 3 * MS, 2006, b"end"),
+           data(1, 3 * MS, 0, b"rx", flow=a.FLOW_RECV))
+    p.tick(10_000 * MS)                 # the clock moved, the records did not: keep waiting
+    waiting = p.dp.held_bytes
+    assert waiting >= 6 and p.stats["gap_bytes"] == {}
+    p.feed(data(2, 40 * MS, 0, b"other"))
+    p.tick(10_000 * MS)
+    assert p.stats["gap_bytes"] == {}     # 37 ms newer: not yet
+    p.feed(data(2, 53 * MS, 5, b"later"))
+    p.tick(10_000 * MS)
+    assert p.stats["gap_bytes"] == {"ringbuf_full": 2000}
+    pieces = [x for c, flow, src, ps in p.pieces if c.kid == 1 and flow == a.FLOW_SEND for x in ps]
+    assert pieces == [b"abc", 1000, b"xyz", 1000, b"end"]
+    p.feed(data(1, 60 * MS, 2009, b"more"))   # the stream goes on from there
+    pieces = [x for c, flow, src, ps in p.pieces if c.kid == 1 and flow == a.FLOW_SEND for x in ps]
+    assert pieces[-1] == b"more"
+
+
+def test_a_tls_stream_that_ends_short_of_the_kernels_end_lost_its_tail():
+    """The close event says where each TLS plaintext stream ended: bytes lost at the very
+    end, with no gap event and no later data to reveal them, are a hole too."""
+    from plaintap.bpf import abi as a
+    p = Plane(dump=True)
+    p.feed(conn_open(1, 0), data(1, 1, 0, b"abc", source=a.SRC_TLS),
+           data(1, 2, 0, b"hello", source=a.SRC_TLS, flow=a.FLOW_RECV),
+           conn_close(1, 3, tls_sent=10, tls_recv=5))
+    assert p.stats["gap_bytes"] == {"ringbuf_full": 7}
+    sent = [x for c, flow, src, ps in p.pieces if flow == a.FLOW_SEND for x in ps]
+    assert sent == [b"abc", 7]
+    # a plaintext connection: its socket streams, one of them never seen at all
+    p.feed(conn_open(2, 4, fd=5), data(2, 5, 0, b"abc", fd=5), conn_close(2, 6, sent=8, recv=4, fd=5))
+    assert p.stats["gap_bytes"] == {"ringbuf_full": 7 + 5 + 4}
+
+
 def test_byte_budget_sheds_waiting_bytes_counted():
     p = Plane(byte_budget=64 * 1024, dump=True)
     p.feed(conn_open(1, 0))
