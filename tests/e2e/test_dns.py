@@ -3,11 +3,12 @@ reported (tap.audit_include_dns) and used to name later connections that carry n
 no Host (qtap's domain rule).
 
 A test-owned DNS server (helpers/dnsserver.py) answers on 127.0.0.2:53 (another loopback
-address when that one is taken); the client (helpers/dnsclient.py) resolves a name through
-it with sendto/recvfrom, then sends a plain HTTP/1.0 request without Host to the address
-it got, served by an HTTP server in this process. glibc's own resolver (getent, in a
-private mount namespace whose /etc/resolv.conf names the test server) sends its A and
-AAAA queries together with sendmmsg.
+address when that one is taken), over UDP and TCP; the client (helpers/dnsclient.py)
+resolves a name through it with sendto/recvfrom (or over TCP), then sends a plain HTTP/1.0
+request without Host to the address it got, served by an HTTP server in this process.
+glibc's own resolver (getent, in a private mount namespace whose /etc/resolv.conf names the
+test server) sends its A and AAAA queries together with sendmmsg; Go's (helpers/goresolve)
+connects a UDP socket per query and uses write/read.
 """
 from __future__ import annotations
 
@@ -161,6 +162,36 @@ def test_dns_over_tcp_is_reported_with_transport_tcp_and_names_the_next_connecti
     assert plain == []
     tcp = [a for a in agent.connections(client__port=got["local_port"]) if a["process.pid"] == got["pid"]]
     assert tcp and all(a["server.address"] == NAME for a in tcp), tcp
+
+
+@pytest.fixture(scope="module")
+def goresolve(tmp_path_factory):
+    """Go's own resolver, built once for this module (stdlib only, no network)."""
+    dest = tmp_path_factory.mktemp("goresolve")
+    exe = dest / "goresolve"
+    env = dict(os.environ, GOPROXY="off", GOFLAGS="-mod=mod", GOCACHE=str(dest / "gocache"),
+               GOPATH=str(dest / "gopath"), CGO_ENABLED="0")
+    subprocess.run(["go", "build", "-o", str(exe), "."], cwd=HELPERS / "goresolve", env=env, check=True,
+                   capture_output=True, timeout=600)
+    return exe
+
+
+def test_go_resolver_connected_udp_write_read(start_agent, dns_server, web, goresolve):
+    """Go's resolver: a connected UDP socket per query, write(2) and read(2)."""
+    agent = start_agent(config(audit=True))
+    r = subprocess.run([str(goresolve), dns_server, NAME], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["addrs"] == [web[0]]
+    time.sleep(0.5)
+    agent.stop()
+    mine = [a for a in dns_events(agent) if a["process.pid"] == got["pid"]]
+    assert sorted(a["dns.question.type"] for a in mine) == ["A", "AAAA"], mine
+    a_rec = next(a for a in mine if a["dns.question.type"] == "A")
+    assert a_rec["dns.answers"] == [web[0]] and a_rec["network.transport"] == "udp"
+    # a connected socket: both ends come from the socket itself
+    assert a_rec["client.address"].startswith("127.") and a_rec["client.port"] > 0
+    assert a_rec["server.address"] == dns_server and a_rec["server.port"] == 53
 
 
 def test_without_audit_no_dns_events_but_names_still_learned(start_agent, dns_server, web):

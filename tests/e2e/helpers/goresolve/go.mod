@@ -1,0 +1,3 @@
+module plaintap.test/goresolve
+
+go 1.19
