@@ -93,6 +93,29 @@ def dns_server(web):
     pytest.fail(f"no loopback address to run the DNS server on: {p.stderr.read()[-500:]}")
 
 
+def wait_records(agent, pred, n: int, timeout: float = 60) -> None:
+    """Until the agent has written n records whose attributes satisfy pred (a busy machine
+    can put it seconds behind the kernel), so stopping it loses none of them."""
+    deadline = time.monotonic() + timeout
+    got = 0
+    while time.monotonic() < deadline:
+        got = sum(1 for line in agent.out.read_text().splitlines()
+                  if line.startswith("{") and pred(json.loads(line)["attributes"]))
+        if got >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the agent wrote {got} of {n} awaited records within {timeout}s")
+
+
+def is_dns(pid: int):
+    return lambda a: a.get("connection.protocol") == "dns" and a.get("process.pid") == pid
+
+
+def is_final_tcp(pid: int, port: int):
+    return lambda a: (a.get("event.type") == "connection" and a.get("process.pid") == pid
+                      and a.get("client.port") == port and a.get("connection.finalized") is True)
+
+
 def dns_events(agent) -> list[dict]:
     return [a for a in agent.connections() if a.get("connection.protocol") == "dns"]
 
@@ -108,7 +131,9 @@ def test_dns_exchange_reported_and_names_the_next_connection(start_agent, dns_se
     g = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {resolv} /etc/resolv.conf && exec getent ahosts {OTHER}"],
                        capture_output=True, text=True, timeout=30)
     assert g.returncode == 0 and web[0] in g.stdout, g.stderr
-    time.sleep(1.0)
+    wait_records(agent, is_dns(got["pid"]), 1)
+    wait_records(agent, is_final_tcp(got["pid"], got["local_port"]), 1)
+    wait_records(agent, lambda a: a.get("dns.question.name") == OTHER, 2)
     learned = agent.metric("plaintap_dns_total", 'counter="names_learned"')
     parse_errors = agent.metric("plaintap_dns_parse_errors_total")
     dns_protocol_errors = agent.metric("plaintap_parse_errors_total", 'protocol="dns"')
@@ -148,7 +173,8 @@ def test_dns_over_tcp_is_reported_with_transport_tcp_and_names_the_next_connecti
     agent = start_agent(config(audit=True))
     got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]), "--tcp")
     assert got["address"] == web[0] and got["status"] == 200
-    time.sleep(0.5)
+    wait_records(agent, is_dns(got["pid"]), 1)
+    wait_records(agent, is_final_tcp(got["pid"], got["local_port"]), 1)
     agent.stop()
     mine = [a for a in dns_events(agent) if a["process.pid"] == got["pid"]]
     assert len(mine) == 1, mine
@@ -183,7 +209,7 @@ def test_go_resolver_connected_udp_write_read(start_agent, dns_server, web, gore
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["addrs"] == [web[0]]
-    time.sleep(0.5)
+    wait_records(agent, is_dns(got["pid"]), 2)
     agent.stop()
     mine = [a for a in dns_events(agent) if a["process.pid"] == got["pid"]]
     assert sorted(a["dns.question.type"] for a in mine) == ["A", "AAAA"], mine
@@ -198,7 +224,7 @@ def test_without_audit_no_dns_events_but_names_still_learned(start_agent, dns_se
     agent = start_agent(config(audit=False))
     got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]))
     assert got["status"] == 200
-    time.sleep(0.5)
+    wait_records(agent, is_final_tcp(got["pid"], got["local_port"]), 1)
     agent.stop()
     assert dns_events(agent) == []
     tcp = [a for a in agent.connections(client__port=got["local_port"]) if a["process.pid"] == got["pid"]]
@@ -216,7 +242,7 @@ def test_only_dns_filter_skips_the_process_dns(start_agent, dns_server, web):
 """)
     got = run_helper("dnsclient.py", dns_server, NAME, str(web[1]))
     assert got["status"] == 200
-    time.sleep(0.5)
+    wait_records(agent, is_final_tcp(got["pid"], got["local_port"]), 1)
     agent.stop()
     assert [a for a in dns_events(agent) if a["process.pid"] == got["pid"]] == []
     tcp = [a for a in agent.connections(client__port=got["local_port"]) if a["process.pid"] == got["pid"]]
