@@ -46,6 +46,8 @@ from .spool import SpoolBusy, SpoolUnavailable
 
 log = logging.getLogger("plaintap.sinks")
 
+SPILL_SLICE = 16   # memory batches moved to the spool between two delivery attempts, at most
+
 
 class Sink(Protocol):
     name: str
@@ -423,7 +425,7 @@ class QueuedSink:
         if self._abandoned:
             return
         if self.spool is not None and self.spool.is_open:
-            self._spill(everything=True)
+            self._spill(everything=True, limit=None)
         with self._cond:
             if self._abandoned:
                 return
@@ -534,16 +536,23 @@ class QueuedSink:
     def _spill_if_needed(self) -> None:
         in_outage = self.outage_since is not None and self.clock() - self.outage_since >= self.spill_after
         if in_outage or self.mem_bytes > self.spill_bytes:
-            self._spill(everything=in_outage)
+            self._spill(everything=in_outage, limit=SPILL_SLICE)
 
-    def _spill(self, everything: bool) -> None:
-        """Move the oldest memory records to the spool (all, or until under half the threshold)."""
+    def _spill(self, everything: bool, limit: int | None = None) -> None:
+        """Move the oldest memory records to the spool (all, or until under half the threshold),
+        at most `limit` batches a call: while records arrive faster than the disk takes them,
+        an unbounded spill never returned to delivery — nothing was exported, and in an outage
+        the backend's return was never noticed."""
+        moved = 0
         while True:
             with self._cond:
                 if self._abandoned or not self._items:
                     return
                 if not everything and self.mem_bytes <= self.spill_bytes // 2:
                     return
+                if limit is not None and moved >= limit:
+                    return
+                moved += 1
                 item = self._items.popleft()
                 self.mem_records -= len(item.records)
                 self.mem_bytes -= item.nbytes
