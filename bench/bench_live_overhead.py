@@ -9,7 +9,7 @@ disabled so only capture + parsing + record building are measured, plus stdout a
 logs off; `--store stdout` writes every event record as a JSON line to /dev/null instead,
 so the records are finished and encoded too). Printed: throughput and p50/p99 latency
 ratios (agent / bare), the agent's CPU seconds per 1,000 transactions, kernel events lost
-(must be 0), how long the agent took to exit after SIGINT, and the load average before and
+(must be 0), transactions the agent finished against wrk's requests × 2, how long the agent took to exit after SIGINT, and the load average before and
 after (other work on the machine skews every figure). Then a breakdown:
 BPF program hits and run time per request, and the throughput with the agent's user
 space stopped (the kernel side's share of the cost).
@@ -125,6 +125,13 @@ def lost_events(status: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def transactions(status: int) -> float:
+    """Transactions the agent's data plane finished so far (plaintap_dataplane_total)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{status}/metrics", timeout=5).read().decode()
+    m = re.search(r'plaintap_dataplane_total\{counter="transactions"\} ([\d.e+]+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
 def bpf_prog_stats() -> dict[int, tuple[str, int, int]]:
     """id → (name, run_cnt, run_time_ns) of every loaded BPF program (needs bpf_stats)."""
     import json
@@ -185,7 +192,7 @@ def main() -> None:
         raise SystemExit("run as root (the agent loads eBPF programs)")
     d = Path(tempfile.mkdtemp(prefix="plaintap-bench-"))
     nginx, port = start_nginx(d)
-    bare, agent_runs, cpu_per_k, nginx_per_k, lost, stops = [], [], [], [], 0.0, []
+    bare, agent_runs, cpu_per_k, nginx_per_k, lost, stops, seen = [], [], [], [], 0.0, [], []
     kernel_only = None
     load_before = open("/proc/loadavg").read().split()[:3]
     try:
@@ -194,12 +201,13 @@ def main() -> None:
             bare.append(wrk(port, args.seconds))
             agent, status = start_agent(d, args.level, args.store)
             try:
-                c0, n0 = cpu_seconds(agent.pid), nginx_cpu(nginx.pid)
+                c0, n0, t0 = cpu_seconds(agent.pid), nginx_cpu(nginx.pid), transactions(status)
                 res = wrk(port, args.seconds)
                 n1 = nginx_cpu(nginx.pid)
                 time.sleep(0.5)  # let the agent finish the tail of the load
                 c1 = cpu_seconds(agent.pid)
                 lost += lost_events(status)
+                seen.append((transactions(status) - t0, 2 * res["total"]))
             finally:
                 stops.append(stop(agent))
             agent_runs.append(res)
@@ -228,6 +236,8 @@ def main() -> None:
     print(f"agent CPU    {med(cpu_per_k):.3f} s per 1,000 requests ({med(cpu_per_k) * 1000:.0f} µs each)   "
           f"nginx CPU {med(nginx_per_k) * 1000:.0f} µs per request   agent / nginx {med(cpu_per_k) / med(nginx_per_k):.2f}")
     print(f"events lost  {lost:.0f}")
+    print(f"transactions finished by the agent {sum(t for t, _ in seen):.0f} of {sum(w for _, w in seen)} "
+          f"(wrk's requests × 2 ends; other loopback traffic on the machine counts too)")
     print(f"SIGINT → exit {max(stops):.1f} s at most (target 10 s)")
 
 
