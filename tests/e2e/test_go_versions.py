@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ALL_LOOPBACK, HELPERS, ROOT
-from test_tls import assert_no_losses, check_exchange, nginx, run_client  # noqa: F401 (fixture)
+from test_tls import assert_no_losses, check_exchange, nginx, run_go_once_hooked  # noqa: F401 (fixture)
 
 from plaintap.capture import gotls
 from plaintap.capture.elfsyms import ElfImage
@@ -84,7 +84,7 @@ def test_stripped_builds_of_every_toolchain_are_captured(start_agent, nginx, tmp
     agent = start_agent(ALL_LOOPBACK)
     runs = []
     for name, (_normal, stripped) in builds.items():
-        runs.append((stripped, *run_client("go", nginx, tmp_path, go_client=stripped, delay=0.3)))
+        runs.append((stripped, *run_go_once_hooked(agent, nginx, tmp_path, stripped)))
     assert_no_losses(agent)
     refused = agent.metric("plaintap_tls_refusals_total", 'reason="unknown_go_layout"')
     agent.stop()

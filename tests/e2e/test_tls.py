@@ -96,6 +96,26 @@ def run_client(kind: str, nginx: Nginx, tmp_path: Path, go_client: Path | None =
     return pid, token, body
 
 
+def run_go_once_hooked(agent, nginx: Nginx, tmp_path: Path, exe: Path) -> tuple[int, str, bytes]:
+    """Run Go client `exe`, letting it send its request once the agent has logged hooks
+    for that file (or after 30 s); returns (pid, token, body)."""
+    go = tmp_path / f"go-{os.urandom(4).hex()}"
+    since = len(agent.stderr())
+    token, body, bf = client_request(tmp_path)
+    out = tmp_path / f"resp-{token}"
+    p = subprocess.Popen([str(exe), "-url", f"https://{SNI}:{nginx.port}/file.bin?run={token}",
+                          "-addr", f"127.0.0.1:{nginx.port}", "-body", str(bf), "-out", str(out), "-token", token,
+                          "-wait-file", str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and f"TLS hooks attached: gotls {exe} " not in agent.stderr()[since:]:
+        time.sleep(0.01)
+    go.touch()
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 0, stderr
+    assert out.read_bytes() == nginx.file, "the client itself did not get the file"
+    return json.loads(stdout)["pid"], token, body
+
+
 def split_http1(stream: bytes) -> tuple[bytes, bytes]:
     head, _, rest = stream.partition(b"\r\n\r\n")
     return head, rest
@@ -198,17 +218,19 @@ def test_node_https(start_agent, nginx, tmp_path):
 def test_go_net_http_started_after_agent(start_agent, nginx, tmp_path, go_client):
     # Three fresh copies of a Go client (each a new inode: hooks never attached to it
     # before; the first one's content never analysed by this agent), each started after
-    # the agent: every first request is plaintext. Each waits 300 ms before it: exec ->
-    # hooked is 2-40 ms on an idle machine (bench/bench_exec_attach.py) but has a floor
-    # of one kernel RCU grace period for the first uprobe registered (10-30 ms at HZ=250,
-    # 100+ ms on a loaded machine), longer than a Go client takes to its first request.
+    # the agent: each is hooked while it runs, the copies after the first from the first
+    # one's analysis (content cache), and every first request is plaintext. Each client
+    # sends its request once the agent logs its hooks: exec -> hooked has a floor of one
+    # kernel RCU grace period for the first uprobe registered (10-30 ms at HZ=250, up to
+    # seconds on a loaded machine), longer than a Go client takes to its first request;
+    # bench/bench_exec_attach.py measures it.
     agent = start_agent(ALL_LOOPBACK)
     runs = []
     for i in range(3):
         exe = tmp_path / f"copy{i}" / go_client.name
         exe.parent.mkdir()
         shutil.copy2(go_client, exe)
-        runs.append((exe, *run_client("go", nginx, tmp_path, go_client=exe, delay=0.3)))
+        runs.append((exe, *run_go_once_hooked(agent, nginx, tmp_path, exe)))
     assert_no_losses(agent)
     # the copies after the first are hooked from its analysis (same build ID and code)
     hits = agent.metric("plaintap_tls_analysis_cache_hits_total")

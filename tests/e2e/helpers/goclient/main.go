@@ -23,8 +23,15 @@ func main() {
 	out := flag.String("out", "", "response body file")
 	token := flag.String("token", "", "x-token header")
 	delay := flag.Duration("delay", 0, "wait before the request")
+	waitFile := flag.String("wait-file", "", "wait (up to 60 s) until this file exists before the request")
 	flag.Parse()
 	time.Sleep(*delay)
+	for deadline := time.Now().Add(60 * time.Second); *waitFile != "" && time.Now().Before(deadline); {
+		if _, err := os.Stat(*waitFile); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	body, err := os.ReadFile(*bodyFile)
 	if err != nil {
 		panic(err)
