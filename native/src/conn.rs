@@ -1176,7 +1176,14 @@ impl Table {
     /// to reveal them (the ring was too full even for the gap event): a hole too. The TLS
     /// plaintext streams always; the socket streams only of a connection without TLS
     /// (the kernel stops copying ciphertext once a TLS call is seen on the socket).
-    fn holes_at_close(&mut self, py: Python<'_>, kid: u64, sock_end: [u64; 2], tls_end: [u64; 2], ts: u64) {
+    fn holes_at_close(
+        &mut self,
+        py: Python<'_>,
+        kid: u64,
+        sock_end: [u64; 2],
+        tls_end: [u64; 2],
+        ts: u64,
+    ) {
         let max_pending = self.settings.max_pending;
         let Some(s) = self.conns.get_mut(&kid) else {
             return;
@@ -1192,7 +1199,11 @@ impl Table {
             }
             for flow in [FLOW_SEND, FLOW_RECV] {
                 let end = if source == SRC_TLS { tls_end } else { sock_end }[flow as usize];
-                let known = s.streams.iter().find(|(k, _)| *k == (flow, source)).map_or(0, |(_, st)| st.end());
+                let known = s
+                    .streams
+                    .iter()
+                    .find(|(k, _)| *k == (flow, source))
+                    .map_or(0, |(_, st)| st.end());
                 if end <= known {
                     continue;
                 }
