@@ -230,7 +230,7 @@ def test_hostile_files_are_counted_refusals_and_capture_goes_on(start_agent, tmp
     files = {
         "sparse_dynsym": crafted.sparse_dynsym(LIBSSL, d / "libsparse.so"),
         "ret_flood": crafted.go_ret_flood(go_with_symbols, d / "go-rets"),
-        "dwarf_loop": crafted.go_dwarf_loop(go_with_symbols, d / "go-dwarf"),
+        "dwarf_loop": crafted.go_dwarf_loop(go_with_symbols, d / "go-dwarf", unknown_version=True),
         "truncated": d / "node-copy",
     }
     shutil.copy(NODE, files["truncated"])

@@ -4,6 +4,7 @@ trap. Used by the unit tests and the kernel end-to-end tests (which map them).""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -78,11 +79,16 @@ def _uleb(v: int) -> bytes:
             return bytes(out)
 
 
-def go_dwarf_loop(src: str | Path, dest: Path) -> Path:
+def go_dwarf_loop(src: str | Path, dest: Path, unknown_version: bool = False) -> Path:
     """A Go binary whose DWARF (.debug_info, .debug_abbrev, rewritten uncompressed at
     the end of the file) has a crypto/tls.Conn DIE whose DW_AT_sibling points at itself:
-    a DIE walk that trusts siblings never ends."""
+    a DIE walk that trusts siblings never ends. DWARF is read only for a Go release line
+    the offsets table lacks: `unknown_version` rewrites the version strings in place
+    (`go1.NN.` → `go1.98.`, same length) so an agent has to read it."""
     shutil.copy(src, dest)
+    if unknown_version:
+        data = Path(dest).read_bytes()
+        Path(dest).write_bytes(re.sub(rb"go1\.[0-9]{2}\.", b"go1.98.", data))
     abbrev = (
         _uleb(1) + _uleb(0x11) + b"\x01" + b"\x03\x08" + b"\x00\x00"            # compile_unit, children, name:string
         + _uleb(2) + _uleb(0x13) + b"\x01" + b"\x03\x08" + b"\x01\x13" + b"\x00\x00"  # struct, children, name, sibling:ref4
