@@ -263,7 +263,8 @@ def test_hostile_files_are_counted_refusals_and_capture_goes_on(start_agent, tmp
             time.sleep(0.2)
             assert healthz(agent) == 200
         for name, reason in want.items():
-            assert logged.get(name) in ((reason,) if isinstance(reason, str) else reason), (name, logged)
+            assert logged.get(name) in ((reason,) if isinstance(reason, str) else reason), \
+                (name, logged, [line for line in agent.stderr().splitlines() if str(files[name]) in line])
         counted = refusals(agent)
         for reason in ("too_large", "function_too_long", "malformed", "not_regular_file"):
             assert counted.get(reason, 0) >= 1, counted

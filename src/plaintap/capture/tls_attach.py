@@ -574,7 +574,14 @@ class TlsAttacher:
                 self.kernel.detach(link)
             if hooked.slot >= 0:
                 self._free_slots.append(hooked.slot)
-            refuse("attach_failed", f"{t.maps_path} ({t.family})", str(e))
+            reason, detail = "attach_failed", str(e)
+            try:
+                now = os.fstat(opened.fd).st_size
+            except OSError:
+                now = opened.st.st_size
+            if now < opened.st.st_size:      # cut short after it was analysed: say so, not "attach failed"
+                reason, detail = "truncated", f"the file shrank from {opened.st.st_size} to {now} bytes while being hooked ({e})"
+            refuse(reason, f"{t.maps_path} (pid {t.pid_seen})", f"{t.family}: {detail}")
             self.attached[t.key] = _Hooked(t)     # known, nothing attached: not retried
             return False
         if isinstance(t, GoTlsTarget):
