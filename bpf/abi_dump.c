@@ -19,7 +19,7 @@ int main(void)
 		F(ev_conn_open, remote_port) F(ev_conn_open, local_addr) F(ev_conn_open, remote_addr) F(ev_conn_open, comm) E()
 	S(ev_conn_close) F(ev_conn_close, conn_id) F(ev_conn_close, bytes_sent) F(ev_conn_close, bytes_recv)
 		F(ev_conn_close, fd) F(ev_conn_close, reason) F(ev_conn_close, tls_sent)
-		F(ev_conn_close, tls_recv) E()
+		F(ev_conn_close, tls_recv) F(ev_conn_close, lost) E()
 	S(ev_data) F(ev_data, conn_id) F(ev_data, offset) F(ev_data, len) F(ev_data, flow) F(ev_data, source)
 		F(ev_data, fd) F(ev_data, data) E()
 	S(ev_gap) F(ev_gap, conn_id) F(ev_gap, offset) F(ev_gap, len) F(ev_gap, flow) F(ev_gap, source) F(ev_gap, reason) E()
@@ -35,7 +35,7 @@ int main(void)
 		F(settings, agent_pidns_dev) F(settings, agent_pidns_ino) F(settings, agent_nspid) E()
 	S(conn_key) F(conn_key, tgid) F(conn_key, fd) E()
 	S(conn) F(conn, id) F(conn, sent) F(conn, recv) F(conn, tls_sent) F(conn, tls_recv) F(conn, sk)
-		F(conn, role) F(conn, direction) F(conn, flags) F(conn, ino) E()
+		F(conn, role) F(conn, direction) F(conn, flags) F(conn, ino) F(conn, lost) E()
 	printf(", \"DATA_CHUNK\": %d, \"CNT__MAX\": %d, \"PF_SKIP_ALL\": %d, \"PF_SKIP_DATA\": %d, \"PF_SKIP_TLS\": %d, \"PF_SKIP_DNS\": %d, \"DGRAM_MAX\": %d}\n",
 	       DATA_CHUNK, CNT__MAX, PF_SKIP_ALL, PF_SKIP_DATA, PF_SKIP_TLS, PF_SKIP_DNS, DGRAM_MAX);
 	return 0;

@@ -417,12 +417,18 @@ struct {
 	__type(value, __u64);
 } proc_conns SEC(".maps");
 
-/* conn id -> fds of the process that carry it, for connections on more than one fd. */
+/* conn id -> fds of the process that carry it, for connections on more than one fd, and
+ * the `lost` books of those of its fds already gone (the last one reports the sum). */
+struct dup_ref {
+	__u64 refs;
+	__u64 lost;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct dup_ref);
 } dup_refs SEC(".maps");
 
 static __always_inline void proc_conns_add(__u32 tgid)
@@ -449,14 +455,18 @@ static __always_inline void proc_conns_sub(__u32 tgid)
 		__sync_fetch_and_add(n, -1);
 }
 
-/* One fd of a dup'ed connection goes: true when it was the last one. */
-static __always_inline bool last_dup_ref(__u64 id)
+/* One fd of a dup'ed connection goes, with its `lost` books: true when it was the last
+ * one, and then *lost is the connection's whole count. */
+static __always_inline bool last_dup_ref(__u64 id, __u64 *lost)
 {
-	__u64 *r = bpf_map_lookup_elem(&dup_refs, &id);
+	struct dup_ref *r = bpf_map_lookup_elem(&dup_refs, &id);
 	if (!r)
 		return true;
-	if ((__s64)__sync_fetch_and_add(r, -1) > 1)
+	if ((__s64)__sync_fetch_and_add(&r->refs, -1) > 1) {
+		__sync_fetch_and_add(&r->lost, *lost);
 		return false;
+	}
+	*lost += r->lost;
 	bpf_map_delete_elem(&dup_refs, &id);
 	return true;
 }
@@ -483,7 +493,7 @@ static __always_inline void untrack(__u32 tgid, __s32 fd, struct conn *c, __u32 
 	count(CNT_CONNS_UNTRACKED, 1);
 	count_untrack_reason(reason);
 	proc_conns_sub(tgid);
-	if ((cc.flags & CONN_DUP) && !last_dup_ref(cc.id))
+	if ((cc.flags & CONN_DUP) && !last_dup_ref(cc.id, &cc.lost))
 		return;
 	struct ev_conn_close ev = {};
 	ev.h.type = EV_CONN_CLOSE;
@@ -494,6 +504,7 @@ static __always_inline void untrack(__u32 tgid, __s32 fd, struct conn *c, __u32 
 	ev.bytes_recv = cc.recv;
 	ev.tls_sent = cc.tls_sent;
 	ev.tls_recv = cc.tls_recv;
+	ev.lost = cc.lost;
 	ev.fd = fd;
 	ev.reason = reason;
 	__u64 skey = cc.sk;
@@ -544,11 +555,11 @@ static __always_inline void on_dup(__u32 tgid, __s32 oldfd, __s32 newfd)
 	if (!src)
 		return;
 	__u64 id = src->id;
-	__u64 *r = bpf_map_lookup_elem(&dup_refs, &id);
+	struct dup_ref *r = bpf_map_lookup_elem(&dup_refs, &id);
 	if (r) {
-		__sync_fetch_and_add(r, 1);
+		__sync_fetch_and_add(&r->refs, 1);
 	} else {
-		__u64 two = 2;
+		struct dup_ref two = { .refs = 2 };
 		if (bpf_map_update_elem(&dup_refs, &id, &two, BPF_NOEXIST)) {
 			count(CNT_DUP_UNFOLLOWED, 1);
 			return;
@@ -556,9 +567,11 @@ static __always_inline void on_dup(__u32 tgid, __s32 oldfd, __s32 newfd)
 	}
 	src->flags |= CONN_DUP;
 	struct conn copy = *src;
+	copy.lost = 0; /* the books so far stay with src's entry */
 	struct conn_key k = { .tgid = tgid, .fd = newfd };
 	if (bpf_map_update_elem(&conns, &k, &copy, BPF_NOEXIST)) {
-		last_dup_ref(id);
+		__u64 none = 0;
+		last_dup_ref(id, &none);
 		count(CNT_DUP_UNFOLLOWED, 1);
 		return;
 	}
@@ -735,7 +748,9 @@ static __always_inline void track_socket(void *ctx, __u32 tgid, __s32 fd, __u8 r
 	control_out(&ev, sizeof(ev));
 }
 
-static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u64 offset, __u64 len,
+/* Returns false when the gap event itself was lost (ring full): the caller then adds the
+ * bytes to the connection's `lost` books, which user space reconciles at close. */
+static __always_inline bool emit_gap(__u64 conn_id, __u32 tgid, __u64 offset, __u64 len,
 				     __u8 flow, __u8 source, __u16 reason)
 {
 	struct ev_gap g = {};
@@ -748,8 +763,20 @@ static __always_inline void emit_gap(__u64 conn_id, __u32 tgid, __u64 offset, __
 	g.flow = flow;
 	g.source = source;
 	g.reason = reason;
-	if (bpf_ringbuf_output(&events, &g, sizeof(g), 0))
+	if (bpf_ringbuf_output(&events, &g, sizeof(g), 0)) {
 		count(CNT_RINGBUF_DROPS, 1);
+		return false;
+	}
+	return true;
+}
+
+/* A gap whose reason is not a loss of the ring (chunk budget, read fault, mmsg…): when its
+ * event is lost too, user space finds a hole it takes for a ring loss; so it is one, counted
+ * as such, on the connection's books too. */
+static __always_inline void gap_unreported(__u64 *lost, __u64 len)
+{
+	count(CNT_GAP_UNREPORTED_BYTES, len);
+	__sync_fetch_and_add(lost, len);
 }
 
 /* State of one walk over a syscall's buffers, chunk by chunk, inside bpf_loop. */
@@ -768,6 +795,7 @@ struct walk {
 	__u8 flow;
 	__u8 source;
 	__u8 gap_reason;   /* set when the walk stopped early */
+	__u64 lost;        /* bytes of this walk reaching user space in no event (conn.lost) */
 };
 
 /* Scratch space for one walk and its data event (too big for the 512-byte stack). The
@@ -832,10 +860,14 @@ static long walk_step(__u32 i, void *unused)
 	ev->fd = w->fd;
 	if (bpf_probe_read_user(ev->data, len, (void *)(w->cur_base + w->cur_pos))) {
 		count(CNT_READ_FAULTS, 1);
-		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, w->source, GAP_READ_FAULT);
+		if (!emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, w->source, GAP_READ_FAULT)) {
+			count(CNT_GAP_UNREPORTED_BYTES, len);
+			w->lost += len;
+		}
 	} else if (bpf_ringbuf_output(&events, ev, offsetof(struct ev_data, data) + len, 0)) {
 		count(CNT_RINGBUF_DROPS, 1);
 		count(CNT_RINGBUF_DROP_BYTES, len);
+		w->lost += len;
 		emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, w->source, GAP_RINGBUF_FULL);
 	}
 	w->cur_pos += len;
@@ -893,6 +925,7 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 	if (!take_budget(s, tgid, total + BUDGET_EVENT_COST)) {
 		count(CNT_BUDGET_SHED_CALLS, 1);
 		count(CNT_BUDGET_SHED_BYTES, total);
+		__sync_fetch_and_add(&c->lost, total);
 		emit_gap(c->id, tgid, offset, total, flow, source, GAP_PROC_BUDGET);
 		return;
 	}
@@ -915,6 +948,7 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 	w->flow = flow;
 	w->source = source;
 	w->gap_reason = 0;
+	w->lost = 0;
 	__u32 budget = s->max_chunks + (iov_ptr ? MAX_IOV : 0);
 	bpf_loop(budget, walk_step, NULL, 0);
 	if (w->remaining) {
@@ -922,8 +956,11 @@ static __always_inline void emit_data(struct conn *c, __u32 tgid, __s32 fd, __u8
 			w->gap_reason = GAP_CHUNK_BUDGET;
 			count(CNT_CHUNK_BUDGET_GAPS, 1);
 		}
-		emit_gap(c->id, tgid, w->offset, w->remaining, flow, source, w->gap_reason);
+		if (!emit_gap(c->id, tgid, w->offset, w->remaining, flow, source, w->gap_reason))
+			gap_unreported(&c->lost, w->remaining);
 	}
+	if (w->lost)
+		__sync_fetch_and_add(&c->lost, w->lost);
 }
 
 /* ---- data syscalls: one exit tracepoint each ----
@@ -975,8 +1012,8 @@ static __always_inline void skip_as_gap(struct conn *c, __u32 tgid, __u8 flow, _
 	__u64 *ctr = flow == FLOW_SEND ? &c->sent : &c->recv;
 	__u64 off = __sync_fetch_and_add(ctr, total);
 	count(counter, 1);
-	if (!(c->flags & CONN_TLS_INSPECTED))
-		emit_gap(c->id, tgid, off, total, flow, SRC_SOCKET, reason);
+	if (!(c->flags & CONN_TLS_INSPECTED) && !emit_gap(c->id, tgid, off, total, flow, SRC_SOCKET, reason))
+		gap_unreported(&c->lost, total);
 }
 
 static __always_inline int on_data_exit(long ret, __u32 kind)

@@ -93,7 +93,10 @@
 #define CNT_DNS_MMSG_SKIPPED    33 /* sendmmsg/recvmmsg messages past DNS_MMSG_MAX: not copied */
 #define CNT_DNS_SOCK_STALE      34 /* dns_socks entries whose fd now names another socket */
 #define CNT_DNS_SHED            35 /* DNS datagrams shed: the process was over its byte budget */
-#define CNT__MAX                36
+#define CNT_GAP_UNREPORTED_BYTES 36 /* bytes of gaps (chunk budget, read fault, mmsg…) whose
+                                     * gap event was lost too (ring full): user space finds them
+                                     * as holes and counts them with the ring-buffer losses */
+#define CNT__MAX                37
 
 /* Per-process filters from tap.filters (map `proc_filters`: tgid -> __u32 of these bits),
  * written by user space when it learns a process's executable (start-up scan, exec). */
@@ -143,7 +146,10 @@ struct ev_conn_close {
 	__u32 reason;           /* 44: CLOSE_* */
 	__u64 tls_sent;         /* 48: plaintext bytes given to the TLS library (the TLS stream's end) */
 	__u64 tls_recv;         /* 56: so user space sees a loss at a stream's very end too */
-};                              /* 64 */
+	__u64 lost;             /* 64: payload bytes of this connection that reached user space
+	                         * in no data event (struct conn.lost): user space counts what no
+	                         * gap event or hole placed on a stream as `unplaced` gap bytes */
+};                              /* 72 */
 
 struct ev_data {
 	struct ev_header h;     /* 0 */
@@ -275,7 +281,10 @@ struct conn {
 	__u32 ino;              /* 52: the socket's inode number: a data call on the fd is
 	                         * attributed to this connection only while the fd still names
 	                         * this socket (0: not known yet, learned at first use) */
-};                              /* 56 */
+	__u64 lost;             /* 56: payload bytes the kernel dropped (ring full, process budget) or
+	                         * whose gap event it could not report: the books user space keeps
+	                         * per connection (see ev_conn_close.lost) */
+};                              /* 64 */
 
 /* Connection ids the kernel hands out count up from 1; user space adopts connections
  * that predate the agent with ids from here up, so the two never meet. */

@@ -49,6 +49,14 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_CLOSE: i32 = 7;
 /// Remembered ids of connections tap.filters skipped (their close is not an orphan).
 const MAX_SKIPPED: usize = 65536;
+/// Gap reasons that are kernel losses (on the kernel's per-connection books).
+fn is_loss(reason: &str) -> bool {
+    matches!(reason, "ringbuf_full" | "process_budget")
+}
+
+/// Connections whose loss books wait for their close event (unknown ones, and known ones
+/// finished before it: process exit, TCP_CLOSE grace): past this the map starts afresh.
+const MAX_ORPHAN_BOOKS: usize = 65536;
 
 // tap.filters bits (capture/filters.py): kernel ones, then user-space ones.
 pub const SKIP_ALL: u32 = 1;
@@ -139,6 +147,11 @@ pub struct Session {
     dns_domain: bool,
     /// DNS over TCP (a client connection to port 53): its messages' framing.
     dns_tcp: Option<Box<crate::dns::TcpFraming>>,
+    /// Kernel losses placed on this connection's streams so far: gap events of the ring
+    /// and budget reasons, holes, shed waits. Reconciled at close with the kernel's books.
+    charged: u64,
+    /// The kernel's books (ev_conn_close.lost), once the close event came.
+    kernel_lost: Option<u64>,
 }
 
 impl Session {
@@ -289,8 +302,16 @@ pub struct Counters {
     pub events: [u64; 16],
     pub unknown_events: u64,
     pub orphan_events: u64,
-    /// Bytes of gap events for a connection the table does not know (lost, not on a stream).
+    /// Bytes the kernel lost on connections the table does not know (their gap events, and
+    /// at their close what the kernel's books say beyond those): lost, on no stream.
     pub orphan_gap_bytes: u64,
+    /// Bytes the kernel lost on a known connection that no gap event or hole placed on one of
+    /// its streams (a record and its gap event both lost at a ciphertext stream's end, where the
+    /// kernel stops copying once TLS plaintext flows): from the close event's books.
+    pub unplaced_gap_bytes: u64,
+    /// Placed losses beyond the kernel's books at close (should stay 0: a hole that was no
+    /// loss, e.g. a record that came after its hole was given up).
+    pub gap_overcount_bytes: u64,
     pub gap_bytes: HashMap<&'static str, u64>,
     pub parse_errors: HashMap<&'static str, u64>,
     pub parser_failures: u64,
@@ -341,6 +362,9 @@ pub struct Table {
     by_pid: HashMap<u32, HashSet<u64>>,
     due: BinaryHeap<Reverse<(u64, u64)>>,
     skipped: HashSet<u64>,
+    /// conn id -> (losses placed so far, a known connection finished before its close
+    /// event): reconciled with the close event's books (see `reconcile`).
+    orphan_charged: HashMap<u64, (u64, bool)>,
     pub held_total: u64,
     /// Connections with a stream whose bytes wait for a hole (see HOLE_WAIT_NS).
     waiting: HashSet<u64>,
@@ -430,6 +454,7 @@ impl Table {
             by_pid: HashMap::new(),
             due: BinaryHeap::new(),
             skipped: HashSet::new(),
+            orphan_charged: HashMap::new(),
             held_total: 0,
             waiting: HashSet::new(),
             last_ts: 0,
@@ -494,12 +519,23 @@ impl Table {
                 bytes_sent,
                 bytes_recv,
                 tls_end,
+                lost,
                 ..
             } => match self.conns.get_mut(&conn_id) {
                 None => {
                     self.skipped.remove(&conn_id);
+                    // Finished already (its losses beyond those placed are unplaced), or
+                    // unknown (skipped, or its open event lost: its losses are orphans).
+                    match self.orphan_charged.remove(&conn_id) {
+                        Some((charged, true)) => self.settle(lost, charged),
+                        Some((charged, false)) => {
+                            self.counters.orphan_gap_bytes += lost.saturating_sub(charged)
+                        }
+                        None => self.counters.orphan_gap_bytes += lost,
+                    }
                 }
                 Some(s) => {
+                    s.kernel_lost = Some(lost);
                     s.info.bytes_sent = s.info.bytes_sent.max(bytes_sent);
                     s.info.bytes_recv = s.info.bytes_recv.max(bytes_recv);
                     self.holes_at_close(py, conn_id, [bytes_sent, bytes_recv], tls_end, ts);
@@ -687,6 +723,8 @@ impl Table {
                 closed_at: None,
                 dns_domain,
                 dns_tcp: (o.role == ROLE_CLIENT && o.remote_port == 53).then(Box::default),
+                charged: 0,
+                kernel_lost: None,
             },
         );
         self.by_pid.entry(pid).or_default().insert(o.conn_id);
@@ -720,8 +758,11 @@ impl Table {
         }
         let max_pending = self.settings.max_pending;
         let Some(s) = self.conns.get_mut(&conn_id) else {
-            if let Incoming::Gap { len, .. } = what {
-                self.counters.orphan_gap_bytes += len;
+            if let Incoming::Gap { len, reason } = what {
+                if is_loss(reason) {
+                    self.counters.orphan_gap_bytes += len;
+                    self.book(conn_id, len, false);
+                }
             }
             self.orphan(conn_id);
             return;
@@ -730,6 +771,9 @@ impl Table {
             Incoming::Data(data) => data.len() as u64,
             Incoming::Gap { len, reason } => {
                 *self.counters.gap_bytes.entry(reason).or_default() += len;
+                if is_loss(reason) {
+                    s.charged += len;
+                }
                 len
             }
         };
@@ -761,19 +805,52 @@ impl Table {
         if note_wait(st, ts) {
             self.waiting.insert(conn_id);
         }
-        self.count_holes(holes);
+        self.count_holes(conn_id, holes);
         if !pieces.is_empty() {
             self.consume(py, conn_id, flow, source, &pieces, ts);
         }
         self.account(py, conn_id);
     }
 
-    fn count_holes(&mut self, holes: u64) {
+    fn count_holes(&mut self, kid: u64, holes: u64) {
         if holes > 0 {
             // A hole no gap event announced: a record the kernel could not even report
             // (its ring buffer was full), so it counts with the ring-buffer losses.
             *self.counters.gap_bytes.entry("ringbuf_full").or_default() += holes;
+            if let Some(s) = self.conns.get_mut(&kid) {
+                s.charged += holes;
+            }
         }
+    }
+
+    /// The close event's books against what was placed on the connection's streams: the
+    /// kernel's losses no event placed are counted as unplaced gap bytes, so that every
+    /// byte the kernel dropped is a counted gap.
+    fn reconcile(&mut self, s: &Session) {
+        match s.kernel_lost {
+            Some(lost) => self.settle(lost, s.charged),
+            // finished before its close event (exit, TCP_CLOSE grace): settled when it comes
+            None => self.book(s.info.kid, s.charged, true),
+        }
+    }
+
+    fn settle(&mut self, lost: u64, charged: u64) {
+        if lost > charged {
+            self.counters.unplaced_gap_bytes += lost - charged;
+        } else {
+            self.counters.gap_overcount_bytes += charged - lost;
+        }
+    }
+
+    /// Losses placed on a connection whose close event is still to come.
+    fn book(&mut self, kid: u64, bytes: u64, known: bool) {
+        if !self.orphan_charged.contains_key(&kid) && self.orphan_charged.len() >= MAX_ORPHAN_BOOKS
+        {
+            self.orphan_charged.clear();
+        }
+        let e = self.orphan_charged.entry(kid).or_insert((0, known));
+        e.0 += bytes;
+        e.1 |= known;
     }
 
     /// Keep the global byte budget: recompute what this session holds; past the budget,
@@ -797,6 +874,7 @@ impl Table {
                 st.shed(&mut out);
                 let holes = st.hole_bytes;
                 st.hole_bytes = 0;
+                s.charged += holes;
                 *self
                     .counters
                     .shed_bytes
@@ -1071,13 +1149,14 @@ impl Table {
                 flushed.push((*flow, *source, owned));
             }
         }
-        self.count_holes(holes);
+        self.count_holes(kid, holes);
         for (flow, source, pieces) in flushed {
             self.consume(py, kid, flow, source, &pieces, ts);
         }
         let Some(mut s) = self.conns.remove(&kid) else {
             return;
         };
+        self.reconcile(&s);
         self.waiting.remove(&kid);
         self.held_total -= s.held.min(self.held_total);
         if let Some(h) = s.http.as_mut() {
@@ -1214,7 +1293,7 @@ impl Table {
                 pieces.push((flow, source, owned(out)));
             }
         }
-        self.count_holes(tail);
+        self.count_holes(kid, tail);
         for (flow, source, p) in pieces {
             if !p.is_empty() {
                 self.consume(py, kid, flow, source, &p, ts);
@@ -1261,7 +1340,7 @@ impl Table {
             if !still {
                 self.waiting.remove(&kid);
             }
-            self.count_holes(holes);
+            self.count_holes(kid, holes);
             for (flow, source, pieces) in flushed {
                 self.consume(py, kid, flow, source, &pieces, newest);
             }

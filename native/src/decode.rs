@@ -53,7 +53,8 @@ pub const LAYOUT: &[(&str, &str, usize)] = &[
     ("ev_conn_close", "reason", 44),
     ("ev_conn_close", "tls_sent", 48),
     ("ev_conn_close", "tls_recv", 56),
-    ("ev_conn_close", "size", 64),
+    ("ev_conn_close", "lost", 64),
+    ("ev_conn_close", "size", 72),
     ("ev_data", "conn_id", 16),
     ("ev_data", "offset", 24),
     ("ev_data", "len", 32),
@@ -181,6 +182,9 @@ pub enum Event<'a> {
         fd: i32,
         /// Where the TLS plaintext streams ended (send, recv).
         tls_end: [u64; 2],
+        /// Payload bytes of the connection that reached user space in no data event (the
+        /// kernel's books: ring full, process budget, gap events lost).
+        lost: u64,
     },
     Data {
         conn_id: u64,
@@ -332,6 +336,7 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
                 u64_at(raw, off("ev_conn_close", "tls_sent")),
                 u64_at(raw, off("ev_conn_close", "tls_recv")),
             ],
+            lost: u64_at(raw, off("ev_conn_close", "lost")),
         },
         EV_GAP => Event::Gap {
             conn_id: u64_at(raw, off("ev_gap", "conn_id")),

@@ -454,6 +454,8 @@ impl DataPlane {
         d.set_item("unknown_events", c.unknown_events)?;
         d.set_item("orphan_events", c.orphan_events)?;
         d.set_item("orphan_gap_bytes", c.orphan_gap_bytes)?;
+        d.set_item("unplaced_gap_bytes", c.unplaced_gap_bytes)?;
+        d.set_item("gap_overcount_bytes", c.gap_overcount_bytes)?;
         d.set_item("filtered_connections", c.filtered_connections)?;
         d.set_item("hook_errors", c.hook_errors)?;
         d.set_item("parser_failures", c.parser_failures)?;
@@ -730,6 +732,7 @@ pub fn decode_record<'py>(
             bytes_recv,
             fd,
             tls_end,
+            lost,
         } => {
             d.set_item("conn_id", conn_id)?;
             d.set_item("bytes_sent", bytes_sent)?;
@@ -737,6 +740,7 @@ pub fn decode_record<'py>(
             d.set_item("fd", fd)?;
             d.set_item("tls_sent", tls_end[0])?;
             d.set_item("tls_recv", tls_end[1])?;
+            d.set_item("lost", lost)?;
         }
         decode::Event::Data {
             conn_id,

@@ -321,6 +321,8 @@ class Pipeline:
                 seen[("events", t)] = n
         for name, counter in (("unknown_events", metrics.unknown_events), ("orphan_events", metrics.orphan_events),
                               ("orphan_gap_bytes", metrics.orphan_gap_bytes),
+                              ("unplaced_gap_bytes", metrics.unplaced_gap_bytes),
+                              ("gap_overcount_bytes", metrics.gap_overcount_bytes),
                               ("filtered_connections", metrics.filtered_connections)):
             d = s[name] - seen.get(name, 0)
             if d:

@@ -29,6 +29,11 @@ orphan_events = Counter("plaintap_orphan_events", "Data events for a connection 
                         registry=REGISTRY)
 orphan_gap_bytes = Counter("plaintap_orphan_gap_bytes", "Bytes of kernel gap events (losses) for a connection the "
                            "agent does not know: lost, but on no stream", registry=REGISTRY)
+unplaced_gap_bytes = Counter("plaintap_unplaced_gap_bytes", "Bytes the kernel lost on a connection that no gap "
+                             "event or hole placed on a stream (from the kernel's per-connection books at close)",
+                             registry=REGISTRY)
+gap_overcount_bytes = Counter("plaintap_gap_overcount_bytes", "Gap bytes placed on a connection's streams beyond "
+                              "what the kernel's books say it lost (expected 0)", registry=REGISTRY)
 gap_bytes = Counter("plaintap_stream_gap_bytes", "Bytes missing from reassembled streams, by reason",
                     ["reason"], registry=REGISTRY)
 records = Counter("plaintap_records", "Records produced, by scope", ["scope"], registry=REGISTRY)

@@ -105,8 +105,9 @@ KERNEL_COUNTERS = {
     33: "dns_mmsg_skipped",
     34: "dns_sock_stale",
     35: "dns_budget_shed",
+    36: "gap_unreported_bytes",
 }
-KERNEL_COUNTER_SLOTS = 36
+KERNEL_COUNTER_SLOTS = 37
 
 # tap.filters bits in the `proc_filters` map (PF_* in events.h).
 PF_SKIP_ALL = 1
@@ -149,7 +150,7 @@ CONN_OPEN = Layout("ev_conn_open", _HDR + (
     ("_pad0", "I"), ("local_addr", "16s"), ("remote_addr", "16s"), ("comm", "16s")))
 CONN_CLOSE = Layout("ev_conn_close", _HDR + (
     ("conn_id", "Q"), ("bytes_sent", "Q"), ("bytes_recv", "Q"), ("fd", "i"), ("reason", "I"),
-    ("tls_sent", "Q"), ("tls_recv", "Q")))
+    ("tls_sent", "Q"), ("tls_recv", "Q"), ("lost", "Q")))
 DATA = Layout("ev_data", _HDR + (
     ("conn_id", "Q"), ("offset", "Q"), ("len", "I"), ("flow", "B"), ("source", "B"),
     ("_pad0", "H"), ("fd", "i"), ("_pad1", "I")))  # payload follows at `data`
@@ -174,7 +175,7 @@ SETTINGS = Layout("settings", (
 CONN_KEY = Layout("conn_key", (("tgid", "I"), ("fd", "i")))
 CONN = Layout("conn", (
     ("id", "Q"), ("sent", "Q"), ("recv", "Q"), ("tls_sent", "Q"), ("tls_recv", "Q"), ("sk", "Q"),
-    ("role", "B"), ("direction", "B"), ("flags", "B"), ("_pad0", "B"), ("ino", "I")))
+    ("role", "B"), ("direction", "B"), ("flags", "B"), ("_pad0", "B"), ("ino", "I"), ("lost", "Q")))
 ADOPTED_CONN_ID_BASE = 1 << 62
 
 LAYOUTS = (HEADER, CONN_OPEN, CONN_CLOSE, DATA, GAP, PROC_EXEC, PROC_EXIT, SOCK_STATE, DGRAM, SETTINGS, CONN_KEY,

@@ -436,7 +436,7 @@ class KernelCapture:
         kernel takes the socket the fd names at its first data call)."""
         key = ctypes.create_string_buffer(abi.CONN_KEY.struct.pack(tgid, fd), abi.CONN_KEY.struct.size)
         val = abi.CONN.struct.pack(conn_id, 0, 0, 0, 0, 0, role, direction, abi.CONN_NO_DATA if no_data else 0, 0,
-                                   inode & 0xFFFFFFFF)
+                                   inode & 0xFFFFFFFF, 0)
         buf = ctypes.create_string_buffer(val, len(val))
         BPF_NOEXIST = 1
         return lib.bpf_map_update_elem(self._map_fd("conns"), key, buf, BPF_NOEXIST) == 0

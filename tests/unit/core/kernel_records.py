@@ -22,8 +22,10 @@ def conn_open(kid, ts, pid=10, fd=3, role=abi.ROLE_CLIENT, direction=abi.DIR_EGR
                                      local[1], remote[1], 0, laddr or v4(local[0]), raddr or v4(remote[0]), comm)
 
 
-def conn_close(kid, ts, pid=10, sent=0, recv=0, fd=3, reason=abi.CLOSE_SYSCALL, tls_sent=0, tls_recv=0) -> bytes:
-    return abi.CONN_CLOSE.struct.pack(abi.EV_CONN_CLOSE, pid, ts, kid, sent, recv, fd, reason, tls_sent, tls_recv)
+def conn_close(kid, ts, pid=10, sent=0, recv=0, fd=3, reason=abi.CLOSE_SYSCALL, tls_sent=0, tls_recv=0,
+               lost=0) -> bytes:
+    return abi.CONN_CLOSE.struct.pack(abi.EV_CONN_CLOSE, pid, ts, kid, sent, recv, fd, reason, tls_sent, tls_recv,
+                                      lost)
 
 
 def data(kid, ts, offset, payload: bytes, flow=abi.FLOW_SEND, source=abi.SRC_SOCKET, pid=10, fd=3) -> bytes:

@@ -115,6 +115,34 @@ def test_lost_ring_record_is_reported_as_gap_bytes():
     assert p.stats["gap_bytes"] == {"ringbuf_full": 1010}
 
 
+def test_the_close_events_loss_books_settle_what_no_event_placed():
+    """The kernel keeps per connection the payload bytes that reached no data event
+    (ev_conn_close.lost). What gap events and holes placed on its streams is charged; the
+    rest (e.g. ciphertext lost with its gap event just before TLS plaintext took over, where
+    no later byte shows the hole) is counted as unplaced, so the books are exact."""
+    from plaintap.bpf import abi as a
+    p = Plane()
+    # 10 bytes announced by a gap event + a 1000-byte hole; the kernel lost 1010 + 300
+    p.feed(conn_open(1, 0), data(1, 1, 0, b"abc"), data(1, 3, 1003, b"xyz"),
+           gap(1, 4, 1006, 10, reason=1), conn_close(1, 5, lost=1310))
+    assert p.stats["gap_bytes"] == {"ringbuf_full": 1010}
+    assert p.stats["unplaced_gap_bytes"] == 300 and p.stats["gap_overcount_bytes"] == 0
+    # process budget gaps are losses too; a read fault is not
+    p.feed(conn_open(2, 6, fd=4), gap(2, 7, 0, 50, reason=5, pid=10), gap(2, 8, 50, 7, reason=4),
+           conn_close(2, 9, fd=4, lost=50))
+    assert p.stats["unplaced_gap_bytes"] == 300 and p.stats["gap_overcount_bytes"] == 0
+    # an unknown connection: its gap events, then at close the rest of its books, are orphans
+    p.feed(gap(9, 10, 0, 40, reason=1), conn_close(9, 11, fd=9, lost=100))
+    assert p.stats["orphan_gap_bytes"] == 100
+    # finished before its close event (the process exited): settled when the close comes
+    p.feed(conn_open(3, 12, fd=5, pid=20), gap(3, 13, 0, 8, reason=1, pid=20), proc_exit(20, 14),
+           conn_close(3, 15, fd=5, pid=20, lost=20))
+    assert p.stats["unplaced_gap_bytes"] == 312 and p.stats["orphan_gap_bytes"] == 100
+    # placed beyond the books (should not happen) is counted, not hidden
+    p.feed(conn_open(4, 16, fd=6), gap(4, 17, 0, 30, reason=1), conn_close(4, 18, fd=6, lost=10))
+    assert p.stats["gap_overcount_bytes"] == 20
+
+
 def test_a_hole_nobody_fills_is_given_up_once_newer_records_are_50ms_on():
     """A hole with no gap event (the kernel's ring was too full to report it) does not hold
     the stream up to its pending bound: once records 50 ms newer (kernel time) have been
