@@ -11,8 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,13 +34,60 @@ def kernel_ready() -> str | None:
     return None
 
 
+def capture_config(level: str = "summary", *, objects: str = "stdout", tap: str = "") -> str:
+    """qtap.yaml: events (and `objects`) to stdout, one stack with http_capture at `level`
+    (or a flow mapping such as `{level: full, format: json}`), both directions, loopback
+    included; `tap`: more lines under `tap:` (each indented two spaces)."""
+    plugin = level if level.startswith("{") else f"{{level: {level}}}"
+    return f"""
+version: 2
+services:
+  event_stores: [{{type: stdout}}]
+  object_stores: [{{type: {objects}}}]
+stacks:
+  capture:
+    plugins:
+      - type: http_capture
+        config: {plugin}
+tap:
+  direction: all
+  ignore_loopback: false
+  http: {{stack: capture}}
+{tap}"""
+
+
+def need(why: str | None) -> None:
+    """A missing prerequisite (`why`, None when all is there): a failure in CI, else a skip."""
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
 def kernel():
     why = kernel_ready()
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(f"kernel end-to-end tests cannot run in CI: {why}")
-        pytest.skip(why)
+    need(why and f"kernel end-to-end tests cannot run: {why}")
+
+
+@pytest.fixture(scope="module")
+def hello_server():
+    """Plain HTTP on 127.0.0.1 (for tests where TLS is not the point): GET /<name> → 200
+    `hello <name>`. Yields the port."""
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"hello {self.path[1:]}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
 
 
 def free_port(family=socket.AF_INET) -> int:

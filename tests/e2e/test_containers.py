@@ -6,33 +6,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import PLAINTAP
+from conftest import PLAINTAP, capture_config, need
 import containerenv
 from containerenv import CURL_IMAGE, Containerd, PodmanService, ensure_curl_image, missing_tools, podman
 
 pytestmark = pytest.mark.kernel
 
-CAPTURE = """
-version: 2
-services:
-  event_stores: [{type: stdout}]
-  object_stores: [{type: stdout}]
-stacks:
-  default:
-    plugins:
-      - type: http_capture
-        config: {level: summary}
-tap:
-  direction: all
-  ignore_loopback: false
-  http: {stack: default}
-"""
+CAPTURE = capture_config("summary")
 
 POD = {"io.kubernetes.pod.name": "shop-api-7d4b9c-x2x7q", "io.kubernetes.pod.namespace": "shop",
        "io.kubernetes.pod.uid": "0c0ffee0-1b2c-4d5e-8f90-a1b2c3d4e5f6", "io.kubernetes.container.name": "api"}
@@ -41,29 +25,7 @@ POD = {"io.kubernetes.pod.name": "shop-api-7d4b9c-x2x7q", "io.kubernetes.pod.nam
 @pytest.fixture(scope="module")
 def tools():
     why = missing_tools("podman", "runc", "containerd", "ctr", "mmdebstrap")
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def http_server():
-    """Plain HTTP on 127.0.0.1 (TLS is not the point here): GET /<name> → 200 `hello <name>`."""
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = f"hello {self.path[1:]}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
+    need(why)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +63,10 @@ def run_in_containerd(containerd, port: int, path: str) -> str:
     return cid
 
 
-def test_containerd_pod_attribution(start_agent, containerd, http_server):
+def test_containerd_pod_attribution(start_agent, containerd, hello_server):
     agent = start_agent(CAPTURE, "--containerd-socket", containerd.socket, "--docker-socket", "",
                         "--cri-runtime-socket", "")
-    cid = run_in_containerd(containerd, http_server, "/k8s")
+    cid = run_in_containerd(containerd, hello_server, "/k8s")
     time.sleep(1.0)
     ok = agent.metric("plaintap_container_lookups_total", 'result="ok"')
     agent.stop()
@@ -121,10 +83,10 @@ def test_containerd_pod_attribution(start_agent, containerd, http_server):
         assert attrs["process.executable.name"] == "curl"
 
 
-def test_containerd_socket_absent_is_a_counted_miss(start_agent, containerd, http_server, tmp_path):
+def test_containerd_socket_absent_is_a_counted_miss(start_agent, containerd, hello_server, tmp_path):
     agent = start_agent(CAPTURE, "--containerd-socket", str(tmp_path / "absent.sock"), "--docker-socket", "",
                         "--cri-runtime-socket", "")
-    cid = run_in_containerd(containerd, http_server, "/nosocket")
+    cid = run_in_containerd(containerd, hello_server, "/nosocket")
     # no stall: the records are out within a second of the request
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and "/nosocket" not in agent.out.read_text():
@@ -140,7 +102,7 @@ def test_containerd_socket_absent_is_a_counted_miss(start_agent, containerd, htt
         assert not [k for k in attrs if k.startswith("k8s.") or k in ("container.name", "container.image.name")]
 
 
-def test_podman_docker_api_attribution(start_agent, tools, http_server, tmp_path):
+def test_podman_docker_api_attribution(start_agent, tools, hello_server, tmp_path):
     ensure_curl_image()
     service = PodmanService(tmp_path)
     name = f"pt-curl-{os.getpid()}"
@@ -148,7 +110,7 @@ def test_podman_docker_api_attribution(start_agent, tools, http_server, tmp_path
         agent = start_agent(CAPTURE, "--docker-socket", service.socket, "--containerd-socket", "",
                             "--cri-runtime-socket", "")
         r = podman("run", "--network", "host", "--name", name, CURL_IMAGE,
-                   "sh", "-c", f"sleep 0.3; curl -sf http://127.0.0.1:{http_server}/podman; sleep 0.5")
+                   "sh", "-c", f"sleep 0.3; curl -sf http://127.0.0.1:{hello_server}/podman; sleep 0.5")
         assert r.stdout == "hello podman"
         inspect = podman("inspect", "--format", "{{.Id}} {{.Name}} {{.ImageName}}", name).stdout.split()
         time.sleep(1.0)

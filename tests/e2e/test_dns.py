@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import HELPERS, run_helper
+from conftest import HELPERS, capture_config, run_helper
 
 pytestmark = pytest.mark.kernel
 
@@ -32,22 +32,7 @@ OTHER = "getent.dns-test.example"
 
 
 def config(audit: bool) -> str:
-    return f"""
-version: 2
-services:
-  event_stores: [{{type: stdout}}]
-  object_stores: [{{type: stdout}}]
-stacks:
-  capture:
-    plugins:
-      - type: http_capture
-        config: {{level: summary}}
-tap:
-  direction: all
-  ignore_loopback: false
-  audit_include_dns: {str(audit).lower()}
-  http: {{stack: capture}}
-"""
+    return capture_config("summary", tap=f"  audit_include_dns: {str(audit).lower()}\n")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import HELPERS
+from conftest import HELPERS, capture_config
 from tlsenv import SNI, Nginx
 
 pytestmark = pytest.mark.kernel
@@ -23,20 +23,7 @@ PYTHON = os.path.realpath(sys.executable)
 
 
 def config(d) -> str:
-    return f"""
-version: 2
-services:
-  event_stores: [{{type: stdout}}]
-  object_stores: [{{type: stdout}}]
-stacks:
-  capture:
-    plugins:
-      - type: http_capture
-        config: {{level: summary}}
-tap:
-  direction: all
-  ignore_loopback: false
-  http: {{stack: capture}}
+    return capture_config("summary", tap=f"""\
   filters:
     groups: [container-runtimes, kubernetes]
     custom:
@@ -50,7 +37,7 @@ tap:
       - exe: /curl-http
         strategy: suffix
         only: [http]
-"""
+""")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL_LOOPBACK, HELPERS, ROOT
+from conftest import ALL_LOOPBACK, HELPERS, ROOT, need
 from test_tls import assert_no_losses, check_exchange, nginx, run_go_once_hooked  # noqa: F401 (fixture)
 
 from plaintap.capture import gotls
@@ -54,11 +54,7 @@ def build(go: str, dest: Path, stripped: bool) -> Path:
 def builds(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     found = toolchains()
     missing = [v for v in FETCHED if v not in found] + ([] if "debian" in found else ["debian golang-go"])
-    if missing:
-        why = f"Go toolchains missing: {missing} (scripts/bootstrap.sh --test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    need(missing and f"Go toolchains missing: {missing} (scripts/bootstrap.sh --test installs them)")
     out = {}
     for name, go in found.items():
         d = tmp_path_factory.mktemp(f"go-{name}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PLAINTAP, ROOT, free_port
+from conftest import PLAINTAP, ROOT, free_port, need
 
 CHART = ROOT / "deploy" / "helm" / "plaintap"
 BIN = ROOT / ".venv" / "bin"
@@ -50,11 +49,7 @@ resources: {requests: {cpu: 50m, memory: 128Mi}, limits: {memory: 512Mi}}
 @pytest.fixture(scope="module")
 def tools():
     absent = [str(p) for p in (HELM, VALIDATE) if not p.exists()]
-    if absent:
-        why = f"needs {', '.join(absent)} (scripts/bootstrap.sh --test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    need(absent and f"needs {', '.join(absent)} (scripts/bootstrap.sh --test installs them)")
 
 
 def helm(*args: str, cwd=None) -> str:
@@ -189,8 +184,7 @@ def podman_run_args(pod_spec: dict, configmap: dict, workdir: Path, name: str) -
 def test_rendered_pod_spec_runs_becomes_ready_and_captures(tools, kernel, tmp_path):
     from containerenv import ensure_plaintap_image, missing_tools, podman
     why = missing_tools("podman", "runc", "mmdebstrap")
-    if why:
-        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+    need(why)
     image, _ = ensure_plaintap_image()
     port = free_port()
     (tmp_path / "qtap.yaml").write_text("""version: 2
@@ -241,9 +235,7 @@ def test_podman_kube_play_ignores_host_pid_so_the_agent_refuses(tools, kernel, t
     """Documents why the pod spec is not run with `podman kube play` (see the module doc):
     the agent, started by kube play from the rendered spec, stops with its one line."""
     from containerenv import ensure_plaintap_image, missing_tools, podman
-    if missing_tools("podman", "catatonit") or shutil.which("podman") is None:
-        why = missing_tools("podman", "catatonit")
-        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+    need(missing_tools("podman", "catatonit"))
     image, _ = ensure_plaintap_image()
     repo, tag = image.rsplit(":", 1)
     docs = render(tmp_path, "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",

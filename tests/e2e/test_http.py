@@ -14,32 +14,17 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from conftest import HELPERS
+from conftest import capture_config
 from tlsenv import Nginx
 
 pytestmark = pytest.mark.kernel
 
 CURL = os.path.realpath(shutil.which("curl") or "/usr/bin/curl")
 
-CAPTURE_FULL = """
-version: 2
-services:
-  event_stores: [{type: stdout}]
-  object_stores: [{type: stdout}]
-stacks:
-  capture:
-    plugins:
-      - type: http_capture
-        config: {level: full, format: json}
-tap:
-  direction: all
-  ignore_loopback: false
-  http: {stack: capture}
-"""
+CAPTURE_FULL = capture_config("{level: full, format: json}")
 
 
 def records(agent, kind: str, **match) -> list[dict]:

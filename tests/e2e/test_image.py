@@ -11,34 +11,18 @@ import hashlib
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import free_port
+from conftest import capture_config, free_port, need
 from containerenv import CURL_IMAGE, PodmanService, ensure_curl_image, ensure_plaintap_image, missing_tools, podman
 from tlsenv import SNI, Nginx
 
 pytestmark = pytest.mark.kernel
 
-CONFIG = """
-version: 2
-services:
-  event_stores: [{type: stdout}]
-  object_stores: [{type: stdout}]
-stacks:
-  default:
-    plugins:
-      - type: http_capture
-        config: {level: full}
-tap:
-  direction: all
-  ignore_loopback: false
-  http: {stack: default}
-"""
+CONFIG = capture_config("full")
 
 # The capabilities that suffice instead of --privileged (README "Least privilege"):
 # BPF and PERFMON load programs and open perf events for tracepoints and uprobes,
@@ -52,32 +36,11 @@ LEAST_PRIVILEGE = ["--cap-drop", "all", "--cap-add", "BPF,PERFMON,SYS_ADMIN,SYS_
 @pytest.fixture(scope="module")
 def image(kernel):
     why = missing_tools("podman", "runc", "mmdebstrap")
-    if why:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    need(why)
     t0 = time.monotonic()
     tag, line = ensure_plaintap_image()
     print(f"\nplaintap image: {line} ({time.monotonic() - t0:.0f} s)")
     return tag
-
-
-@pytest.fixture(scope="module")
-def http_server():
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = f"hello {self.path[1:]}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
 
 
 class ContainerAgent:
@@ -145,7 +108,7 @@ def test_image_is_runtime_only_and_lean(image):
     assert podman("run", "--rm", image, "--version").stdout.startswith("plaintap ")
 
 
-def test_containerized_agent_captures_host_and_container_traffic(image, http_server, tmp_path):
+def test_containerized_agent_captures_host_and_container_traffic(image, hello_server, tmp_path):
     ensure_curl_image()
     nginx = Nginx(tmp_path / "nginx")
     service = PodmanService(tmp_path)
@@ -161,7 +124,7 @@ def test_containerized_agent_captures_host_and_container_traffic(image, http_ser
                         f"https://{SNI}:{nginx.port}/file.bin?image=1"], check=True, timeout=30)
         assert hashlib.sha256(out.read_bytes()).hexdigest() == nginx.file_sha
         r = podman("run", "--network", "host", "--name", client, CURL_IMAGE,
-                   "sh", "-c", f"sleep 0.3; curl -sf http://127.0.0.1:{http_server}/in-container; sleep 0.5")
+                   "sh", "-c", f"sleep 0.3; curl -sf http://127.0.0.1:{hello_server}/in-container; sleep 0.5")
         assert r.stdout == "hello in-container"
         inspect = podman("inspect", "--format", "{{.Id}} {{.Name}} {{.ImageName}}", client).stdout.split()
         time.sleep(1.0)
@@ -200,10 +163,10 @@ def test_containerized_agent_captures_host_and_container_traffic(image, http_ser
         assert a["container.runtime"] == "podman"
 
 
-def test_least_privilege_capabilities_suffice(image, http_server, tmp_path):
+def test_least_privilege_capabilities_suffice(image, hello_server, tmp_path):
     agent = ContainerAgent(image, tmp_path, *LEAST_PRIVILEGE)
     try:
-        r = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{http_server}/least-privilege"], capture_output=True,
+        r = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{hello_server}/least-privilege"], capture_output=True,
                            timeout=30)
         assert r.stdout == b"hello least-privilege"
         time.sleep(1.0)
