@@ -880,14 +880,7 @@ impl Table {
                     .shed_bytes
                     .entry("reassembly_wait")
                     .or_default() += holes;
-                let owned = out
-                    .into_iter()
-                    .map(|p| match p {
-                        Piece::Data(d) => Piece::Data(std::borrow::Cow::Owned(d.into_owned())),
-                        Piece::Gap(n) => Piece::Gap(n),
-                    })
-                    .collect();
-                flushed.push((*flow, *source, owned));
+                flushed.push((*flow, *source, owned(out)));
             }
         }
         if let Some(h) = s.http.as_mut() {
@@ -1139,14 +1132,7 @@ impl Table {
             holes += st.hole_bytes;
             st.hole_bytes = 0;
             if !out.is_empty() {
-                let owned = out
-                    .into_iter()
-                    .map(|p| match p {
-                        Piece::Data(d) => Piece::Data(std::borrow::Cow::Owned(d.into_owned())),
-                        Piece::Gap(n) => Piece::Gap(n),
-                    })
-                    .collect();
-                flushed.push((*flow, *source, owned));
+                flushed.push((*flow, *source, owned(out)));
             }
         }
         self.count_holes(kid, holes);

@@ -115,6 +115,52 @@ const fn off(s: &str, f: &str) -> usize {
     panic!("field not in LAYOUT");
 }
 
+/// Where a record's endpoint fields are (ev_conn_open and ev_dgram name them alike).
+struct EndsAt {
+    family: usize,
+    local_addr: usize,
+    local_port: usize,
+    remote_addr: usize,
+    remote_port: usize,
+    comm: usize,
+}
+
+/// A record's endpoints and command name, decoded.
+struct Ends {
+    local_addr: String,
+    local_port: u16,
+    remote_addr: String,
+    remote_port: u16,
+    comm: String,
+}
+
+impl EndsAt {
+    const fn of(s: &str) -> EndsAt {
+        EndsAt {
+            family: off(s, "family"),
+            local_addr: off(s, "local_addr"),
+            local_port: off(s, "local_port"),
+            remote_addr: off(s, "remote_addr"),
+            remote_port: off(s, "remote_port"),
+            comm: off(s, "comm"),
+        }
+    }
+
+    fn read(&self, raw: &[u8]) -> Ends {
+        let fam = u16_at(raw, self.family);
+        Ends {
+            local_addr: format_addr(fam, &raw[self.local_addr..self.local_addr + 16]),
+            local_port: u16_at(raw, self.local_port),
+            remote_addr: format_addr(fam, &raw[self.remote_addr..self.remote_addr + 16]),
+            remote_port: u16_at(raw, self.remote_port),
+            comm: cstr(&raw[self.comm..self.comm + 16]),
+        }
+    }
+}
+
+const OPEN_ENDS: EndsAt = EndsAt::of("ev_conn_open");
+const DGRAM_ENDS: EndsAt = EndsAt::of("ev_dgram");
+
 const fn const_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
@@ -309,10 +355,7 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
             }
         }
         EV_CONN_OPEN => {
-            let fam = u16_at(raw, off("ev_conn_open", "family"));
-            let la = off("ev_conn_open", "local_addr");
-            let ra = off("ev_conn_open", "remote_addr");
-            let cm = off("ev_conn_open", "comm");
+            let e = OPEN_ENDS.read(raw);
             Event::ConnOpen(ConnOpen {
                 conn_id: u64_at(raw, off("ev_conn_open", "conn_id")),
                 tid: u32_at(raw, off("ev_conn_open", "tid")),
@@ -320,11 +363,11 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
                 uid: u32_at(raw, off("ev_conn_open", "uid")),
                 role: raw[off("ev_conn_open", "role")],
                 direction: raw[off("ev_conn_open", "direction")],
-                local_addr: format_addr(fam, &raw[la..la + 16]),
-                local_port: u16_at(raw, off("ev_conn_open", "local_port")),
-                remote_addr: format_addr(fam, &raw[ra..ra + 16]),
-                remote_port: u16_at(raw, off("ev_conn_open", "remote_port")),
-                comm: cstr(&raw[cm..cm + 16]),
+                local_addr: e.local_addr,
+                local_port: e.local_port,
+                remote_addr: e.remote_addr,
+                remote_port: e.remote_port,
+                comm: e.comm,
             })
         }
         EV_CONN_CLOSE => Event::ConnClose {
@@ -382,22 +425,19 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
             if n > DGRAM_MAX || raw.len() < DGRAM_HDR + n {
                 return Err(DecodeError::Short(kind));
             }
-            let fam = u16_at(raw, off("ev_dgram", "family"));
-            let la = off("ev_dgram", "local_addr");
-            let ra = off("ev_dgram", "remote_addr");
-            let cm = off("ev_dgram", "comm");
+            let e = DGRAM_ENDS.read(raw);
             Event::Dgram(Dgram {
                 sk: u64_at(raw, off("ev_dgram", "sk")),
                 tid: u32_at(raw, off("ev_dgram", "tid")),
                 fd: i32_at(raw, off("ev_dgram", "fd")),
                 uid: u32_at(raw, off("ev_dgram", "uid")),
                 flow: raw[off("ev_dgram", "flow")],
-                local_addr: format_addr(fam, &raw[la..la + 16]),
-                local_port: u16_at(raw, off("ev_dgram", "local_port")),
-                remote_addr: format_addr(fam, &raw[ra..ra + 16]),
-                remote_port: u16_at(raw, off("ev_dgram", "remote_port")),
+                local_addr: e.local_addr,
+                local_port: e.local_port,
+                remote_addr: e.remote_addr,
+                remote_port: e.remote_port,
                 orig_len: u32_at(raw, off("ev_dgram", "orig_len")),
-                comm: cstr(&raw[cm..cm + 16]),
+                comm: e.comm,
                 data: &raw[DGRAM_HDR..DGRAM_HDR + n],
             })
         }

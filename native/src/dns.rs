@@ -1037,21 +1037,27 @@ mod tests {
         }
     }
 
+    /// A message: `header` then `body`.
+    fn msg(mut header: Vec<u8>, body: &[u8]) -> Vec<u8> {
+        header.extend_from_slice(body);
+        header
+    }
+
     #[test]
     fn compression_loops_are_refused() {
-        // pointer to itself
-        let mut v = header(1, 0, 1, 0);
-        v.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
-        assert_eq!(parse(&v, false), Err(ParseError::NameLoop));
-        // two pointers pointing at each other
-        let mut v = header(1, 0x8000, 1, 1);
-        v.extend_from_slice(&[1, b'a', 0xC0, 14, 0, 1, 0, 1]); // "a" then pointer forward
-        v.extend_from_slice(&[0xC0, 12]);
-        assert_eq!(parse(&v, false), Err(ParseError::NameLoop));
-        // forward pointer
-        let mut v = header(1, 0, 1, 0);
-        v.extend_from_slice(&[0xC0, 200, 0, 1, 0, 1]);
-        assert_eq!(parse(&v, false), Err(ParseError::NameLoop));
+        for v in [
+            // pointer to itself
+            msg(header(1, 0, 1, 0), &[0xC0, 12, 0, 1, 0, 1]),
+            // two pointers pointing at each other: "a" then a pointer forward, and back
+            msg(
+                header(1, 0x8000, 1, 1),
+                &[1, b'a', 0xC0, 14, 0, 1, 0, 1, 0xC0, 12],
+            ),
+            // forward pointer
+            msg(header(1, 0, 1, 0), &[0xC0, 200, 0, 1, 0, 1]),
+        ] {
+            assert_eq!(parse(&v, false), Err(ParseError::NameLoop));
+        }
     }
 
     #[test]
@@ -1063,8 +1069,7 @@ mod tests {
         }
         v.extend_from_slice(&[0, 0, 1, 0, 1]);
         assert_eq!(parse(&v, false), Err(ParseError::NameTooLong));
-        let mut v = header(1, 0, 1, 0);
-        v.extend_from_slice(&[0x40, 0, 0, 1, 0, 1]);
+        let v = msg(header(1, 0, 1, 0), &[0x40, 0, 0, 1, 0, 1]);
         assert_eq!(parse(&v, false), Err(ParseError::BadLabel));
     }
 
