@@ -103,6 +103,15 @@ pub const LAYOUT: &[(&str, &str, usize)] = &[
 
 /// Looks an offset up in `LAYOUT` at compile time, so the decoder below and the checked
 /// table can never disagree.
+/// A field's offset, always computed at compile time (a `const fn` called at run time
+/// would search LAYOUT on every record).
+macro_rules! at {
+    ($s:literal, $f:literal) => {{
+        const O: usize = off($s, $f);
+        O
+    }};
+}
+
 const fn off(s: &str, f: &str) -> usize {
     let mut i = 0;
     while i < LAYOUT.len() {
@@ -176,14 +185,14 @@ const fn const_eq(a: &str, b: &str) -> bool {
     true
 }
 
-const OPEN_SIZE: usize = off("ev_conn_open", "size");
-const CLOSE_SIZE: usize = off("ev_conn_close", "size");
-const DATA_HDR: usize = off("ev_data", "data");
-const GAP_SIZE: usize = off("ev_gap", "size");
-const EXEC_SIZE: usize = off("ev_proc_exec", "size");
-const EXIT_SIZE: usize = off("ev_proc_exit", "size");
-const STATE_SIZE: usize = off("ev_sock_state", "size");
-const DGRAM_HDR: usize = off("ev_dgram", "data");
+const OPEN_SIZE: usize = at!("ev_conn_open", "size");
+const CLOSE_SIZE: usize = at!("ev_conn_close", "size");
+const DATA_HDR: usize = at!("ev_data", "data");
+const GAP_SIZE: usize = at!("ev_gap", "size");
+const EXEC_SIZE: usize = at!("ev_proc_exec", "size");
+const EXIT_SIZE: usize = at!("ev_proc_exit", "size");
+const STATE_SIZE: usize = at!("ev_sock_state", "size");
+const DGRAM_HDR: usize = at!("ev_dgram", "data");
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnOpen {
@@ -341,28 +350,28 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
     let ts_ns = u64_at(raw, 8);
     let event = match kind {
         EV_DATA => {
-            let n = u32_at(raw, off("ev_data", "len")) as usize;
+            let n = u32_at(raw, at!("ev_data", "len")) as usize;
             if raw.len() < DATA_HDR + n {
                 return Err(DecodeError::Short(kind));
             }
             Event::Data {
-                conn_id: u64_at(raw, off("ev_data", "conn_id")),
-                offset: u64_at(raw, off("ev_data", "offset")),
-                flow: raw[off("ev_data", "flow")],
-                source: raw[off("ev_data", "source")],
-                fd: i32_at(raw, off("ev_data", "fd")),
+                conn_id: u64_at(raw, at!("ev_data", "conn_id")),
+                offset: u64_at(raw, at!("ev_data", "offset")),
+                flow: raw[at!("ev_data", "flow")],
+                source: raw[at!("ev_data", "source")],
+                fd: i32_at(raw, at!("ev_data", "fd")),
                 data: &raw[DATA_HDR..DATA_HDR + n],
             }
         }
         EV_CONN_OPEN => {
             let e = OPEN_ENDS.read(raw);
             Event::ConnOpen(ConnOpen {
-                conn_id: u64_at(raw, off("ev_conn_open", "conn_id")),
-                tid: u32_at(raw, off("ev_conn_open", "tid")),
-                fd: i32_at(raw, off("ev_conn_open", "fd")),
-                uid: u32_at(raw, off("ev_conn_open", "uid")),
-                role: raw[off("ev_conn_open", "role")],
-                direction: raw[off("ev_conn_open", "direction")],
+                conn_id: u64_at(raw, at!("ev_conn_open", "conn_id")),
+                tid: u32_at(raw, at!("ev_conn_open", "tid")),
+                fd: i32_at(raw, at!("ev_conn_open", "fd")),
+                uid: u32_at(raw, at!("ev_conn_open", "uid")),
+                role: raw[at!("ev_conn_open", "role")],
+                direction: raw[at!("ev_conn_open", "direction")],
                 local_addr: e.local_addr,
                 local_port: e.local_port,
                 remote_addr: e.remote_addr,
@@ -371,29 +380,29 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
             })
         }
         EV_CONN_CLOSE => Event::ConnClose {
-            conn_id: u64_at(raw, off("ev_conn_close", "conn_id")),
-            bytes_sent: u64_at(raw, off("ev_conn_close", "bytes_sent")),
-            bytes_recv: u64_at(raw, off("ev_conn_close", "bytes_recv")),
-            fd: i32_at(raw, off("ev_conn_close", "fd")),
+            conn_id: u64_at(raw, at!("ev_conn_close", "conn_id")),
+            bytes_sent: u64_at(raw, at!("ev_conn_close", "bytes_sent")),
+            bytes_recv: u64_at(raw, at!("ev_conn_close", "bytes_recv")),
+            fd: i32_at(raw, at!("ev_conn_close", "fd")),
             tls_end: [
-                u64_at(raw, off("ev_conn_close", "tls_sent")),
-                u64_at(raw, off("ev_conn_close", "tls_recv")),
+                u64_at(raw, at!("ev_conn_close", "tls_sent")),
+                u64_at(raw, at!("ev_conn_close", "tls_recv")),
             ],
-            lost: u64_at(raw, off("ev_conn_close", "lost")),
+            lost: u64_at(raw, at!("ev_conn_close", "lost")),
         },
         EV_GAP => Event::Gap {
-            conn_id: u64_at(raw, off("ev_gap", "conn_id")),
-            offset: u64_at(raw, off("ev_gap", "offset")),
-            len: u64_at(raw, off("ev_gap", "len")),
-            flow: raw[off("ev_gap", "flow")],
-            source: raw[off("ev_gap", "source")],
-            reason: u16_at(raw, off("ev_gap", "reason")),
+            conn_id: u64_at(raw, at!("ev_gap", "conn_id")),
+            offset: u64_at(raw, at!("ev_gap", "offset")),
+            len: u64_at(raw, at!("ev_gap", "len")),
+            flow: raw[at!("ev_gap", "flow")],
+            source: raw[at!("ev_gap", "source")],
+            reason: u16_at(raw, at!("ev_gap", "reason")),
         },
         EV_PROC_EXEC => {
-            let fo = off("ev_proc_exec", "filename");
-            let ao = off("ev_proc_exec", "args");
-            let flen = (u16_at(raw, off("ev_proc_exec", "filename_len")) as usize).min(ao - fo);
-            let alen = (u16_at(raw, off("ev_proc_exec", "args_len")) as usize).min(EXEC_SIZE - ao);
+            let fo = at!("ev_proc_exec", "filename");
+            let ao = at!("ev_proc_exec", "args");
+            let flen = (u16_at(raw, at!("ev_proc_exec", "filename_len")) as usize).min(ao - fo);
+            let alen = (u16_at(raw, at!("ev_proc_exec", "args_len")) as usize).min(EXEC_SIZE - ao);
             let mut args = &raw[ao..ao + alen];
             while let [rest @ .., 0] = args {
                 args = rest;
@@ -406,37 +415,37 @@ pub fn decode(raw: &[u8]) -> Result<Record<'_>, DecodeError> {
                     .collect()
             };
             Event::ProcExec {
-                ppid: u32_at(raw, off("ev_proc_exec", "ppid")),
-                uid: u32_at(raw, off("ev_proc_exec", "uid")),
+                ppid: u32_at(raw, at!("ev_proc_exec", "ppid")),
+                uid: u32_at(raw, at!("ev_proc_exec", "uid")),
                 filename: String::from_utf8_lossy(&raw[fo..fo + flen]).into_owned(),
                 argv,
             }
         }
         EV_PROC_EXIT => Event::ProcExit {
-            exit_code: i32_at(raw, off("ev_proc_exit", "exit_code")),
+            exit_code: i32_at(raw, at!("ev_proc_exit", "exit_code")),
         },
         EV_SOCK_STATE => Event::SockState {
-            conn_id: u64_at(raw, off("ev_sock_state", "conn_id")),
-            oldstate: i32_at(raw, off("ev_sock_state", "oldstate")),
-            newstate: i32_at(raw, off("ev_sock_state", "newstate")),
+            conn_id: u64_at(raw, at!("ev_sock_state", "conn_id")),
+            oldstate: i32_at(raw, at!("ev_sock_state", "oldstate")),
+            newstate: i32_at(raw, at!("ev_sock_state", "newstate")),
         },
         EV_DGRAM => {
-            let n = u32_at(raw, off("ev_dgram", "len")) as usize;
+            let n = u32_at(raw, at!("ev_dgram", "len")) as usize;
             if n > DGRAM_MAX || raw.len() < DGRAM_HDR + n {
                 return Err(DecodeError::Short(kind));
             }
             let e = DGRAM_ENDS.read(raw);
             Event::Dgram(Dgram {
-                sk: u64_at(raw, off("ev_dgram", "sk")),
-                tid: u32_at(raw, off("ev_dgram", "tid")),
-                fd: i32_at(raw, off("ev_dgram", "fd")),
-                uid: u32_at(raw, off("ev_dgram", "uid")),
-                flow: raw[off("ev_dgram", "flow")],
+                sk: u64_at(raw, at!("ev_dgram", "sk")),
+                tid: u32_at(raw, at!("ev_dgram", "tid")),
+                fd: i32_at(raw, at!("ev_dgram", "fd")),
+                uid: u32_at(raw, at!("ev_dgram", "uid")),
+                flow: raw[at!("ev_dgram", "flow")],
                 local_addr: e.local_addr,
                 local_port: e.local_port,
                 remote_addr: e.remote_addr,
                 remote_port: e.remote_port,
-                orig_len: u32_at(raw, off("ev_dgram", "orig_len")),
+                orig_len: u32_at(raw, at!("ev_dgram", "orig_len")),
                 comm: e.comm,
                 data: &raw[DGRAM_HDR..DGRAM_HDR + n],
             })
