@@ -34,6 +34,34 @@ def kernel_ready() -> str | None:
     return None
 
 
+C_PRELUDE = r"""
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+/* A TCP connection to 127.0.0.1:port (exit code 1 when it cannot be made). */
+static int connect_loopback(const char *port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET; a.sin_port = htons(atoi(port));
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a)) exit(1);
+    return s;
+}
+"""
+
+
+def compile_c(tmp_path: Path, name: str, src: str) -> str:
+    """A test program from C source (after C_PRELUDE: the usual headers, connect_loopback)."""
+    c = tmp_path / f"{name}.c"
+    c.write_text(C_PRELUDE + src)
+    exe = tmp_path / name
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(c)], check=True)
+    return str(exe)
+
+
 def capture_config(level: str = "summary", *, objects: str = "stdout", tap: str = "") -> str:
     """qtap.yaml: events (and `objects`) to stdout, one stack with http_capture at `level`
     (or a flow mapping such as `{level: full, format: json}`), both directions, loopback

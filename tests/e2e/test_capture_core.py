@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL_LOOPBACK, HELPERS, PLAINTAP
+from conftest import ALL_LOOPBACK, HELPERS, PLAINTAP, compile_c
 
 pytestmark = pytest.mark.kernel
 
@@ -175,27 +175,15 @@ def test_loopback_ignored_by_default(start_agent):
 
 @pytest.mark.parametrize("close_first", [True, False], ids=["close", "exit-without-close"])
 def test_process_exiting_within_a_millisecond_is_attributed(start_agent, tmp_path, close_first):
-    src = tmp_path / "quickconn.c"
-    src.write_text(r"""
-#include <arpa/inet.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
+    exe = compile_c(tmp_path, "quickconn", r"""
 int main(int argc, char **argv) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[1]));
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(s, (struct sockaddr *)&a, sizeof a)) return 1;
+    int s = connect_loopback(argv[1]);
     const char *m = "quick hello\n";
     if (write(s, m, strlen(m)) != (long)strlen(m)) return 2;
     if (argc > 2) close(s);
     return 0;
 }
 """)
-    exe = tmp_path / "quickconn"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
     agent = start_agent(ALL_LOOPBACK)
     srv = Server("sink")
     args = [str(exe), str(srv.port)] + (["close"] if close_first else [])

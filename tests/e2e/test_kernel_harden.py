@@ -14,13 +14,11 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from backends import OtlpReceiver, Rotel, rotel_binary
-from conftest import ALL_LOOPBACK, PLAINTAP, ROOT, RunningAgent, free_port
+from conftest import ALL_LOOPBACK, PLAINTAP, ROOT, compile_c, free_port
 from test_capture_core import CURL, Server, client, finalized, one
 
 pytestmark = pytest.mark.kernel
@@ -34,30 +32,12 @@ def gap_files(agent) -> dict[str, list[tuple[str, int, int]]]:
     return out
 
 
-def compile_c(tmp_path: Path, name: str, src: str) -> str:
-    c = tmp_path / f"{name}.c"
-    c.write_text(src)
-    exe = tmp_path / name
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(c)], check=True)
-    return str(exe)
-
-
 READ_R10 = r"""
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <unistd.h>
 /* read(2) called with a 4th register (r10) that has MSG_PEEK's bit set: read takes no
  * flags, so the kernel ignores it, and so must the agent. A real MSG_PEEK recv first. */
 int main(int argc, char **argv) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[1]));
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(s, (struct sockaddr *)&a, sizeof a)) return 1;
+    int s = connect_loopback(argv[1]);
     const char *m = "r10 has bit one set\n";
     if (write(s, m, strlen(m)) != (long)strlen(m)) return 2;
     char peek[1];
@@ -458,22 +438,12 @@ def test_node_server_reusing_ssl_never_mixes_clients(start_agent, tmp_path):
 
 
 URING_SEND = r"""
-#include <arpa/inet.h>
 #include <linux/io_uring.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <unistd.h>
 /* write(), then one IORING_OP_SEND through a raw io_uring (no liburing), then write(). */
 int main(int argc, char **argv) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[1]));
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(s, (struct sockaddr *)&a, sizeof a)) return 1;
+    int s = connect_loopback(argv[1]);
     const char *before = "before io_uring\n", *mid = "sent by an io_uring request\n", *after = "after\n";
     if (write(s, before, strlen(before)) != (long)strlen(before)) return 2;
     struct io_uring_params p;
