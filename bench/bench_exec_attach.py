@@ -99,6 +99,9 @@ MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
 _libc = ctypes.CDLL(None, use_errno=True)
 
 ATTACHED = re.compile(r"TLS hooks attached: \S+ (\S+) .* ([0-9.]+) ms after its exec\)")
+# where the time went: exec -> first scan, analysis (absent: cache hit), the attach calls
+PARTS = {"scan": re.compile(r"scanned ([0-9.]+) ms after its exec"), "analysis": re.compile(r"analysed in ([0-9.]+) ms"), "worker": re.compile(r"([0-9.]+) in the worker"),
+         "attach": re.compile(r"([0-9.]+) ms to attach")}
 
 
 def free_port() -> int:
@@ -124,6 +127,7 @@ class Agent:
         self.port = free_port()
         self.err = open(d / "agent.err", "wb")
         self.log_path = d / "agent.err"
+        self.last_msg = ""
         self.proc = subprocess.Popen(
             [str(PLAINTAP), "--config", str(d / "cfg.yaml"), "--httpd-listen", f"127.0.0.1:{self.port}",
              "--log-encoding", "json", "--lock-file", str(d / "agent.lock"), "--spool-dir", str(d / "state" / "spool"),
@@ -147,6 +151,7 @@ class Agent:
                     continue
                 m = ATTACHED.search(msg)
                 if m and m.group(1) == path:
+                    self.last_msg = msg
                     return float(m.group(2))
             time.sleep(0.05)
         return None
@@ -221,6 +226,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f}; PLAINTAP_UPROBE_MULTI={os.environ.get('PLAINTAP_UPROBE_MULTI', '1')} "
+          f"PLAINTAP_UPROBE_WARM={os.environ.get('PLAINTAP_UPROBE_WARM', '1')}")
     if os.geteuid() != 0:
         raise SystemExit("run as root (the agent loads BPF programs)")
     with tempfile.TemporaryDirectory(prefix="bench-exec-") as tmp:
@@ -244,6 +251,7 @@ def main() -> None:
             }
             for name, run in cases.items():
                 values, missed = [], 0
+                parts: dict[str, list[float]] = {k: [] for k in PARTS}
                 for i in range(args.runs):
                     seen_before = agent.log_path.read_text(errors="replace").count("TLS hooks attached")
                     path = run(i)
@@ -255,7 +263,8 @@ def main() -> None:
                             lines = [ln for ln in agent.log_path.read_text(errors="replace").splitlines()
                                      if "TLS hooks attached" in ln]
                             if len(lines) > seen_before:
-                                m = ATTACHED.search(json.loads(lines[-1])["msg"])
+                                agent.last_msg = json.loads(lines[-1])["msg"]
+                                m = ATTACHED.search(agent.last_msg)
                                 ms = float(m.group(2)) if m and m.group(1) == path else None
                                 break
                             time.sleep(0.05)
@@ -265,10 +274,16 @@ def main() -> None:
                         missed += 1
                     else:
                         values.append(ms)
+                        for k, rx in PARTS.items():
+                            m = rx.search(agent.last_msg)
+                            if m:
+                                parts[k].append(float(m.group(1)))
                 results[name] = (values, missed)
-                print(summary(name, values, missed), flush=True)
+                detail = "  ".join(f"{k} p50 {statistics.median(v):.1f}/max {max(v):.1f}" for k, v in parts.items() if v)
+                print(summary(name, values, missed), f"[{detail}]", flush=True)
         finally:
             agent.stop()
+            print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ pub mod py_parser;
 pub mod reassembly;
 pub mod ring;
 pub mod summary;
+pub mod uprobe_warm;
 
 /// The version of the native core, for `plaintap doctor` and bug reports.
 #[pyfunction]
@@ -40,6 +41,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::PyRing>()?;
     m.add_class::<pipeline::PyStream>()?;
     m.add_class::<conn::ConnInfo>()?;
+    m.add_class::<uprobe_warm::UprobeWarmer>()?;
     m.add_function(wrap_pyfunction!(pipeline::detect, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::parse_client_hello, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::parse_server_hello, m)?)?;

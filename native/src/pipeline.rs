@@ -167,7 +167,14 @@ impl DataPlane {
         if rings.iter().all(|r| r.ring.backlog() == 0) && timeout_ms != 0 {
             let fds: Vec<i32> = rings.iter().map(|r| r.ring.fd()).collect();
             py.allow_threads(|| ring::wait(&fds, timeout_ms));
-            if batch_wait_us > 0 && rings.iter().any(|r| r.ring.backlog() > 0) {
+            // an exec at the head of a ring is not held back: TLS discovery hooks the new
+            // program from it, racing the program's first TLS call (issue 11 item 7)
+            let exec_first = rings.iter().any(|r| {
+                r.ring.peek().is_some_and(|(rec, _)| {
+                    rec.len() >= 4 && rec[..4] == decode::EV_PROC_EXEC.to_le_bytes()
+                })
+            });
+            if batch_wait_us > 0 && !exec_first && rings.iter().any(|r| r.ring.backlog() > 0) {
                 py.allow_threads(|| {
                     std::thread::sleep(std::time::Duration::from_micros(batch_wait_us))
                 });

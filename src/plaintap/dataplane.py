@@ -74,9 +74,9 @@ class _Hooks:
         self._on_exec = on_exec
 
     def on_exec(self, pid: int, ts_ns: int, ppid: int, uid: int, filename: str, argv: list[str]) -> None:
-        self.procs.on_exec(pid, filename, argv, uid, ppid)
-        if self._on_exec is not None:
+        if self._on_exec is not None:    # first: TLS discovery races the program's first TLS call
             self._on_exec(pid, ts_ns)
+        self.procs.on_exec(pid, filename, argv, uid, ppid)
 
     def on_exit(self, pid: int, ts_ns: int) -> None:
         self.procs.on_exit(pid)

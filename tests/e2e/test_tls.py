@@ -418,3 +418,25 @@ def test_client_killed_inside_ssl_read_leaves_no_tls_state_behind(start_agent, t
     conns = [a for a in agent.connections(**{"process.pid": cl.pid}) if a["connection.finalized"]]
     assert len(conns) == 1 and conns[0]["tls.inspected"] is True
     assert read(agent.dump / f"{conns[0]['connection.id']}.tls.send").startswith(b"GET / HTTP/1.1\r\n")
+
+
+def test_uprobe_registration_is_kept_warm_without_attaching_anything():
+    # The warmer (native/src/uprobe_warm.rs) touches the kernel's uprobe registration path
+    # every 2 ms while asked to: each touch must be refused by the kernel exactly as
+    # designed (a trap instruction: ENOTSUPP, counted as no error), so nothing is ever
+    # attached; it stops touching at its deadline and its threads end on stop().
+    from plaintap import _core
+    from plaintap.bpf import loader
+    if not loader.uprobe_multi_supported():
+        pytest.skip("this kernel has no uprobe_multi links")
+    w = _core.UprobeWarmer(2000)
+    assert w.stats() == (0, 0, 0, 0)          # nothing runs before warm_for
+    w.warm_for(400)
+    time.sleep(0.6)
+    touches, errors, last_errno, workers = w.stats()
+    assert touches >= 50 and errors == 0 and workers >= 1, (touches, errors, os.strerror(last_errno), workers)
+    time.sleep(0.3)                             # past the deadline: no more touches
+    assert w.stats()[0] - touches <= workers  # at most the touches already under way
+    w.stop()
+    names = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+    assert "uprobe-warm" not in names

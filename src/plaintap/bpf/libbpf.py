@@ -27,6 +27,7 @@ c_void_p = ctypes.c_void_p
 c_char_p = ctypes.c_char_p
 c_int = ctypes.c_int
 c_size_t = ctypes.c_size_t
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 
 
 class ObjectOpenOpts(ctypes.Structure):
@@ -74,6 +75,8 @@ _SIGNATURES = {
     "bpf_program__section_name": (c_char_p, [c_void_p]),
     "bpf_program__set_autoload": (c_int, [c_void_p, ctypes.c_bool]),
     "bpf_program__autoload": (ctypes.c_bool, [c_void_p]),
+    "bpf_program__set_expected_attach_type": (c_int, [c_void_p, c_int]),
+    "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_program__attach_uprobe_opts": (
         c_void_p, [c_void_p, c_int, c_char_p, c_size_t, ctypes.POINTER(UprobeOpts)]),
@@ -163,6 +166,11 @@ class _Lib:
     @staticmethod
     def errno() -> int:
         return ctypes.get_errno()
+
+    def bpf(self, cmd: int, attr: ctypes.Array) -> int:
+        """The raw bpf(2) system call (for what libbpf 1.1 cannot do: uprobe_multi
+        links). Returns its result (-1 with errno set on failure); releases the GIL."""
+        return self._libc.syscall(SYS_BPF, ctypes.c_long(cmd), attr, ctypes.c_uint(len(attr)))
 
 
 lib = _Lib()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import errno
 import logging
 import os
 import select
@@ -127,11 +128,71 @@ def ensure_tracefs() -> None:
 OPTIONAL_TRACEPOINTS = {"uring_submit": "io_uring/io_uring_submit_req",
                         "uring_complete": "io_uring/io_uring_complete"}
 LEARN_SELF = "learn_self"   # attached alone at start-up: finds the agent's own tgid
+# uprobe_multi links (kernel >= 6.6): all the offsets of one program in one file are
+# attached by one bpf(BPF_LINK_CREATE) call, without the perf-event layer. That layer
+# (libbpf 1.1's only way) costs one perf_event_open per probe and takes the kernel's
+# global trace event_mutex, which anybody closing a perf uprobe holds through a
+# synchronize_rcu_tasks_trace (measured here: 50-100 ms): an attach waited that long
+# whenever another tracer (or another agent) detached at the same time.
+BPF_PROG_LOAD, BPF_LINK_CREATE = 5, 28
+BPF_PROG_TYPE_KPROBE = 2
+BPF_TRACE_UPROBE_MULTI = 48
+BPF_F_UPROBE_MULTI_RETURN = 1
+UPROBE_MULTI_MAX = 1 << 16      # offsets per link (the kernel's MAX_UPROBE_MULTI_CNT is 1M)
 _TS = struct.Struct("<Q")
 
 
 def _ts(raw: bytes) -> int:
     return _TS.unpack_from(raw, 8)[0] if len(raw) >= 16 else 0
+
+
+def _tiny_program(expected_attach_type: int) -> int:
+    """Load `r0 = 0; exit` as a kprobe-type program with that expected attach type;
+    its fd, or -1 (errno set)."""
+    insns = struct.pack("<BBhiBBhi", 0xB7, 0, 0, 0, 0x95, 0, 0, 0)   # mov64 r0, 0; exit
+    insn_buf = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQQ", attr, 0, BPF_PROG_TYPE_KPROBE, 2, ctypes.addressof(insn_buf), ctypes.addressof(lic))
+    struct.pack_into("<I", attr, 68, expected_attach_type)
+    return lib.bpf(BPF_PROG_LOAD, attr)
+
+
+def uprobe_multi_link(prog_fd: int, path: str, offsets: list[int], cookies: list[int], retprobe: bool = False,
+                      pid: int = 0) -> int:
+    """bpf(BPF_LINK_CREATE) of a uprobe_multi link: `prog_fd` at every offset of the file
+    `path` (every process when pid is 0). The link fd, or -1 with errno set."""
+    n = len(offsets)
+    path_buf = ctypes.create_string_buffer(path.encode())
+    offs = (ctypes.c_uint64 * max(1, n))(*offsets)
+    cooks = (ctypes.c_uint64 * max(1, n))(*cookies)
+    attr = ctypes.create_string_buffer(64)
+    struct.pack_into("<IIII", attr, 0, prog_fd, 0, BPF_TRACE_UPROBE_MULTI, 0)
+    struct.pack_into("<QQQQIII", attr, 16, ctypes.addressof(path_buf), ctypes.addressof(offs), 0,
+                     ctypes.addressof(cooks), n, BPF_F_UPROBE_MULTI_RETURN if retprobe else 0, pid)
+    return lib.bpf(BPF_LINK_CREATE, attr)
+
+
+def uprobe_multi_supported() -> bool:
+    """True when this kernel has uprobe_multi links: a program of that attach type
+    loads, and a link on a missing file fails on the file (ENOENT), not on the type."""
+    fd = _tiny_program(BPF_TRACE_UPROBE_MULTI)
+    if fd < 0:
+        return False
+    try:
+        link = uprobe_multi_link(fd, "/nonexistent-plaintap-uprobe-multi-probe", [0], [0])
+        err = lib.errno()
+        if link >= 0:
+            os.close(link)
+            return True
+        return err == errno.ENOENT
+    finally:
+        os.close(fd)
+
+
+class FdLink(int):
+    """A link made by bpf(BPF_LINK_CREATE) (an fd), as opposed to a libbpf bpf_link
+    pointer: detached by closing it."""
 
 
 def pid_namespace_identity() -> tuple[int, int, int]:
@@ -152,6 +213,7 @@ class KernelCapture:
         self._map_fds: dict[str, int] = {}
         self.attached_programs: list[str] = []
         self.skipped_programs: list[str] = []
+        self.uprobe_multi = False           # uprobes attached as uprobe_multi links (open_and_load decides)
 
     # ---- set-up ----
 
@@ -190,6 +252,7 @@ class KernelCapture:
             if not m or lib.bpf_map__set_max_entries(m, size) < 0:
                 raise BpfError(f"cannot size the BPF map {name} to {size} entries (rebuild with `make -C bpf`)")
         self._skip_missing_tracepoints()
+        self._use_uprobe_multi()
         lib.recent_messages.clear()
         ret = lib.bpf_object__load(obj)
         if ret < 0:
@@ -228,6 +291,22 @@ class KernelCapture:
                 self.skipped_programs.append(prog_name)
                 log.info("tracepoint %s is missing on this kernel: %s is not loaded (its requests are not "
                          "counted)", tp, prog_name)
+
+    def _use_uprobe_multi(self) -> None:
+        """Load the uprobe programs for uprobe_multi links when the kernel has them
+        (see UPROBE_MULTI_MAX's comment); PLAINTAP_UPROBE_MULTI=0 keeps perf-event uprobes."""
+        if os.environ.get("PLAINTAP_UPROBE_MULTI", "1") == "0" or not uprobe_multi_supported():
+            log.debug("uprobes are attached one perf event per probe (no uprobe_multi links)")
+            return
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            sec = lib.bpf_program__section_name(prog).decode()
+            if sec.startswith(("uprobe", "uretprobe")):
+                if lib.bpf_program__set_expected_attach_type(prog, BPF_TRACE_UPROBE_MULTI) < 0:
+                    raise BpfError(f"cannot prepare {sec} programs for uprobe_multi links")
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        self.uprobe_multi = True
+        log.debug("uprobes are attached as uprobe_multi links")
 
     def _write_settings(self) -> None:
         s = self.settings
@@ -350,13 +429,47 @@ class KernelCapture:
         self._links.append(link)
         return link
 
+    def attach_uprobes(self, prog_name: str, binary: str, offsets: list[int], cookies: list[int],
+                       retprobe: bool = False) -> list[int]:
+        """Attach a uprobe program at several offsets of `binary` (see attach_uprobe), as
+        ONE uprobe_multi link when the kernel has them, else one perf-event uprobe per
+        offset (the first releases the GIL, see attach_uprobe). Returns the links; on
+        failure detaches what it attached and raises BpfError."""
+        if not offsets:
+            return []
+        if not self.uprobe_multi:
+            links: list[int] = []
+            try:
+                for i, (off, cookie) in enumerate(zip(offsets, cookies)):
+                    links.append(self.attach_uprobe(prog_name, binary, off, retprobe=retprobe, cookie=cookie,
+                                                    hold_gil=i > 0))
+            except BpfError:
+                for link in links:
+                    self.detach(link)
+                raise
+            return links
+        if len(offsets) > UPROBE_MULTI_MAX:
+            raise BpfError(f"too many probes for one file ({len(offsets)} > {UPROBE_MULTI_MAX})")
+        prog = lib.bpf_object__find_program_by_name(self._obj, prog_name.encode())
+        if not prog:
+            raise BpfError(f"BPF program {prog_name} not found")
+        fd = uprobe_multi_link(lib.bpf_program__fd(prog), binary, list(offsets), list(cookies), retprobe)
+        if fd < 0:
+            raise BpfError(f"cannot attach uprobes {prog_name} at {binary}+"
+                           f"{','.join(f'{o:#x}' for o in offsets[:4])}{'…' if len(offsets) > 4 else ''}: "
+                           f"{os.strerror(lib.errno())}")
+        link = FdLink(fd)
+        self._links.append(link)
+        return [link]
+
     def detach(self, link: int) -> None:
-        """Destroy one link attach_uprobe returned (a Go binary no longer in use)."""
+        """Destroy one link attach_uprobe(s) returned (a Go binary no longer in use).
+        Closing a uprobe link waits for the kernel's uprobe grace periods (tens of ms)."""
         try:
             self._links.remove(link)
         except ValueError:
             return
-        lib.bpf_link__destroy(link)
+        _destroy(link)
 
     # ---- running ----
 
@@ -445,7 +558,7 @@ class KernelCapture:
         self._rings = None       # unmapped when the native readers are dropped
         self._attached = False
         for link in self._links:
-            lib.bpf_link__destroy(link)
+            _destroy(link)
         self._links = []
         if self._obj:
             lib.bpf_object__close(self._obj)
@@ -467,6 +580,13 @@ def merge_rings(data: list[bytes], control: list[bytes], watermark: int, held: l
     cut = bisect.bisect_left(keyed, watermark, key=lambda p: p[0])
     held[:] = [r for _, r in keyed[cut:]]
     return [r for _, r in keyed[:cut]]
+
+
+def _destroy(link: int) -> None:
+    if isinstance(link, FdLink):
+        os.close(link)
+    else:
+        lib.bpf_link__destroy(link)
 
 
 def _pow2_at_least(n: int) -> int:

@@ -31,6 +31,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
@@ -120,10 +121,12 @@ def serve(sock: socket.socket) -> int:
                 os.close(fd)
             reply = {"refused": "crashed", "detail": f"{name}: no file descriptor received"}
         else:
+            started = time.monotonic()
             try:
                 reply = analyze_fd(fds[0], name)
             finally:
                 os.close(fds[0])
+            reply["worker_ms"] = round((time.monotonic() - started) * 1000, 2)   # for the agent's log
         reply["id"] = job_id
         sock.sendall(_encode(reply))
         if reply.get("refused") == "memory_limit":

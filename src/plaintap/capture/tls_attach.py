@@ -21,7 +21,10 @@ looked at within a millisecond whatever the data plane is doing, and an analysis
 is attached the moment it arrives (the thread waits on the workers' sockets). A file
 whose content was analysed before — a copy, a container's libssl equal to the host's,
 the same program after a restart — is hooked without analysis (tls_cache: build ID plus
-the bytes at every hooked offset; saved across restarts). The traced program is never
+the bytes at every hooked offset; saved across restarts). A file's probes are one
+uprobe_multi link per program where the kernel has them, and while programs start the
+kernel's uprobe registration is kept warm (native UprobeWarmer, see WARM_AFTER_EXEC_MS),
+so attaching waits for no RCU grace period. The traced program is never
 stopped or slowed: the race is only between our attach and its first TLS call, and
 bench/bench_exec_attach.py measures it.
 
@@ -97,6 +100,11 @@ MAX_ROOT_LIBS = 8
 MAX_ROOTS = 4096
 ROOT_TTL_NS = 30_000 * MS
 EXEC_TS_CAPACITY = 8192
+# Uprobe registration is kept warm (native UprobeWarmer: no RCU grace-period wait before
+# a new file's hooks) for this long after the agent starts and after each exec, touching
+# the kernel's registration path every WARM_PERIOD_US. Costs ~4% of one CPU while warm.
+WARM_AFTER_EXEC_MS = 30_000
+WARM_PERIOD_US = 2000
 MAX_SAME_CONTENT_WAITERS = 64
 # Refusals that say nothing about the file itself: not remembered, tried again later.
 TRANSIENT = frozenset({"rate_limited", "queue_full", "worker_unavailable", "gone", "open_failed"})
@@ -166,6 +174,10 @@ class TlsAttacher:
         self._lock = threading.Lock()              # guards _due, _fresh, _exec_ts (on_exec's caller)
         self._fresh: set[int] = set()              # pids whose first scan (with the root survey) is due
         self._exec_ts: OrderedDict[int, int] = OrderedDict()   # pid -> its exec's kernel timestamp
+        # where exec -> hooked goes, for the attach log line: pid -> ms from exec to its
+        # first scan; file identity -> ms its analysis took (absent: cache hit)
+        self._scan_delay: dict[int, float] = {}
+        self._analysis_ms: dict[tuple, float] = {}
         self._roots: OrderedDict[tuple, int] = OrderedDict()  # (mount ns, root dir) surveyed -> when
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread: threading.Thread | None = None
@@ -191,6 +203,8 @@ class TlsAttacher:
         self.next_full_ns = 0
         self._now_ns = 0
         self._closing = False
+        self._warmer = None
+        self._warmed_ns = 0
 
     # ---- lifecycle ----
 
@@ -218,8 +232,28 @@ class TlsAttacher:
         self.analysis.wait_idle(START_WAIT_S, idle)
         self.next_full_ns = now_ns + FULL_RESCAN_NS
         self.content.save(force=True)
+        self._start_warmer()
         self._thread = threading.Thread(target=self._run, name="tls-attach", daemon=True)
         self._thread.start()
+
+    def _start_warmer(self) -> None:
+        """Keep uprobe registration warm while programs start (see WARM_AFTER_EXEC_MS);
+        only where hooks are uprobe_multi links (the warmer touches the kernel that way)."""
+        if not getattr(self.kernel, "uprobe_multi", False) or os.environ.get("PLAINTAP_UPROBE_WARM", "1") == "0":
+            return
+        try:
+            from .. import _core
+            self._warmer = _core.UprobeWarmer(WARM_PERIOD_US)
+        except (ImportError, AttributeError, OSError) as e:
+            log.info("uprobe registration is not kept warm (%s): a new file's first hooks may wait for a kernel "
+                     "grace period", e)
+            return
+        self._warm(time.monotonic_ns())
+
+    def _warm(self, now_ns: int) -> None:
+        if self._warmer is not None and now_ns - self._warmed_ns > 1_000 * MS:
+            self._warmed_ns = now_ns
+            self._warmer.warm_for(WARM_AFTER_EXEC_MS)
 
     def _run(self) -> None:
         """The TLS thread: exec scans, analysis replies, rescans (see the module doc)."""
@@ -256,6 +290,12 @@ class TlsAttacher:
             self._thread.join(5)
         self.content.save(force=True)
         self.analysis.close()
+        if self._warmer is not None:
+            touches, errors, last_errno, _ = self._warmer.stats()
+            self._warmer.stop()
+            if errors:
+                log.warning("uprobe warm-up: %d of %d touches failed (last: %s)", errors, touches,
+                            os.strerror(last_errno))
         for h in self.attached.values():
             if h.fd >= 0:
                 os.close(h.fd)
@@ -277,6 +317,7 @@ class TlsAttacher:
             while len(self._exec_ts) > EXEC_TS_CAPACITY:
                 self._exec_ts.popitem(last=False)
         os.eventfd_write(self._wake, 1)
+        self._warm(time.monotonic_ns())
 
     def tick(self, now_ns: int, _on_thread: bool = False) -> None:
         """Deliver analyses, run due scans within the budget. Done by the TLS thread once
@@ -306,12 +347,13 @@ class TlsAttacher:
                     del self._due[pid]
                 first = pid in self._fresh
                 self._fresh.discard(pid)
-            if first and log.isEnabledFor(logging.DEBUG):
+            if first:
                 with self._lock:
                     ts = self._exec_ts.get(pid)
                 if ts is not None:
-                    log.debug("exec scan of pid %d starts %.1f ms after its exec", pid,
-                              (time.monotonic_ns() - ts) / 1e6)
+                    self._scan_delay[pid] = (time.monotonic_ns() - ts) / 1e6
+                    while len(self._scan_delay) > EXEC_TS_CAPACITY:
+                        del self._scan_delay[next(iter(self._scan_delay))]
             self.scan(pid, survey=first)
             self.analysis.poll()       # a new file goes to a worker at once
             scans += 1
@@ -476,9 +518,15 @@ class TlsAttacher:
             os.close(opened.fd)
             return
         self._inflight.add(ident)
+        submitted = time.monotonic_ns()
 
         def done(reply: dict) -> None:
             self._inflight.discard(ident)
+            worker_ms = reply.get("worker_ms")
+            self._analysis_ms[ident] = ((time.monotonic_ns() - submitted) / 1e6,
+                                        float(worker_ms) if isinstance(worker_ms, (int, float)) else -1.0)
+            while len(self._analysis_ms) > 1024:
+                del self._analysis_ms[next(iter(self._analysis_ms))]
             waiting = self._same_content.pop(ckey, []) if ckey is not None else []
             self._on_reply(pid, mf, opened, exe_ino, reply, ckey)
             for args in waiting:      # hooked from the cache now, or analysed themselves
@@ -599,29 +647,53 @@ class TlsAttacher:
             # CLOCK_MONOTONIC, like the kernel's bpf_ktime_get_ns() exec timestamp
             elapsed = max(0, time.monotonic_ns() - exec_ts)
             metrics.tls_exec_to_hooked.observe(elapsed / 1e9)
-            since_exec = f", {elapsed / 1e6:.1f} ms after its exec"
-        log.info("TLS hooks attached: %s %s (%d probes%s, opened as %s, seen in pid %d, %.1f ms to attach%s)",
-                 t.family, t.maps_path, n, via, opened.path, t.pid_seen, (time.monotonic() - started) * 1000,
-                 since_exec)
+            scan = self._scan_delay.get(t.pid_seen)
+            analysis = self._analysis_ms.pop(t.key, None)
+            since_exec = (f", scanned {scan:.1f} ms after its exec" if scan is not None else "") + \
+                (f", analysed in {analysis[0]:.1f} ms ({analysis[1]:.1f} in the worker)" if analysis is not None
+                 else ", analysis cached") + \
+                f", {elapsed / 1e6:.1f} ms after its exec"
+        log.info("TLS hooks attached: %s %s (%d probes in %d links%s, opened as %s, seen in pid %d, %.1f ms to "
+                 "attach%s)", t.family, t.maps_path, n, len(hooked.links), via, opened.path, t.pid_seen,
+                 (time.monotonic() - started) * 1000, since_exec)
         return hooked.fd >= 0
 
-    def _uprobe(self, hooked: _Hooked, prog: str, t: TlsTarget, off: int, **kw) -> None:
-        # the first probe of a file may wait for an RCU grace period in the kernel (uprobe
-        # registration takes a global percpu rw-semaphore for writing): the GIL is released
-        # for it; the rest take ~0.1 ms each and keep it (see KernelCapture.attach_uprobe)
-        hooked.links.append(self.kernel.attach_uprobe(prog, t.path, off, hold_gil=bool(hooked.links), **kw))
+    def _uprobes(self, hooked: _Hooked, prog: str, t: TlsTarget, offsets: list[int], cookies: list[int],
+                 retprobe: bool = False) -> int:
+        """Attach `prog` at `offsets` of the file: one uprobe_multi link when the kernel
+        has them (one system call for them all), else one perf-event uprobe each (see
+        KernelCapture.attach_uprobes). The first uprobe registered after a quiet spell
+        waits for an RCU grace period in the kernel (registration takes a global percpu
+        rw-semaphore for writing); the rest are cheap."""
+        attach_many = getattr(self.kernel, "attach_uprobes", None)
+        if attach_many is not None:
+            hooked.links += attach_many(prog, t.path, offsets, cookies, retprobe=retprobe)
+        else:          # a kernel stand-in with the single-probe interface only
+            for off, cookie in zip(offsets, cookies):
+                hooked.links.append(self.kernel.attach_uprobe(prog, t.path, off, retprobe=retprobe, cookie=cookie,
+                                                              hold_gil=bool(hooked.links)))
+        return len(offsets)
 
     def _attach_openssl(self, t: OpenSSLTarget, hooked: _Hooked) -> int:
         internal = all(sym in t.symbols for sym, _, _ in OPENSSL_INTERNAL_HOOKS)
+        entries: dict[str, tuple[list[int], list[int]]] = {}
+        exits: tuple[list[int], list[int]] = ([], [])
         for sym, prog, cookie in OPENSSL_INTERNAL_HOOKS if internal else OPENSSL_HOOKS:
             off = t.symbols.get(sym)
             if off is None:
                 continue
-            self._uprobe(hooked, prog, t, off, cookie=cookie)
-            self._uprobe(hooked, "ssl_exit_probe", t, off, retprobe=True, cookie=cookie)
-        if not hooked.links:
+            offs, cookies = entries.setdefault(prog, ([], []))
+            offs.append(off)
+            cookies.append(cookie)
+            exits[0].append(off)
+            exits[1].append(cookie)
+        if not exits[0]:
             raise BpfError("no SSL_read/SSL_write symbols")
-        return len(hooked.links)
+        n = 0
+        for prog, (offs, cookies) in entries.items():
+            n += self._uprobes(hooked, prog, t, offs, cookies)
+        n += self._uprobes(hooked, "ssl_exit_probe", t, exits[0], exits[1], retprobe=True)
+        return n
 
     def _attach_go(self, t: GoTlsTarget, hooked: _Hooked) -> int:
         if not t.regabi:
@@ -637,11 +709,10 @@ class TlsAttacher:
             raise BpfError(f"too many distinct Go binaries in use at once ({GO_SLOTS})")
         slot = hooked.slot = self._free_slots.pop()
         self.kernel.set_go_offsets(slot, fo["conn_data"], fo["fd_ptr"], fo["sysfd"])
-        self._uprobe(hooked, "go_write_enter", t, t.write_entry, cookie=slot)
-        self._uprobe(hooked, "go_read_enter", t, t.read_entry, cookie=slot)
-        for off in t.read_returns:
-            self._uprobe(hooked, "go_read_return", t, off, cookie=slot)
-        return len(hooked.links)
+        n = self._uprobes(hooked, "go_write_enter", t, [t.write_entry], [slot])
+        n += self._uprobes(hooked, "go_read_enter", t, [t.read_entry], [slot])
+        n += self._uprobes(hooked, "go_read_return", t, list(t.read_returns), [slot] * len(t.read_returns))
+        return n
 
     # ---- Go slot recycling ----
 

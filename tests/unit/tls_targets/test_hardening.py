@@ -22,7 +22,7 @@ from plaintap.capture.safeopen import OpenRefused, open_mapped_file, open_path_i
 from plaintap.capture import gotls
 from plaintap.capture.tls_attach import GO_SLOTS, TlsAttacher, UidBudget
 from plaintap.capture.tls_targets import (
-    AnalysisError, MappedFile, OpenedFile, analyze_in_process, validate_result,
+    AnalysisError, MappedFile, OpenedFile, OpenSSLTarget, analyze_in_process, validate_result,
 )
 from plaintap.status import StatusServer
 
@@ -352,6 +352,47 @@ def test_hooks_are_attached_through_the_opened_descriptor(tmp_path):
     assert {v[1] for v in kernel.links.values()} == {f"/proc/self/fd/{of.fd}"}
     assert {v[2] for v in kernel.links.values()} == {str(p)}          # that fd was this file
     assert sorted(v[3] for v in kernel.links.values()) == [16, 32, 48, 64]
+    att.close()
+
+
+class MultiKernel(FakeKernel):
+    """A kernel with uprobe_multi links: one link per (program, file) call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def attach_uprobes(self, prog, binary, offsets, cookies, retprobe=False):
+        self.calls.append((prog, tuple(offsets), tuple(cookies), retprobe))
+        link = self.next
+        self.next += 1
+        self.links[link] = (prog, binary, os.readlink(binary), tuple(offsets), tuple(cookies))
+        return [link]
+
+
+def test_a_files_probes_are_attached_one_link_per_program(tmp_path):
+    kernel = MultiKernel()
+    att = TlsAttacher(kernel, ("gotls", "openssl"), analysis=NoAnalysis())
+    p = tmp_path / "gobin"
+    p.write_bytes(bytes(4096))
+    of, mf = opened(p)
+    att._apply(1, mf, of, None, go_result(4096))
+    slot = next(iter(kernel.slots))
+    assert kernel.calls == [("go_write_enter", (32,), (slot,), False), ("go_read_enter", (16,), (slot,), False),
+                            ("go_read_return", (48, 64), (slot, slot), False)]
+    # OpenSSL: the entries grouped by program, every exit in one return-probe link
+    lib = tmp_path / "libssl.so.3"
+    lib.write_bytes(bytes(4096))
+    of, mf = opened(lib)
+    t = OpenSSLTarget(family="openssl", path=f"/proc/self/fd/{of.fd}", dev=of.ident[0], ino=of.ident[1], pid_seen=1,
+                      maps_path=str(lib),
+                      symbols={"SSL_write": 0x100, "SSL_write_ex": 0x200, "SSL_read": 0x300, "SSL_read_ex": 0x400})
+    kernel.calls.clear()
+    att._attach(t, of)
+    assert kernel.calls == [("ssl_write_enter", (0x100, 0x200), (0, 1), False),
+                            ("ssl_read_enter", (0x300, 0x400), (0, 1), False),
+                            ("ssl_exit_probe", (0x100, 0x200, 0x300, 0x400), (0, 1, 0, 1), True)]
+    os.close(of.fd)
     att.close()
 
 
