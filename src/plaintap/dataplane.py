@@ -139,7 +139,8 @@ class Pipeline:
         then `batch_wait_us` more to gather a batch), in bounded slices so the caller can
         check its stop flag between calls."""
         n = self.core.drain(rings, timeout_ms, max_records, max_ns, batch_wait_us)
-        out = self._collect() if n else Emitted()   # nothing handled: nothing to take or count
+        # nothing handled (and no worker with something for us): nothing to take or count
+        out = self._collect() if n or self.core.busy else Emitted()
         if n:
             out.newest_ts = self.core.last_ts
         return out

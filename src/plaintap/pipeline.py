@@ -123,6 +123,7 @@ class RunOptions:
     spool_dir: str = DEFAULT_SPOOL_DIR         # --spool-dir: one subdirectory per network sink
     spool_size: int = 1 << 30                  # --spool-size (0: no spool)
     retry_window: float = 60.0                 # --retry-window: outage retried without a spool before dropping
+    workers: int = 1                           # --workers: connection-parsing threads (native/src/shard.rs)
 
 
 def data_plane_budget(memory_limit: int) -> int:
@@ -297,7 +298,7 @@ class Agent:
             run_id=secrets.token_hex(4), forget=self.kernel.forget_connection, on_exec=self.tls.on_exec,
             object_url=self.object_url, events_enabled=self.event_sink is not None,
             objects_enabled=self.object_sink is not None, redaction=self.redaction, container_hold=self.container_hold,
-            dns_audit=dns_audit(tap), byte_budget=data_plane_budget(opts.memory_limit))
+            dns_audit=dns_audit(tap), byte_budget=data_plane_budget(opts.memory_limit), workers=opts.workers)
         self.rings: list = []
         self._pending: list[Record] = []
         self._pending_objects: list[Record] = []
