@@ -825,9 +825,6 @@ pub struct Dns {
     pub learned: u64,
     /// Messages that did not parse, by reason (ParseError::label).
     pub errors: HashMap<&'static str, u64>,
-    /// Some: names learned go here, (addr, name, ttl_s, ts), instead of `names`: for the
-    /// host-wide map of another table (a `--workers` shard's DNS over TCP, see shard.rs).
-    pub taught: Option<Vec<(String, String, u32, u64)>>,
 }
 
 impl Default for Dns {
@@ -839,7 +836,6 @@ impl Default for Dns {
             cut: 0,
             learned: 0,
             errors: HashMap::new(),
-            taught: None,
         }
     }
 }
@@ -919,15 +915,8 @@ impl Dns {
                         .map(|q| q.name.clone())
                         .unwrap_or_default();
                     for (addr, ttl) in learned(&m) {
+                        self.names.learn(&addr, &name, ttl, ts);
                         self.learned += 1;
-                        match self.taught.as_mut() {
-                            Some(log) => {
-                                if log.len() < DEFAULT_NAME_MAP_CAP {
-                                    log.push((addr, name.clone(), ttl, ts));
-                                }
-                            }
-                            None => self.names.learn(&addr, &name, ttl, ts),
-                        }
                     }
                 }
                 out.push(ex);

@@ -90,6 +90,8 @@ pub struct DataPlane {
     shards: Option<Shards>,
     /// Kernel time of the newest record routed to a shard.
     routed_ts: u64,
+    /// With workers: connections the control table keeps (DNS over TCP, see shard.rs).
+    control_conns: std::collections::HashSet<u64>,
     /// The Python view of each connection's current `ConnView` (the same object while the
     /// connection does not change), until its final report.
     views: HashMap<u64, (ConnView, Py<ConnInfo>)>,
@@ -150,6 +152,7 @@ impl DataPlane {
             table: Table::new(settings, Hooks::Py(hooks)),
             shards,
             routed_ts: 0,
+            control_conns: Default::default(),
             views: HashMap::new(),
             summary: None,
             native_summaries: 0,
@@ -160,6 +163,14 @@ impl DataPlane {
     #[getter]
     fn workers(&self) -> usize {
         self.shards.as_ref().map_or(1, |s| s.len())
+    }
+
+    /// Wait until the workers handled everything sent to them (their outputs are then
+    /// ready for `take`); nothing to wait for with one worker.
+    fn sync(&mut self, py: Python<'_>) {
+        if let Some(s) = self.shards.as_mut() {
+            py.allow_threads(|| s.sync());
+        }
     }
 
     /// Workers hold records not yet handled or outputs not yet taken (a `take` will find
@@ -384,9 +395,6 @@ impl DataPlane {
             items.extend(c.out);
             for (pid, fd) in c.forgets {
                 self.table.forget(Gil::Held(py), pid, fd);
-            }
-            for (addr, name, ttl, ts) in c.taught {
-                self.table.dns.names.learn(&addr, &name, ttl, ts);
             }
         }
         for o in items {
@@ -652,8 +660,24 @@ impl DataPlane {
             | Event::Gap { conn_id, .. }
             | Event::ConnClose { conn_id, .. }
             | Event::SockState { conn_id, .. } => {
+                if self.control_conns.contains(&conn_id) {
+                    if matches!(r.event, Event::ConnClose { .. }) {
+                        self.control_conns.remove(&conn_id);
+                    }
+                    self.table.handle_raw(g, rec);
+                    return;
+                }
                 self.routed_ts = self.routed_ts.max(r.ts_ns);
                 shards.batch_for(conn_id).record(rec, None);
+            }
+            Event::ConnOpen(o) if o.role == decode::ROLE_CLIENT && o.remote_port == 53 => {
+                if self.control_conns.len() >= 4096 {
+                    // entries of connections finished otherwise (their process's exit)
+                    let t = &self.table;
+                    self.control_conns.retain(|k| t.info(*k).is_some());
+                }
+                self.control_conns.insert(o.conn_id);
+                self.table.handle_raw(g, rec);
             }
             Event::ConnOpen(o) => {
                 self.routed_ts = self.routed_ts.max(r.ts_ns);

@@ -7,10 +7,12 @@
 //! stay in their order on one thread. What needs Python stays with the reader: a
 //! connection's open asks `hooks.on_open` there (and looks up the DNS names), and the
 //! answer travels with the record; exec, exit and DNS datagrams are handled by the reader's
-//! own table (the control table: process hooks, UDP DNS, the address → name map); a process
-//! exit is also sent to every shard, which finishes that process's connections. What a shard
-//! produces (transactions, reports, DNS-over-TCP exchanges, `forget` calls for the kernel)
-//! waits in its mailbox until `DataPlane.take` collects it on the Python thread.
+//! own table (the control table: process hooks, UDP DNS, the address → name map), and so
+//! are DNS-over-TCP connections (a client's to port 53: the names their answers teach must
+//! be known to the next open, as with one table); a process exit is also sent to every shard,
+//! which finishes that process's connections. What a shard produces (transactions, reports,
+//! `forget` calls for the kernel) waits in its mailbox until `DataPlane.take` collects it on
+//! the Python thread.
 //!
 //! Bounds: the record bytes in flight to the shards are at most QUEUE_BYTES (past that the
 //! reader stops reading, leaving the records in the kernel's ring, until the shards catch
@@ -175,8 +177,6 @@ pub fn add_counters(a: &mut Counters, b: &Counters) {
 pub struct Mailbox {
     pub out: Vec<Output>,
     pub forgets: Vec<(u32, i32)>,
-    /// Names learned from DNS over TCP, for the control table's host-wide map.
-    pub taught: Vec<(String, String, u32, u64)>,
     pub counters: Counters,
     pub dns: DnsCounts,
     pub len: usize,
@@ -209,7 +209,6 @@ struct Shard {
 pub struct Collected {
     pub out: Vec<Output>,
     pub forgets: Vec<(u32, i32)>,
-    pub taught: Vec<(String, String, u32, u64)>,
 }
 
 /// Record bytes sent to the shards and not yet handled.
@@ -239,14 +238,13 @@ impl Shards {
         for i in 0..n {
             let mut s = settings.clone();
             s.byte_budget = (settings.byte_budget / n as u64).max(1);
-            let mut table = Table::new(
+            let table = Table::new(
                 s,
                 Hooks::Shard {
                     next: None,
                     forgets: Vec::new(),
                 },
             );
-            table.dns.taught = Some(Vec::new());
             let (tx, rx) = channel();
             let (reply_tx, reply) = channel();
             let shared = Arc::new(Shared {
@@ -407,14 +405,13 @@ impl Shards {
     }
 
     /// Everything the shards produced since the last call (shard by shard, each in its
-    /// order), the kernel entries they asked to forget, and the DNS names they learned.
+    /// order), and the kernel entries they asked to forget.
     pub fn collect(&self) -> Collected {
         let mut c = Collected::default();
         for s in &self.shards {
             let mut m = s.shared.mailbox();
             c.out.append(&mut m.out);
             c.forgets.append(&mut m.forgets);
-            c.taught.append(&mut m.taught);
         }
         c
     }
@@ -515,9 +512,6 @@ fn publish(t: &mut Table, shared: &Shared) {
     let mut m = shared.mailbox();
     m.out.append(&mut t.out);
     m.forgets.extend(forgets);
-    if let Some(log) = t.dns.taught.as_mut() {
-        m.taught.append(log);
-    }
     m.counters.clone_from(&t.counters);
     m.dns = DnsCounts::of(&t.dns);
     m.len = t.len();

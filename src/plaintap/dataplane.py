@@ -97,7 +97,9 @@ class Pipeline:
     `stacks` (PluginStacks or None: no HTTP parsing), `object_url`, `events_enabled` and
     `dns_audit` (which DNS exchanges become connection events) may be replaced between
     calls (a config reload). `native_summary=False` keeps every transaction on the Python
-    path (tests compare the two)."""
+    path (tests compare the two). `workers=N` (a core option) parses connections on N
+    threads (native/src/shard.rs): `feed` returns once they are done; `drain` takes what
+    they finished so far, the rest at the next call (or `settle`)."""
 
     def __init__(self, stacks, clock: Callable[[int], int], *, procs: ProcessTable | None = None,
                  body_limit: int = 2 << 20, dumper=None, run_id: str | None = None,
@@ -144,6 +146,12 @@ class Pipeline:
         if n:
             out.newest_ts = self.core.last_ts
         return out
+
+    def settle(self) -> Emitted:
+        """With `workers` > 1: wait until they handled what they were sent, and take what
+        they made (the drain hands them records and takes their outputs later)."""
+        self.core.sync()
+        return self._collect()
 
     def adopt(self, pid: int, ts_ns: int, conn_id: int, fd: int, uid: int, role: int, direction: int,
               local_addr: str, local_port: int, remote_addr: str, remote_port: int, comm: str) -> None:

@@ -650,6 +650,7 @@ class Agent:
                 out = self.pipeline.drain(self.rings, 0, SLICE_RECORDS, SLICE_NS)
                 self._take(out)
                 self.health.beat(out.newest_ts)
+            self._take(self.pipeline.settle())     # --workers: what they still hold
         except Exception as e:
             log.debug("drain at shutdown: %s", e)
         t0, open_conns, abandoned = time.monotonic(), len(self.pipeline.core), 0
