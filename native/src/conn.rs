@@ -700,7 +700,8 @@ impl Table {
     }
 
     /// `hooks.on_open(pid, fd, comm, uid)`: (process, tap.filters bits). A shard has no
-    /// Python hooks to ask (its opens come resolved): process None, no bits.
+    /// Python hooks to ask (its opens come resolved, it gets no datagrams): no process,
+    /// no bits.
     fn ask_open(
         &mut self,
         py: Gil<'_>,
@@ -708,13 +709,14 @@ impl Table {
         fd: i32,
         comm: &str,
         uid: u32,
-    ) -> PyResult<(PyObject, u32)> {
+    ) -> PyResult<(Option<PyObject>, u32)> {
         match &self.hooks {
             Hooks::Py(h) => py.with(|py| {
                 h.call_method1(py, "on_open", (pid, fd, comm, uid))
                     .and_then(|r| r.extract::<(PyObject, u32)>(py))
+                    .map(|(p, f)| (Some(p), f))
             }),
-            Hooks::Shard { .. } => Ok((py.with(|py| py.None()), 0)),
+            Hooks::Shard { .. } => Ok((None, 0)),
         }
     }
 
@@ -739,6 +741,7 @@ impl Table {
                 } else {
                     None
                 };
+                let process = process.unwrap_or_else(|| py.with(|py| py.None()));
                 Some(Resolved {
                     process: Process(Arc::new(process)),
                     flags,
