@@ -151,25 +151,46 @@ fn add_map(a: &mut HashMap<&'static str, u64>, b: &HashMap<&'static str, u64>) {
     }
 }
 
-/// `a += b`, counter by counter.
+/// `a += b`, counter by counter (every field named: a new counter must be added here).
 pub fn add_counters(a: &mut Counters, b: &Counters) {
-    for (x, y) in a.events.iter_mut().zip(b.events.iter()) {
+    let Counters {
+        events,
+        unknown_events,
+        orphan_events,
+        orphan_gap_bytes,
+        unplaced_gap_bytes,
+        gap_overcount_bytes,
+        gap_bytes,
+        parse_errors,
+        parser_failures,
+        filtered_connections,
+        filtered_dns,
+        hook_errors,
+        shed_bytes,
+        held_dropped,
+        closed_by_state,
+        finished_by_exit,
+        transactions,
+    } = b;
+    for (x, y) in a.events.iter_mut().zip(events.iter()) {
         *x += y;
     }
-    a.unknown_events += b.unknown_events;
-    a.orphan_events += b.orphan_events;
-    a.orphan_gap_bytes += b.orphan_gap_bytes;
-    add_map(&mut a.gap_bytes, &b.gap_bytes);
-    add_map(&mut a.parse_errors, &b.parse_errors);
-    a.parser_failures += b.parser_failures;
-    a.filtered_connections += b.filtered_connections;
-    a.filtered_dns += b.filtered_dns;
-    a.hook_errors += b.hook_errors;
-    add_map(&mut a.shed_bytes, &b.shed_bytes);
-    a.held_dropped += b.held_dropped;
-    a.closed_by_state += b.closed_by_state;
-    a.finished_by_exit += b.finished_by_exit;
-    a.transactions += b.transactions;
+    a.unknown_events += unknown_events;
+    a.orphan_events += orphan_events;
+    a.orphan_gap_bytes += orphan_gap_bytes;
+    a.unplaced_gap_bytes += unplaced_gap_bytes;
+    a.gap_overcount_bytes += gap_overcount_bytes;
+    add_map(&mut a.gap_bytes, gap_bytes);
+    add_map(&mut a.parse_errors, parse_errors);
+    a.parser_failures += parser_failures;
+    a.filtered_connections += filtered_connections;
+    a.filtered_dns += filtered_dns;
+    a.hook_errors += hook_errors;
+    add_map(&mut a.shed_bytes, shed_bytes);
+    a.held_dropped += held_dropped;
+    a.closed_by_state += closed_by_state;
+    a.finished_by_exit += finished_by_exit;
+    a.transactions += transactions;
 }
 
 /// What a shard hands to the Python thread, and its latest figures.
