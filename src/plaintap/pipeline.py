@@ -565,8 +565,9 @@ class Agent:
             self._adopt_existing_connections()
             _tune_gc()
             self.status.ready.set()
-            log.info("plaintap capturing (direction=%s, ignore_loopback=%s)",
-                     self.cfg.tap.direction, self.cfg.tap.ignore_loopback)
+            log.info("plaintap capturing (direction=%s, ignore_loopback=%s%s)",
+                     self.cfg.tap.direction, self.cfg.tap.ignore_loopback,
+                     f", {self.opts.workers} workers" if self.opts.workers > 1 else "")
             for warning in self.cfg.warnings:
                 log.warning("config: %s", warning)
             if startup_line(self.cfg):

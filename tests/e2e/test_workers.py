@@ -183,6 +183,7 @@ def test_two_workers_record_the_same_as_one(start_agent, tmp_path):
     # the counters of the two shards add up to what one table counts (other processes'
     # traffic too, so at least ours)
     assert counted[1] >= len(txs) and counted[0] >= len(txs)
+    assert "2 workers)" in two.stderr() and "workers)" not in one.stderr()
     assert "Traceback" not in two.stderr()
 
 
