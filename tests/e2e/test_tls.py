@@ -438,10 +438,37 @@ def test_uprobe_registration_is_kept_warm_without_attaching_anything():
     time.sleep(0.3)                             # past the deadline: no more touches
     assert w.stats()[0] - touches <= workers  # at most the touches already under way
     w.stop()
-    names = []
-    for tid in os.listdir("/proc/self/task"):
+
+    def warm_threads() -> int:
+        names = []
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+            except FileNotFoundError:   # a thread that just ended
+                pass
+        return names.count("uprobe-warm")
+
+    deadline = time.monotonic() + 5      # a worker leaves its loop, then its thread ends
+    while warm_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert warm_threads() == 0
+
+
+def test_mount_namespaces_are_told_apart_after_one_ends():
+    # A new container's TLS libraries are surveyed at the first exec in a mount namespace
+    # not seen lately. The namespace's inode number is reused as soon as the previous one
+    # ended; its 64-bit id (NS_GET_MNTNS_ID) is not, so each new namespace is new.
+    from plaintap.capture.tls_attach import mount_ns_id
+    ours = mount_ns_id(os.getpid())
+    ids = []
+    for _ in range(4):
+        p = subprocess.Popen(["unshare", "-m", "sleep", "5"])
         try:
-            names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
-        except FileNotFoundError:   # a thread (of another test's leftovers) that just ended
-            pass
-    assert "uprobe-warm" not in names
+            deadline = time.monotonic() + 5
+            while mount_ns_id(p.pid) == ours and time.monotonic() < deadline:
+                time.sleep(0.005)
+            ids.append(mount_ns_id(p.pid))
+        finally:
+            p.kill()
+            p.wait()
+    assert ours[0] == "id" and len(set(ids)) == 4 and ours not in ids, ids

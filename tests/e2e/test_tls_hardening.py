@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import select
 import shutil
 import struct
 import subprocess
@@ -60,26 +61,34 @@ print("mapped", flush=True)
 time.sleep(120)
 """
 
-FAN_CLOEXEC, FAN_CLASS_NOTIF, FAN_MARK_ADD, FAN_OPEN = 0x1, 0x0, 0x1, 0x20
+FAN_CLOEXEC, FAN_CLASS_CONTENT, FAN_MARK_ADD, FAN_OPEN_PERM, FAN_ALLOW = 0x1, 0x4, 0x1, 0x10000, 0x1
 AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class OpenWatch:
-    """Run `action()` once, the first time process `pid` opens `path` (fanotify: the
-    event names the opener, so other agents on the machine do not trigger it)."""
+    """Run `action()` once, the first time process `pid` opens `path`, BEFORE that open
+    returns (a fanotify permission event: the opener waits for our answer, so the action
+    lands exactly between the agent's open and its first read, however fast the agent
+    is; the event names the opener, so other agents on the machine do not trigger it).
+    Every open of the file is allowed."""
 
     def __init__(self, path: Path, pid: int, action) -> None:
-        self.fd = _libc.fanotify_init(FAN_CLOEXEC | FAN_CLASS_NOTIF, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = _libc.fanotify_init(FAN_CLOEXEC | FAN_CLASS_CONTENT, os.O_RDONLY | os.O_CLOEXEC)
         assert self.fd >= 0, os.strerror(ctypes.get_errno())
-        rc = _libc.fanotify_mark(self.fd, FAN_MARK_ADD, ctypes.c_uint64(FAN_OPEN), AT_FDCWD, str(path).encode())
+        rc = _libc.fanotify_mark(self.fd, FAN_MARK_ADD, ctypes.c_uint64(FAN_OPEN_PERM), AT_FDCWD,
+                                 str(path).encode())
         assert rc == 0, os.strerror(ctypes.get_errno())
         self.pid, self.action = pid, action
         self.fired = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
-        while not self.fired.is_set():
+        while not self._stop:
+            if not select.select([self.fd], [], [], 0.1)[0]:
+                continue
             try:
                 buf = os.read(self.fd, 4096)
             except OSError:
@@ -87,15 +96,19 @@ class OpenWatch:
             pos = 0
             while pos + 24 <= len(buf):
                 event_len, _vers, _res, _mlen, _mask, fd, pid = struct.unpack_from("<IBBHQii", buf, pos)
-                if fd >= 0:
-                    os.close(fd)
-                if pid == self.pid and not self.fired.is_set():
-                    self.action()
-                    self.fired.set()
+                try:
+                    if pid == self.pid and not self.fired.is_set():
+                        self.action()
+                        self.fired.set()
+                finally:
+                    if fd >= 0:
+                        os.write(self.fd, struct.pack("<iI", fd, FAN_ALLOW))
+                        os.close(fd)
                 pos += event_len
 
     def close(self) -> None:
-        self.fired.set()
+        self._stop = True
+        self._thread.join(5)
         os.close(self.fd)
 
 

@@ -16,7 +16,8 @@ TLS call sees that call. Looking happens
   * every 30 s over all processes (containers with their own copies).
 
 All of it runs on one thread of its own ("tls-attach", started by `start`): the capture
-loop only hands exec events over (`on_exec`: a queue and an eventfd), so an exec is
+loop hands exec events over (`on_exec`: a queue and an eventfd; it runs an exec's first
+scan itself when the TLS thread is idle, which saves a GIL switch), so an exec is
 looked at within a millisecond whatever the data plane is doing, and an analysis reply
 is attached the moment it arrives (the thread waits on the workers' sockets). A file
 whose content was analysed before — a copy, a container's libssl equal to the host's,
@@ -43,6 +44,7 @@ Untrusted processes name these files, so (issue 9):
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import os
@@ -50,6 +52,7 @@ import re
 import select
 import shutil
 import stat
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -105,6 +108,10 @@ EXEC_TS_CAPACITY = 8192
 # the kernel's registration path every WARM_PERIOD_US. Costs ~4% of one CPU while warm.
 WARM_AFTER_EXEC_MS = 30_000
 WARM_PERIOD_US = 2000
+# Exec first scans done on the capture thread itself (see on_exec): at most this many per
+# second after a burst; the rest go to the TLS thread.
+INLINE_SCANS_PER_S, INLINE_SCANS_BURST = 50, 10
+INLINE_WAIT_S = 0.003      # for the TLS thread to finish its step (a rescan, an attach)
 MAX_SAME_CONTENT_WAITERS = 64
 # Refusals that say nothing about the file itself: not remembered, tried again later.
 TRANSIENT = frozenset({"rate_limited", "queue_full", "worker_unavailable", "gone", "open_failed"})
@@ -205,6 +212,10 @@ class TlsAttacher:
         self._closing = False
         self._warmer = None
         self._warmed_ns = 0
+        # Held by whoever runs discovery: the TLS thread (tick), or the capture thread for
+        # an exec's first scan when the TLS thread is idle (see on_exec).
+        self._work = threading.Lock()
+        self._inline = (float(INLINE_SCANS_BURST), 0)   # token bucket (tokens, last ns) of those
 
     # ---- lifecycle ----
 
@@ -259,7 +270,8 @@ class TlsAttacher:
         """The TLS thread: exec scans, analysis replies, rescans (see the module doc)."""
         while not self._thread_stop:
             try:
-                self.tick(time.monotonic_ns(), _on_thread=True)
+                with self._work:
+                    self.tick(time.monotonic_ns(), _on_thread=True)
                 self.content.save()
             except Exception:   # a bug here must not end TLS discovery for the agent's life
                 log.exception("TLS discovery step failed")
@@ -303,7 +315,8 @@ class TlsAttacher:
 
     def on_exec(self, pid: int, now_ns: int) -> None:
         """Process `pid` exec'd at kernel time `now_ns`: scan it now and a few times
-        later. Cheap and thread-safe (the capture loop calls it)."""
+        later. Thread-safe (the capture loop calls it); the first scan runs here when the
+        TLS thread is idle (bounded, see INLINE_SCANS_PER_S), else on the TLS thread."""
         if not self.families:
             return
         with self._lock:
@@ -316,8 +329,29 @@ class TlsAttacher:
             self._exec_ts.move_to_end(pid)
             while len(self._exec_ts) > EXEC_TS_CAPACITY:
                 self._exec_ts.popitem(last=False)
+        now = time.monotonic_ns()
+        self._warm(now)
+        # The exec's first scan at once, on this (the capture) thread, when the TLS thread
+        # is idle: handing it over costs a GIL switch, up to 5 ms while the capture loop is
+        # in native code, and a Go client writes its first request ~5 ms after its exec.
+        # Bounded (INLINE_SCANS_PER_S): an exec storm is left to the TLS thread.
+        if (self._thread is not None and self._take_inline(now)
+                and self._work.acquire(timeout=INLINE_WAIT_S)):    # the GIL is released meanwhile
+            try:
+                self._now_ns = now
+                self._due_scan(pid, now, inline=True)
+            except Exception:   # never into the capture loop
+                log.exception("TLS exec scan of pid %d failed", pid)
+            finally:
+                self._work.release()
         os.eventfd_write(self._wake, 1)
-        self._warm(time.monotonic_ns())
+
+    def _take_inline(self, now_ns: int) -> bool:
+        tokens, last = self._inline
+        tokens = min(float(INLINE_SCANS_BURST), tokens + (now_ns - last) / 1e9 * INLINE_SCANS_PER_S)
+        ok = tokens >= 1
+        self._inline = (tokens - 1 if ok else tokens, now_ns)
+        return ok
 
     def tick(self, now_ns: int, _on_thread: bool = False) -> None:
         """Deliver analyses, run due scans within the budget. Done by the TLS thread once
@@ -337,26 +371,8 @@ class TlsAttacher:
         for pid in ready:
             if not budget_left():
                 break
-            with self._lock:
-                due = self._due.get(pid)
-                if due is None:
-                    continue
-                while due and due[0] <= now_ns:
-                    due.pop(0)
-                if not due:
-                    del self._due[pid]
-                first = pid in self._fresh
-                self._fresh.discard(pid)
-            if first:
-                with self._lock:
-                    ts = self._exec_ts.get(pid)
-                if ts is not None:
-                    self._scan_delay[pid] = (time.monotonic_ns() - ts) / 1e6
-                    while len(self._scan_delay) > EXEC_TS_CAPACITY:
-                        del self._scan_delay[next(iter(self._scan_delay))]
-            self.scan(pid, survey=first)
-            self.analysis.poll()       # a new file goes to a worker at once
-            scans += 1
+            if self._due_scan(pid, now_ns):
+                scans += 1
         if not self._cycle and now_ns >= self.next_full_ns:
             me = os.getpid()
             self._cycle = [p for p in reversed(_all_pids()) if p != me]
@@ -370,6 +386,28 @@ class TlsAttacher:
             if not self._cycle:
                 self._end_cycle()
         self.analysis.poll()
+
+    def _due_scan(self, pid: int, now_ns: int, inline: bool = False) -> bool:
+        """Run `pid`'s scan that is due at `now_ns` (its first: with the root survey).
+        False when none was due."""
+        with self._lock:
+            due = self._due.get(pid)
+            if due is None or not due or due[0] > now_ns:
+                return False
+            while due and due[0] <= now_ns:
+                due.pop(0)
+            if not due:
+                del self._due[pid]
+            first = pid in self._fresh
+            self._fresh.discard(pid)
+            ts = self._exec_ts.get(pid) if first else None
+        if ts is not None:
+            self._scan_delay[pid] = ((time.monotonic_ns() - ts) / 1e6, inline)
+            while len(self._scan_delay) > EXEC_TS_CAPACITY:
+                del self._scan_delay[next(iter(self._scan_delay))]
+        self.scan(pid, survey=first)
+        self.analysis.poll()       # a new file goes to a worker at once
+        return True
 
     # ---- scanning ----
 
@@ -420,7 +458,7 @@ class TlsAttacher:
         root = f"/proc/{pid}/root"
         try:
             rst = os.stat(root)
-            mntns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            mntns = mount_ns_id(pid)
         except OSError:
             return
         rkey = (mntns, rst.st_dev, rst.st_ino)
@@ -649,7 +687,8 @@ class TlsAttacher:
             metrics.tls_exec_to_hooked.observe(elapsed / 1e9)
             scan = self._scan_delay.get(t.pid_seen)
             analysis = self._analysis_ms.pop(t.key, None)
-            since_exec = (f", scanned {scan:.1f} ms after its exec" if scan is not None else "") + \
+            since_exec = (f", scanned {scan[0]:.1f} ms after its exec{' (inline)' if scan[1] else ''}"
+                          if scan is not None else "") + \
                 (f", analysed in {analysis[0]:.1f} ms ({analysis[1]:.1f} in the worker)" if analysis is not None
                  else ", analysis cached") + \
                 f", {elapsed / 1e6:.1f} ms after its exec"
@@ -753,6 +792,28 @@ class TlsAttacher:
     def _update_gauges(self) -> None:
         metrics.tls_go_slots_used.set(GO_SLOTS - len(self._free_slots))
         metrics.tls_hooked_files.set(sum(1 for h in self.attached.values() if h.links))
+
+
+NS_GET_MNTNS_ID = 0x8008B705    # _IOR(0xb7, 5, __u64), Linux >= 6.12
+
+
+def mount_ns_id(pid: int) -> tuple[str, int]:
+    """The identity of `pid`'s mount namespace: its 64-bit id, never reused (NS_GET_MNTNS_ID),
+    else its nsfs inode number, which a namespace created after another one ended often
+    reuses (then a new container in it looks already surveyed). Raises OSError."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ("ino", os.stat(f"/proc/{pid}/ns/mnt").st_ino)
+    try:
+        buf = bytearray(8)
+        try:
+            fcntl.ioctl(fd, NS_GET_MNTNS_ID, buf)
+            return ("id", int.from_bytes(buf, sys.byteorder))
+        except OSError:
+            return ("ino", os.fstat(fd).st_ino)
+    finally:
+        os.close(fd)
 
 
 def _deleted(h: _Hooked) -> bool:
