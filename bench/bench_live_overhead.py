@@ -1,7 +1,7 @@
 """Live overhead: the same TLS load with and without the agent, alternating, in one run.
 
     sudo .venv/bin/python bench/bench_live_overhead.py [--rounds 3] [--seconds 5] [--level summary]
-                                                       [--store disabled|stdout]
+                                                       [--store disabled|stdout] [--workers 1,2]
 
 wrk drives nginx (TLS, HTTP/1.1 keep-alive, 1 KiB file) on 127.0.0.1. Each round runs the
 load once bare and once with plaintap capturing it (http_capture at --level, stores
@@ -16,6 +16,8 @@ space stopped (the kernel side's share of the cost).
 
 On these 2-core machines wrk, nginx and the agent share the CPUs, so the throughput ratio
 also contains the CPU the agent takes from the load: that is the real cost on a busy host.
+`--workers 1,2` measures the agent with each `--workers` count in every round (after the
+same bare run) and prints the figures per count; the breakdown uses the first count.
 Figures are printed, never asserted: this is a benchmark, not a test.
 """
 from __future__ import annotations
@@ -99,7 +101,7 @@ def nginx_cpu(master: int) -> float:
     return total
 
 
-def start_agent(d: Path, level: str, store: str = "disabled") -> tuple[subprocess.Popen, int]:
+def start_agent(d: Path, level: str, store: str = "disabled", workers: int = 1) -> tuple[subprocess.Popen, int]:
     cfg = d / "bench.yaml"
     cfg.write_text(f"""
 version: 2
@@ -109,7 +111,8 @@ tap: {{direction: all, ignore_loopback: false, http: {{stack: bench}}}}
 """)
     status = free_port()
     p = subprocess.Popen([str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{status}",
-                          "--log-level", "warn", "--allow-multiple"], stdout=subprocess.DEVNULL)
+                          "--log-level", "warn", "--allow-multiple", "--workers", str(workers)],
+                         stdout=subprocess.DEVNULL)
     for _ in range(300):
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{status}/readyz", timeout=1).status == 200:
@@ -147,11 +150,11 @@ def stop(agent: subprocess.Popen) -> float:
     return time.monotonic() - t0
 
 
-def breakdown(port: int, d: Path, level: str, seconds: int, store: str) -> float:
+def breakdown(port: int, d: Path, level: str, seconds: int, store: str, workers: int) -> float:
     """Where the cost goes: BPF program hits and run time per request (kernel.bpf_stats),
     and throughput with the agent's user space stopped (kernel side only: the ring fills
     and its events are dropped, which is the point)."""
-    agent, status = start_agent(d, level, store)
+    agent, status = start_agent(d, level, store, workers)
     try:
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
         s0 = bpf_prog_stats()
@@ -187,35 +190,41 @@ def main() -> None:
     ap.add_argument("--store", default="disabled", choices=["disabled", "stdout"],
                     help="event store: disabled (records built, not written) or stdout (JSON lines to /dev/null)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-program / kernel-only round")
+    ap.add_argument("--workers", default="1", help="--workers counts to measure, e.g. 1,2 (default 1)")
     args = ap.parse_args()
+    counts = [int(x) for x in args.workers.split(",")]
     if os.geteuid() != 0:
         raise SystemExit("run as root (the agent loads eBPF programs)")
     d = Path(tempfile.mkdtemp(prefix="plaintap-bench-"))
     nginx, port = start_nginx(d)
-    bare, agent_runs, cpu_per_k, nginx_per_k, lost, stops, seen = [], [], [], [], 0.0, [], []
+    bare, lost, stops = [], 0.0, []
+    agent_runs, cpu_per_k, nginx_per_k, seen = ({w: [] for w in counts} for _ in range(4))
     kernel_only = None
     load_before = open("/proc/loadavg").read().split()[:3]
     try:
         wrk(port, 1)  # warm-up
         for r in range(args.rounds):
             bare.append(wrk(port, args.seconds))
-            agent, status = start_agent(d, args.level, args.store)
-            try:
-                c0, n0, t0 = cpu_seconds(agent.pid), nginx_cpu(nginx.pid), transactions(status)
-                res = wrk(port, args.seconds)
-                n1 = nginx_cpu(nginx.pid)
-                time.sleep(0.5)  # let the agent finish the tail of the load
-                c1 = cpu_seconds(agent.pid)
-                lost += lost_events(status)
-                seen.append((transactions(status) - t0, 2 * res["total"]))
-            finally:
-                stops.append(stop(agent))
-            agent_runs.append(res)
-            cpu_per_k.append((c1 - c0) / max(res["total"], 1) * 1000)
-            nginx_per_k.append((n1 - n0) / max(res["total"], 1) * 1000)
-            print(f"round {r + 1}: bare {bare[-1]['rps']:.0f} req/s, with agent {res['rps']:.0f} req/s", flush=True)
+            line = f"round {r + 1}: bare {bare[-1]['rps']:.0f} req/s"
+            for w in counts:
+                agent, status = start_agent(d, args.level, args.store, w)
+                try:
+                    c0, n0, t0 = cpu_seconds(agent.pid), nginx_cpu(nginx.pid), transactions(status)
+                    res = wrk(port, args.seconds)
+                    n1 = nginx_cpu(nginx.pid)
+                    time.sleep(0.5)  # let the agent finish the tail of the load
+                    c1 = cpu_seconds(agent.pid)
+                    lost += lost_events(status)
+                    seen[w].append((transactions(status) - t0, 2 * res["total"]))
+                finally:
+                    stops.append(stop(agent))
+                agent_runs[w].append(res)
+                cpu_per_k[w].append((c1 - c0) / max(res["total"], 1) * 1000)
+                nginx_per_k[w].append((n1 - n0) / max(res["total"], 1) * 1000)
+                line += f", with agent (--workers {w}) {res['rps']:.0f} req/s"
+            print(line, flush=True)
         if not args.no_breakdown:
-            kernel_only = breakdown(port, d, args.level, args.seconds, args.store)
+            kernel_only = breakdown(port, d, args.level, args.seconds, args.store, counts[0])
     finally:
         nginx.terminate()
         nginx.wait(10)
@@ -225,21 +234,25 @@ def main() -> None:
           f" http_capture level {args.level}, event store {args.store}")
     print(f"load average before {' '.join(load_before)}, after {' '.join(open('/proc/loadavg').read().split()[:3])}"
           f" (2 cores; above ~2 other work shares the CPUs)")
-    print(f"throughput   bare {med(b['rps'] for b in bare):9.0f} req/s   agent {med(a['rps'] for a in agent_runs):9.0f}"
-          f" req/s   ratio {med(a['rps'] for a in agent_runs) / med(b['rps'] for b in bare):.2f}")
-    for p in ("p50", "p99"):
-        print(f"latency {p}  bare {med(b[p] for b in bare):8.2f} ms    agent {med(a[p] for a in agent_runs):8.2f} ms"
-              f"    ratio {med(a[p] for a in agent_runs) / med(b[p] for b in bare):.2f}")
     if kernel_only:
-        print(f"vs kernel side only {kernel_only:9.0f} req/s   agent / kernel-only "
-              f"{med(a['rps'] for a in agent_runs) / kernel_only:.2f}")
-    print(f"agent CPU    {med(cpu_per_k):.3f} s per 1,000 requests ({med(cpu_per_k) * 1000:.0f} µs each)   "
-          f"nginx CPU {med(nginx_per_k) * 1000:.0f} µs per request   agent / nginx {med(cpu_per_k) / med(nginx_per_k):.2f}")
+        print(f"kernel side only (--workers {counts[0]} agent stopped) {kernel_only:9.0f} req/s")
+    for w in counts:
+        runs = agent_runs[w]
+        print(f"--workers {w}:")
+        print(f"  throughput   bare {med(b['rps'] for b in bare):9.0f} req/s   agent {med(a['rps'] for a in runs):9.0f}"
+              f" req/s   ratio {med(a['rps'] for a in runs) / med(b['rps'] for b in bare):.2f}")
+        for p in ("p50", "p99"):
+            print(f"  latency {p}  bare {med(b[p] for b in bare):8.2f} ms    agent {med(a[p] for a in runs):8.2f} ms"
+                  f"    ratio {med(a[p] for a in runs) / med(b[p] for b in bare):.2f}")
+        if kernel_only:
+            print(f"  agent / kernel-only {med(a['rps'] for a in runs) / kernel_only:.2f}")
+        print(f"  agent CPU    {med(cpu_per_k[w]):.3f} s per 1,000 requests ({med(cpu_per_k[w]) * 1000:.0f} µs each)   "
+              f"nginx CPU {med(nginx_per_k[w]) * 1000:.0f} µs per request   "
+              f"agent / nginx {med(cpu_per_k[w]) / med(nginx_per_k[w]):.2f}")
+        print(f"  transactions finished by the agent {sum(t for t, _ in seen[w]):.0f} of {sum(x for _, x in seen[w])} "
+              f"(wrk's requests × 2 ends; other loopback traffic on the machine counts too)")
     print(f"events lost  {lost:.0f}")
-    print(f"transactions finished by the agent {sum(t for t, _ in seen):.0f} of {sum(w for _, w in seen)} "
-          f"(wrk's requests × 2 ends; other loopback traffic on the machine counts too)")
     print(f"SIGINT → exit {max(stops):.1f} s at most (target 10 s)")
-
 
 if __name__ == "__main__":
     sys.exit(main())

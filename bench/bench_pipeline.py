@@ -3,6 +3,7 @@
 driving `dataplane.Pipeline` (the agent's data plane) directly.
 
     .venv/bin/python bench/bench_pipeline.py [--tx 20000] [--level summary] [--profile]
+                                             [--workers 1,2] [--pairs 8]
 
 The input is what the kernel emits for TLS keep-alive HTTP/1.1 traffic seen from both
 ends (a client and a server process on one host): per transaction, four TLS plaintext
@@ -13,6 +14,10 @@ transactions per second per core and µs per captured transaction (budget: ≤ 5
 summary level), and how much of that is the native core vs. Python (plugins, records).
 At `summary` (and at any level with no object store) the native core builds the
 `artifact_record` attributes itself and Python adds the process attributes and time.
+`--workers 1,2` runs it once per worker count (`--workers N`, native/src/shard.rs) and
+prints wall-clock throughput next to the CPU figures (CPU time counts every thread);
+`--pairs` spreads the requests over that many connection pairs (workers shard by
+connection: one pair keeps one or two of them busy).
 """
 from __future__ import annotations
 
@@ -64,28 +69,34 @@ def data_event(pid, ts, cid, off, flow, fd, payload):
     return abi.DATA.struct.pack(abi.EV_DATA, pid, ts, cid, off, len(payload), flow, abi.SRC_TLS, 0, fd, 0) + payload
 
 
-def build(n_tx: int) -> list[bytes]:
+def build(n_tx: int, pairs: int = 1) -> list[bytes]:
     cpid, spid = 1111, 2222
-    ev = [open_event(cpid, 1, 5, abi.ROLE_CLIENT, 40000, 443), open_event(spid, 2, 7, abi.ROLE_SERVER, 443, 40000)]
-    offs = {k: 0 for k in ("cs", "cr", "ss", "sr")}
+    ev = []
+    offs = {}
+    for k in range(pairs):
+        ev += [open_event(cpid, 1 + 2 * k, 5 + k, abi.ROLE_CLIENT, 40000 + k, 443),
+               open_event(spid, 2 + 2 * k, 1000 + k, abi.ROLE_SERVER, 443, 40000 + k)]
+        offs.update({(k, x): 0 for x in ("cs", "cr", "ss", "sr")})
     ts = 10
     for i in range(n_tx):
         req = REQ % i
-        ev.append(data_event(cpid, ts, 1, offs["cs"], abi.FLOW_SEND, 5, req)); offs["cs"] += len(req)
-        ev.append(data_event(spid, ts + 1, 2, offs["sr"], abi.FLOW_RECV, 7, req)); offs["sr"] += len(req)
-        ev.append(data_event(spid, ts + 2, 2, offs["ss"], abi.FLOW_SEND, 7, RESP)); offs["ss"] += len(RESP)
-        ev.append(data_event(cpid, ts + 3, 1, offs["cr"], abi.FLOW_RECV, 5, RESP)); offs["cr"] += len(RESP)
+        k = i % pairs
+        cc, sc, cfd, sfd = 1 + 2 * k, 2 + 2 * k, 5 + k, 1000 + k
+        ev.append(data_event(cpid, ts, cc, offs[k, "cs"], abi.FLOW_SEND, cfd, req)); offs[k, "cs"] += len(req)
+        ev.append(data_event(spid, ts + 1, sc, offs[k, "sr"], abi.FLOW_RECV, sfd, req)); offs[k, "sr"] += len(req)
+        ev.append(data_event(spid, ts + 2, sc, offs[k, "ss"], abi.FLOW_SEND, sfd, RESP)); offs[k, "ss"] += len(RESP)
+        ev.append(data_event(cpid, ts + 3, cc, offs[k, "cr"], abi.FLOW_RECV, cfd, RESP)); offs[k, "cr"] += len(RESP)
         ts += 1000
     return ev
 
 
-def check(events: list, objects: list, n_tx: int, level: str) -> None:
+def check(events: list, objects: list, n_tx: int, level: str, pairs: int = 1) -> None:
     """The records are what the agent would export, or the figures mean nothing."""
     arts = [r for r in events if r.attributes.get("event.type") == "artifact_record"]
     conns = [r for r in events if r.attributes.get("event.type") == "connection"]
     want = 2 * n_tx if level != "none" else 0
     assert len(arts) == want, f"{len(arts)} artifact records, expected {want}"
-    assert len(conns) == 2 and all(r.attributes["connection.finalized"] for r in conns), conns
+    assert len(conns) == 2 * pairs and all(r.attributes["connection.finalized"] for r in conns), conns
     if want:
         a = arts[-1].attributes
         assert a["http.request.method"] == "GET" and a["http.response.status_code"] == 200, a
@@ -118,17 +129,27 @@ def main() -> None:
     ap.add_argument("--tx", type=int, default=20000)
     ap.add_argument("--level", default="summary", choices=["none", "summary", "details", "full"])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--workers", default="1", help="worker counts to measure, e.g. 1,2 (default 1)")
+    ap.add_argument("--pairs", type=int, default=1, help="connection pairs the requests are spread over")
     args = ap.parse_args()
-    events = build(args.tx)
+    for w in (int(x) for x in args.workers.split(",")):
+        run(args, w)
+    conns, mib = idle_memory()
+    print(f"  {conns:,} idle tracked connections add {mib:.1f} MiB RSS (target ≤ 50 MiB)")
+
+
+def run(args, workers: int) -> None:
+    events = build(args.tx, args.pairs)
     batches = [events[i:i + 256] for i in range(0, len(events), 256)]
     best = None
     core_best = None
+    wall_best = None
     cfg = load_config_text(CONFIG.format(level=args.level))
     for _ in range(3):
-        p = Pipeline(PluginStacks(cfg), lambda ns: ns, procs=BenchProcs(), run_id="bench")
+        p = Pipeline(PluginStacks(cfg), lambda ns: ns, procs=BenchProcs(), run_id="bench", workers=workers)
         out_events, out_objects = [], []
         prof = cProfile.Profile() if args.profile else None
-        t0 = time.process_time()
+        t0, w0 = time.process_time(), time.perf_counter()
         if prof:
             prof.enable()
         for b in batches:
@@ -139,13 +160,14 @@ def main() -> None:
         out_events += out.events
         if prof:
             prof.disable()
-        dt = time.process_time() - t0
-        check(out_events, out_objects, args.tx, args.level)
+        dt, wall = time.process_time() - t0, time.perf_counter() - w0
+        check(out_events, out_objects, args.tx, args.level, args.pairs)
         best = dt if best is None else min(best, dt)
+        wall_best = wall if wall_best is None else min(wall_best, wall)
         # The native core alone: the same records, what the core hands to Python (the
         # summary's attributes when it builds them natively, else transaction objects),
         # without the Python part (process attributes, Record, plugins).
-        q = Pipeline(PluginStacks(cfg), lambda ns: ns, procs=BenchProcs(), run_id="bench")
+        q = Pipeline(PluginStacks(cfg), lambda ns: ns, procs=BenchProcs(), run_id="bench", workers=workers)
         q.core.parse_http = True
         t0 = time.process_time()
         for b in batches:
@@ -155,8 +177,10 @@ def main() -> None:
         assert q.stats()["transactions"] == 2 * args.tx, q.stats()
         core_best = dt if core_best is None else min(core_best, dt)
     captured = 2 * args.tx  # each transaction is seen by both ends
-    print(f"pipeline, level {args.level}: {args.tx:,} requests seen from both ends = {captured:,} captured "
-          f"transactions, {len(out_events):,} events + {len(out_objects):,} objects (checked)")
+    print(f"pipeline, level {args.level}, --workers {workers}: {args.tx:,} requests on {args.pairs} connection "
+          f"pair(s) seen from both ends = {captured:,} captured transactions, {len(out_events):,} events + "
+          f"{len(out_objects):,} objects (checked)")
+    print(f"  wall clock: {captured / wall_best:,.0f} captured transactions/s")
     print(f"  {captured / best:,.0f} captured transactions/s per core   {best / captured * 1e6:.1f} µs each "
           f"(budget 50 µs)   {len(events) / best:,.0f} kernel events/s")
     native = p.stats()["native_summaries"]
@@ -165,8 +189,6 @@ def main() -> None:
     print(f"  native core alone (decode → what is handed to Python): {captured / core_best:,.0f} tx/s, "
           f"{core_best / captured * 1e6:.1f} µs each; Python (plugins, records): "
           f"{(best - core_best) / captured * 1e6:.1f} µs each")
-    conns, mib = idle_memory()
-    print(f"  {conns:,} idle tracked connections add {mib:.1f} MiB RSS (target ≤ 50 MiB)")
     if prof:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 

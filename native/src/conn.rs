@@ -21,6 +21,7 @@
 //! ones (`plaintap.protocols.new_parser`) while a native one is not built in.
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -65,6 +66,65 @@ pub const SKIP_TLS: u32 = 4;
 pub const SKIP_DNS: u32 = 8;
 pub const SKIP_HTTP: u32 = 1 << 8;
 
+/// Whether the caller holds the GIL: the Python thread does (`Held`); a worker shard
+/// (`--workers N`, see shard.rs) does not, and reaches Python only on rare paths (a
+/// Python parser, a hook error), acquiring the GIL then.
+#[derive(Clone, Copy)]
+pub enum Gil<'py> {
+    Held(Python<'py>),
+    Free,
+}
+
+impl Gil<'_> {
+    /// Run `f` with the GIL (the caller's, or acquired for the call).
+    pub fn with<R>(self, f: impl for<'a> FnOnce(Python<'a>) -> R) -> R {
+        match self {
+            Gil::Held(py) => f(py),
+            Gil::Free => Python::with_gil(f),
+        }
+    }
+}
+
+/// The Python process object of a connection (`hooks.on_open`'s answer), shared by its
+/// views without the GIL.
+#[derive(Clone)]
+pub struct Process(pub Arc<PyObject>);
+
+impl<'py> IntoPyObject<'py> for &Process {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = std::convert::Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+        Ok(self.0.bind(py).clone())
+    }
+}
+
+/// A connection as outputs carry it: an immutable snapshot, turned into the Python
+/// `ConnInfo` by `pipeline::DataPlane::take` (the same object while it is unchanged).
+pub type ConnView = Arc<ConnInfo>;
+
+/// What `hooks.on_open` answered for a new connection, with the name a DNS answer gave its
+/// server (for a shard, worked out by the reader on the Python thread ahead of the record).
+pub struct Resolved {
+    pub process: Process,
+    pub flags: u32,
+    pub dns_name: Option<String>,
+}
+
+/// Who the table asks about processes and connections.
+pub enum Hooks {
+    /// The Python object with on_exec, on_exit, on_open, forget (see dataplane.py).
+    Py(PyObject),
+    /// A shard on a worker thread: the next open's answer is given ahead of its record
+    /// (None inside: the hook failed, counted by the reader); exec and exit hooks are the
+    /// reader's; forgets wait for the Python thread.
+    Shard {
+        next: Option<Option<Resolved>>,
+        forgets: Vec<(u32, i32)>,
+    },
+}
+
 /// What Python sees of a connection: records and plugins read these attributes.
 #[pyclass(module = "plaintap._core", get_all, frozen)]
 pub struct ConnInfo {
@@ -81,7 +141,7 @@ pub struct ConnInfo {
     pub remote_port: u16,
     pub open_ns: u64,
     pub close_ns: Option<u64>,
-    pub process: PyObject,
+    pub process: Process,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
     pub protocol: &'static str,
@@ -132,7 +192,7 @@ struct Http {
 /// One connection: identity, facts, streams, classifier and parser.
 pub struct Session {
     info: ConnInfo,
-    py_info: Option<Py<ConnInfo>>,
+    view: Option<ConnView>,
     dirty: bool,
     streams: Vec<((u8, u8), Stream)>,
     classifier: Option<Classifier>,
@@ -185,13 +245,13 @@ impl Session {
         streams + cls + http
     }
 
-    /// The Python view, brought up to date.
-    fn py_info(&mut self, py: Python<'_>) -> PyResult<Py<ConnInfo>> {
-        if self.dirty || self.py_info.is_none() {
-            self.py_info = Some(Py::new(py, self.info.clone_ref(py))?);
+    /// The current view, brought up to date.
+    fn view(&mut self) -> ConnView {
+        if self.dirty || self.view.is_none() {
+            self.view = Some(Arc::new(self.info.snapshot()));
             self.dirty = false;
         }
-        Ok(self.py_info.as_ref().expect("set above").clone_ref(py))
+        self.view.as_ref().expect("set above").clone()
     }
 
     fn apply_facts(&mut self) {
@@ -229,8 +289,8 @@ impl Session {
 }
 
 impl ConnInfo {
-    /// A copy (a snapshot for a report, or the refreshed Python view).
-    fn clone_ref(&self, py: Python<'_>) -> ConnInfo {
+    /// A copy (a snapshot for a report, or the refreshed view).
+    pub fn snapshot(&self) -> ConnInfo {
         ConnInfo {
             kid: self.kid,
             id: self.id.clone(),
@@ -245,7 +305,7 @@ impl ConnInfo {
             remote_port: self.remote_port,
             open_ns: self.open_ns,
             close_ns: self.close_ns,
-            process: self.process.clone_ref(py),
+            process: self.process.clone(),
             bytes_sent: self.bytes_sent,
             bytes_recv: self.bytes_recv,
             protocol: self.protocol,
@@ -274,24 +334,24 @@ enum Incoming<'d> {
 /// What the table hands to Python, in order.
 pub enum Output {
     Report {
-        conn: Py<ConnInfo>,
+        conn: ConnView,
         part: u32,
         finalized: bool,
     },
     Transaction {
-        conn: Py<ConnInfo>,
+        conn: ConnView,
         tx: TxValue,
         seq: u64,
     },
     /// `--dump-streams`: ordered pieces of one stream (bytes, or a gap length).
     Pieces {
-        conn: Py<ConnInfo>,
+        conn: ConnView,
         flow: u8,
         source: u8,
         pieces: Vec<Result<Vec<u8>, u64>>,
     },
     /// `--dump-streams`: the connection finished (final facts).
-    Closed { conn: Py<ConnInfo> },
+    Closed { conn: ConnView },
     /// A DNS exchange (query and answer, either possibly missing).
     Dns(crate::dns::Exchange),
 }
@@ -326,6 +386,7 @@ pub struct Counters {
     pub transactions: u64,
 }
 
+#[derive(Clone)]
 pub struct Settings {
     pub run_id: String,
     pub parse_http: bool,
@@ -356,8 +417,7 @@ impl Default for Settings {
 
 pub struct Table {
     pub settings: Settings,
-    /// Python object with on_exec, on_exit, on_open, forget (see pipeline.py).
-    hooks: PyObject,
+    pub hooks: Hooks,
     conns: HashMap<u64, Session>,
     by_pid: HashMap<u32, HashSet<u64>>,
     due: BinaryHeap<Reverse<(u64, u64)>>,
@@ -446,7 +506,7 @@ fn latin1(b: &[u8]) -> String {
 }
 
 impl Table {
-    pub fn new(settings: Settings, hooks: PyObject) -> Table {
+    pub fn new(settings: Settings, hooks: Hooks) -> Table {
         Table {
             settings,
             hooks,
@@ -479,7 +539,7 @@ impl Table {
     }
 
     /// One raw ring-buffer record.
-    pub fn handle_raw(&mut self, py: Python<'_>, raw: &[u8]) {
+    pub fn handle_raw(&mut self, py: Gil<'_>, raw: &[u8]) {
         match decode::decode(raw) {
             Ok(rec) => {
                 self.counters.events[(rec.kind as usize).min(15)] += 1;
@@ -490,7 +550,7 @@ impl Table {
         }
     }
 
-    pub fn handle(&mut self, py: Python<'_>, rec: Record<'_>) {
+    pub fn handle(&mut self, py: Gil<'_>, rec: Record<'_>) {
         let (pid, ts) = (rec.pid, rec.ts_ns);
         match rec.event {
             Event::Data {
@@ -549,32 +609,23 @@ impl Table {
                 argv,
             } => {
                 self.dns_flags.remove(&pid);
-                if let Err(e) =
-                    self.hooks
-                        .call_method1(py, "on_exec", (pid, ts, ppid, uid, filename, argv))
-                {
-                    self.hook_error(py, e);
+                if let Hooks::Py(h) = &self.hooks {
+                    if let Err(e) = py.with(|py| {
+                        h.call_method1(py, "on_exec", (pid, ts, ppid, uid, filename, argv))
+                            .map(drop)
+                    }) {
+                        self.hook_error(py, e);
+                    }
                 }
             }
             Event::ProcExit { .. } => {
                 self.dns_flags.remove(&pid);
-                let kids: Vec<u64> = self
-                    .by_pid
-                    .get(&pid)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default();
-                for kid in kids {
-                    if let Some(s) = self.conns.get(&kid) {
-                        let (p, fd) = (s.info.pid, s.info.fd);
-                        if let Err(e) = self.hooks.call_method1(py, "forget", (p, fd)) {
-                            self.hook_error(py, e);
-                        }
-                        self.counters.finished_by_exit += 1;
-                        self.finish(py, kid, ts);
+                self.finish_pid(py, pid, ts);
+                if let Hooks::Py(h) = &self.hooks {
+                    if let Err(e) = py.with(|py| h.call_method1(py, "on_exit", (pid, ts)).map(drop))
+                    {
+                        self.hook_error(py, e);
                     }
-                }
-                if let Err(e) = self.hooks.call_method1(py, "on_exit", (pid, ts)) {
-                    self.hook_error(py, e);
                 }
             }
             Event::Dgram(d) => {
@@ -603,16 +654,29 @@ impl Table {
         }
     }
 
+    /// Process `pid` exited: finish its connections (and forget their kernel entries).
+    pub fn finish_pid(&mut self, py: Gil<'_>, pid: u32, ts: u64) {
+        let kids: Vec<u64> = self
+            .by_pid
+            .get(&pid)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for kid in kids {
+            if let Some(s) = self.conns.get(&kid) {
+                let (p, fd) = (s.info.pid, s.info.fd);
+                self.forget(py, p, fd);
+                self.counters.finished_by_exit += 1;
+                self.finish(py, kid, ts);
+            }
+        }
+    }
+
     /// True when tap.filters skip this process's DNS (or the process entirely).
-    fn dns_skipped(&mut self, py: Python<'_>, pid: u32, d: &crate::decode::Dgram<'_>) -> bool {
+    fn dns_skipped(&mut self, py: Gil<'_>, pid: u32, d: &crate::decode::Dgram<'_>) -> bool {
         let flags = match self.dns_flags.get(&pid) {
             Some(f) => *f,
             None => {
-                let f = match self
-                    .hooks
-                    .call_method1(py, "on_open", (pid, d.fd, &d.comm, d.uid))
-                    .and_then(|r| r.extract::<(PyObject, u32)>(py))
-                {
+                let f = match self.ask_open(py, pid, d.fd, &d.comm, d.uid) {
                     Ok((_, f)) => f,
                     Err(e) => {
                         self.hook_error(py, e);
@@ -629,28 +693,94 @@ impl Table {
         flags & (SKIP_ALL | SKIP_DNS) != 0
     }
 
-    fn hook_error(&mut self, py: Python<'_>, e: PyErr) {
+    pub fn hook_error(&mut self, py: Gil<'_>, e: PyErr) {
         self.counters.hook_errors += 1;
         // Logged by Python's logger once per error (rare: a bug in our own hooks).
-        e.print_and_set_sys_last_vars(py);
+        py.with(|py| e.print_and_set_sys_last_vars(py));
+    }
+
+    /// `hooks.on_open(pid, fd, comm, uid)`: (process, tap.filters bits). A shard has no
+    /// Python hooks to ask (its opens come resolved, it gets no datagrams): no process,
+    /// no bits.
+    fn ask_open(
+        &mut self,
+        py: Gil<'_>,
+        pid: u32,
+        fd: i32,
+        comm: &str,
+        uid: u32,
+    ) -> PyResult<(Option<PyObject>, u32)> {
+        match &self.hooks {
+            Hooks::Py(h) => py.with(|py| {
+                h.call_method1(py, "on_open", (pid, fd, comm, uid))
+                    .and_then(|r| r.extract::<(PyObject, u32)>(py))
+                    .map(|(p, f)| (Some(p), f))
+            }),
+            Hooks::Shard { .. } => Ok((None, 0)),
+        }
+    }
+
+    /// What a new connection's open needs from Python and from the DNS names: asked here
+    /// (one table), or given ahead by the reader (a shard). None: the hook failed (counted).
+    pub fn resolve_open(
+        &mut self,
+        py: Gil<'_>,
+        pid: u32,
+        ts: u64,
+        o: &ConnOpen,
+    ) -> Option<Resolved> {
+        if let Hooks::Shard { next, .. } = &mut self.hooks {
+            return next.take().flatten();
+        }
+        match self.ask_open(py, pid, o.fd, &o.comm, o.uid) {
+            Ok((process, flags)) => {
+                // qtap's domain rule: SNI, else Host/:authority, else the name a DNS answer
+                // gave the server's address (replaced by either of the first two when they come).
+                let dns_name = if o.role == ROLE_CLIENT {
+                    self.dns.name_for(&o.remote_addr, ts)
+                } else {
+                    None
+                };
+                let process = process.unwrap_or_else(|| py.with(|py| py.None()));
+                Some(Resolved {
+                    process: Process(Arc::new(process)),
+                    flags,
+                    dns_name,
+                })
+            }
+            Err(e) => {
+                self.hook_error(py, e);
+                None
+            }
+        }
+    }
+
+    /// `hooks.forget(pid, fd)`: drop the kernel's table entry (a shard queues it for the
+    /// Python thread).
+    pub fn forget(&mut self, py: Gil<'_>, pid: u32, fd: i32) {
+        match &mut self.hooks {
+            Hooks::Py(h) => {
+                if let Err(e) = py.with(|py| h.call_method1(py, "forget", (pid, fd)).map(drop)) {
+                    self.hook_error(py, e);
+                }
+            }
+            Hooks::Shard { forgets, .. } => forgets.push((pid, fd)),
+        }
     }
 
     /// A connection opened (or, `joined`, was open before the agent started).
-    pub fn on_open(&mut self, py: Python<'_>, pid: u32, ts: u64, o: ConnOpen, joined: bool) {
+    pub fn on_open(&mut self, py: Gil<'_>, pid: u32, ts: u64, o: ConnOpen, joined: bool) {
         if self.conns.contains_key(&o.conn_id) {
             // Cannot happen with unique ids; never mix two connections.
             self.finish(py, o.conn_id, ts);
         }
-        let (process, flags): (PyObject, u32) = match self
-            .hooks
-            .call_method1(py, "on_open", (pid, o.fd, &o.comm, o.uid))
-            .and_then(|r| r.extract::<(PyObject, u32)>(py))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                self.hook_error(py, e);
-                return;
-            }
+        let Some(Resolved {
+            process,
+            flags,
+            dns_name,
+        }) = self.resolve_open(py, pid, ts, &o)
+        else {
+            return;
         };
         if flags & SKIP_ALL != 0 {
             // The kernel skips it too once it knows; this closes the window after exec.
@@ -659,18 +789,9 @@ impl Table {
                 self.skipped.clear();
             }
             self.skipped.insert(o.conn_id);
-            if let Err(e) = self.hooks.call_method1(py, "forget", (pid, o.fd)) {
-                self.hook_error(py, e);
-            }
+            self.forget(py, pid, o.fd);
             return;
         }
-        // qtap's domain rule: SNI, else Host/:authority, else the name a DNS answer gave
-        // the server's address (replaced by either of the first two when they come).
-        let dns_name = if o.role == ROLE_CLIENT {
-            self.dns.name_for(&o.remote_addr, ts)
-        } else {
-            None
-        };
         let dns_domain = dns_name.is_some();
         let info = ConnInfo {
             kid: o.conn_id,
@@ -712,7 +833,7 @@ impl Table {
             o.conn_id,
             Session {
                 info,
-                py_info: None,
+                view: None,
                 dirty: true,
                 streams: Vec::new(),
                 classifier: Some(Classifier::default()),
@@ -744,7 +865,7 @@ impl Table {
     #[allow(clippy::too_many_arguments)]
     fn on_stream(
         &mut self,
-        py: Python<'_>,
+        py: Gil<'_>,
         conn_id: u64,
         offset: u64,
         flow: u8,
@@ -856,7 +977,7 @@ impl Table {
     /// Keep the global byte budget: recompute what this session holds; past the budget,
     /// shed this session's waiting bytes (pending reassembly becomes gaps, held
     /// pre-classification bytes are dropped), counted.
-    fn account(&mut self, py: Python<'_>, kid: u64) {
+    fn account(&mut self, py: Gil<'_>, kid: u64) {
         let Some(s) = self.conns.get_mut(&kid) else {
             return;
         };
@@ -908,7 +1029,7 @@ impl Table {
     /// Ordered pieces of one stream to the session's consumers: classifier, HTTP, dump.
     fn consume(
         &mut self,
-        py: Python<'_>,
+        py: Gil<'_>,
         kid: u64,
         flow: u8,
         source: u8,
@@ -1054,12 +1175,13 @@ impl Table {
         }
         let proto_label = s.info.protocol;
         for ev in events {
-            self.emit_http(py, kid, ev, proto_label);
+            self.emit_http(kid, ev, proto_label);
         }
         // 3. stream dump
         if dump {
             if let Some(s) = self.conns.get_mut(&kid) {
-                if let Ok(conn) = s.py_info(py) {
+                {
+                    let conn = s.view();
                     let pieces = pieces
                         .iter()
                         .map(|p| match p {
@@ -1078,7 +1200,7 @@ impl Table {
         }
     }
 
-    fn emit_http(&mut self, py: Python<'_>, kid: u64, ev: HttpEvent, proto_label: &'static str) {
+    fn emit_http(&mut self, kid: u64, ev: HttpEvent, proto_label: &'static str) {
         match ev {
             HttpEvent::ParseError => {
                 *self.counters.parse_errors.entry(proto_label).or_default() += 1;
@@ -1109,16 +1231,14 @@ impl Table {
                 let seq = s.tx_seq;
                 s.tx_seq += 1;
                 self.counters.transactions += 1;
-                match s.py_info(py) {
-                    Ok(conn) => self.out.push(Output::Transaction { conn, tx, seq }),
-                    Err(e) => self.hook_error(py, e),
-                }
+                let conn = s.view();
+                self.out.push(Output::Transaction { conn, tx, seq });
             }
         }
     }
 
     /// Finish a connection: flush its streams, close its parser, final report.
-    pub fn finish(&mut self, py: Python<'_>, kid: u64, ts: u64) {
+    pub fn finish(&mut self, py: Gil<'_>, kid: u64, ts: u64) {
         let Some(s) = self.conns.get_mut(&kid) else {
             return;
         };
@@ -1152,7 +1272,7 @@ impl Table {
                     match p {
                         HttpParser::Native(p) => p.close(ts),
                         HttpParser::Python(p) => {
-                            if p.call_method1(py, "close", (ts,)).is_err() {
+                            if py.with(|py| p.call_method1(py, "close", (ts,)).is_err()) {
                                 events.push(HttpEvent::Failed);
                                 h.dead = true;
                             }
@@ -1165,7 +1285,7 @@ impl Table {
                     // Re-insert briefly so emit_http can update facts and sequence numbers.
                     self.conns.insert(kid, s);
                     for ev in events {
-                        self.emit_http(py, kid, ev, label);
+                        self.emit_http(kid, ev, label);
                     }
                     s = self.conns.remove(&kid).expect("just inserted");
                 }
@@ -1174,21 +1294,17 @@ impl Table {
         s.info.finalized = true;
         s.dirty = true;
         let part = s.info.parts;
-        match Py::new(py, s.info.clone_ref(py)) {
-            Ok(snapshot) => {
-                if self.settings.dump {
-                    self.out.push(Output::Closed {
-                        conn: snapshot.clone_ref(py),
-                    });
-                }
-                self.out.push(Output::Report {
-                    conn: snapshot,
-                    part,
-                    finalized: true,
-                });
-            }
-            Err(e) => self.hook_error(py, e),
+        let snapshot = Arc::new(s.info.snapshot());
+        if self.settings.dump {
+            self.out.push(Output::Closed {
+                conn: snapshot.clone(),
+            });
         }
+        self.out.push(Output::Report {
+            conn: snapshot,
+            part,
+            finalized: true,
+        });
         if let Some(pids) = self.by_pid.get_mut(&s.info.pid) {
             pids.remove(&kid);
             if pids.is_empty() {
@@ -1199,7 +1315,7 @@ impl Table {
 
     /// Emit the periodic reports due at kernel time `now`, and finish connections whose
     /// socket closed (TCP_CLOSE) longer than the grace period ago without a close(2).
-    pub fn tick(&mut self, py: Python<'_>, now: u64) {
+    pub fn tick(&mut self, py: Gil<'_>, now: u64) {
         let mut done = Vec::new();
         self.dns.tick(now, &mut done);
         self.out.extend(done.into_iter().map(Output::Dns));
@@ -1223,14 +1339,11 @@ impl Table {
             let part = s.info.parts;
             s.info.parts += 1;
             s.dirty = true;
-            match Py::new(py, s.info.clone_ref(py)) {
-                Ok(snapshot) => self.out.push(Output::Report {
-                    conn: snapshot,
-                    part,
-                    finalized: false,
-                }),
-                Err(e) => self.hook_error(py, e),
-            }
+            self.out.push(Output::Report {
+                conn: Arc::new(s.info.snapshot()),
+                part,
+                finalized: false,
+            });
             self.due
                 .push(Reverse((now + self.settings.interval_ns, kid)));
         }
@@ -1243,7 +1356,7 @@ impl Table {
     /// (the kernel stops copying ciphertext once a TLS call is seen on the socket).
     fn holes_at_close(
         &mut self,
-        py: Python<'_>,
+        py: Gil<'_>,
         kid: u64,
         sock_end: [u64; 2],
         tls_end: [u64; 2],
@@ -1290,7 +1403,7 @@ impl Table {
     /// Give up holes that bytes have waited behind for HOLE_WAIT_NS of kernel time (newer
     /// records handled meanwhile): the hole becomes a gap counted with the ring-buffer
     /// losses, and what waited behind it is delivered.
-    pub fn give_up_holes(&mut self, py: Python<'_>) {
+    pub fn give_up_holes(&mut self, py: Gil<'_>) {
         if self.waiting.is_empty() {
             return;
         }
@@ -1336,7 +1449,7 @@ impl Table {
 
     /// Shutdown, in bounded steps: finalise up to `max` open connections (lowest ids
     /// first); returns how many are left.
-    pub fn close_some(&mut self, py: Python<'_>, now: u64, max: usize) -> usize {
+    pub fn close_some(&mut self, py: Gil<'_>, now: u64, max: usize) -> usize {
         let mut kids: Vec<u64> = self.conns.keys().copied().collect();
         if kids.len() > max {
             kids.select_nth_unstable(max);
@@ -1352,7 +1465,7 @@ impl Table {
     /// Shutdown past its finalising deadline: finish what is left without parsing what it
     /// holds (those bytes are counted as shed, reason "shutdown"): final reports only.
     /// Returns the number of connections finished so.
-    pub fn abandon_all(&mut self, py: Python<'_>, now: u64) -> usize {
+    pub fn abandon_all(&mut self, py: Gil<'_>, now: u64) -> usize {
         let mut kids: Vec<u64> = self.conns.keys().copied().collect();
         kids.sort_unstable();
         let n = kids.len();
@@ -1376,7 +1489,7 @@ impl Table {
     }
 
     /// Shutdown: finalise every open connection.
-    pub fn close_all(&mut self, py: Python<'_>, now: u64) {
+    pub fn close_all(&mut self, py: Gil<'_>, now: u64) {
         let mut kids: Vec<u64> = self.conns.keys().copied().collect();
         kids.sort_unstable();
         for kid in kids {
@@ -1421,7 +1534,7 @@ enum HttpEvent {
 }
 
 fn new_http_parser(
-    py: Python<'_>,
+    py: Gil<'_>,
     proto: &str,
     body_limit: usize,
     midstream: bool,
@@ -1435,15 +1548,17 @@ fn new_http_parser(
         return Some(HttpParser::Native(p));
     }
     // Not built in natively yet: the Python parser, through the same sans-IO calls.
-    let m = py.import("plaintap.protocols").ok()?;
-    let kw = pyo3::types::PyDict::new(py);
-    kw.set_item("body_limit", body_limit).ok()?;
-    kw.set_item("midstream", midstream).ok()?;
-    m.getattr("new_parser")
-        .ok()?
-        .call((proto,), Some(&kw))
-        .ok()
-        .map(|p| HttpParser::Python(p.unbind()))
+    py.with(|py| {
+        let m = py.import("plaintap.protocols").ok()?;
+        let kw = pyo3::types::PyDict::new(py);
+        kw.set_item("body_limit", body_limit).ok()?;
+        kw.set_item("midstream", midstream).ok()?;
+        m.getattr("new_parser")
+            .ok()?
+            .call((proto,), Some(&kw))
+            .ok()
+            .map(|p| HttpParser::Python(p.unbind()))
+    })
 }
 
 enum Feed<'a> {
@@ -1451,7 +1566,7 @@ enum Feed<'a> {
     Gap(u64),
 }
 
-fn feed(py: Python<'_>, h: &mut Http, side: Side, what: Feed<'_>, ts: u64) {
+fn feed(py: Gil<'_>, h: &mut Http, side: Side, what: Feed<'_>, ts: u64) {
     if h.dead {
         return;
     }
@@ -1464,19 +1579,23 @@ fn feed(py: Python<'_>, h: &mut Http, side: Side, what: Feed<'_>, ts: u64) {
             Feed::Gap(n) => p.feed_gap(side, n, ts),
         },
         HttpParser::Python(p) => {
-            let r = match what {
-                Feed::Data(d) => p.call_method1(py, "feed", (side as i64, PyBytes::new(py, d), ts)),
-                Feed::Gap(n) => p.call_method1(py, "feed_gap", (side as i64, n, ts)),
-            };
-            if let Err(e) = r {
-                e.print_and_set_sys_last_vars(py);
+            let failed = py.with(|py| {
+                let r = match what {
+                    Feed::Data(d) => {
+                        p.call_method1(py, "feed", (side as i64, PyBytes::new(py, d), ts))
+                    }
+                    Feed::Gap(n) => p.call_method1(py, "feed_gap", (side as i64, n, ts)),
+                };
+                r.map_err(|e| e.print_and_set_sys_last_vars(py)).is_err()
+            });
+            if failed {
                 h.dead = true;
             }
         }
     }
 }
 
-fn drain(py: Python<'_>, h: &mut Http, events: &mut Vec<HttpEvent>) {
+fn drain(py: Gil<'_>, h: &mut Http, events: &mut Vec<HttpEvent>) {
     let Some(p) = h.parser.as_mut() else {
         return;
     };
@@ -1495,41 +1614,45 @@ fn drain(py: Python<'_>, h: &mut Http, events: &mut Vec<HttpEvent>) {
                     });
                 }
             },
-            HttpParser::Python(p) => {
-                let ev = match p.call_method0(py, "next_event") {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        e.print_and_set_sys_last_vars(py);
-                        events.push(HttpEvent::Failed);
-                        h.dead = true;
-                        return;
-                    }
-                };
-                if ev.is_none(py) {
+            HttpParser::Python(p) => match py.with(|py| py_next_event(py, p)) {
+                Ok(Some(ev)) => events.push(ev),
+                Ok(None) => return,
+                Err(()) => {
+                    events.push(HttpEvent::Failed);
+                    h.dead = true;
                     return;
                 }
-                let b = ev.bind(py);
-                let is_error = py_parser::model_types(py)
-                    .map(|t| b.is_instance(t.parse_error.bind(py)).unwrap_or(false))
-                    .unwrap_or(false);
-                if is_error {
-                    events.push(HttpEvent::ParseError);
-                    continue;
-                }
-                let grpc = b.getattr("grpc").map(|g| !g.is_none()).unwrap_or(false);
-                let host = b
-                    .getattr("host")
-                    .ok()
-                    .and_then(|h| h.extract::<Option<String>>().ok())
-                    .flatten();
-                events.push(HttpEvent::Transaction {
-                    tx: TxValue::Py(ev),
-                    grpc,
-                    host,
-                });
-            }
+            },
         }
     }
+}
+
+/// The Python parser's next event (None: nothing ready; Err: it raised, printed).
+fn py_next_event(py: Python<'_>, p: &PyObject) -> Result<Option<HttpEvent>, ()> {
+    let ev = p
+        .call_method0(py, "next_event")
+        .map_err(|e| e.print_and_set_sys_last_vars(py))?;
+    if ev.is_none(py) {
+        return Ok(None);
+    }
+    let b = ev.bind(py);
+    let is_error = py_parser::model_types(py)
+        .map(|t| b.is_instance(t.parse_error.bind(py)).unwrap_or(false))
+        .unwrap_or(false);
+    if is_error {
+        return Ok(Some(HttpEvent::ParseError));
+    }
+    let grpc = b.getattr("grpc").map(|g| !g.is_none()).unwrap_or(false);
+    let host = b
+        .getattr("host")
+        .ok()
+        .and_then(|h| h.extract::<Option<String>>().ok())
+        .flatten();
+    Ok(Some(HttpEvent::Transaction {
+        tx: TxValue::Py(ev),
+        grpc,
+        host,
+    }))
 }
 
 /// Build a ConnOpen for a connection adopted at start-up.

@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod py_parser;
 pub mod reassembly;
 pub mod ring;
+pub mod shard;
 pub mod summary;
 pub mod uprobe_warm;
 

@@ -15,18 +15,20 @@
 //! ts, ppid, uid, filename, argv)`, `on_exit(pid, ts)`, `on_open(pid, fd, comm, uid) ->
 //! (process, filter_bits)` and `forget(pid, fd)` (drop the kernel's table entry).
 use std::borrow::Cow;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::classify;
-use crate::conn::{self, ConnInfo, Output, Settings, Table, TxValue};
-use crate::decode;
+use crate::conn::{self, ConnInfo, ConnView, Gil, Hooks, Output, Settings, Table, TxValue};
+use crate::decode::{self, Event};
 use crate::py_parser;
 use crate::reassembly::{self, Piece};
 use crate::ring;
+use crate::shard::{self, DnsCounts, Shards};
 use crate::summary::{self, Summary};
 
 pub const OUT_REPORT: u8 = 0;
@@ -82,7 +84,17 @@ impl PyRing {
 
 #[pyclass(module = "plaintap._core", unsendable)]
 pub struct DataPlane {
+    /// With one worker, the whole connection table; with more, the control table (process
+    /// hooks, UDP DNS and its names) while `shards` hold the connections (see shard.rs).
     table: Table,
+    shards: Option<Shards>,
+    /// Kernel time of the newest record routed to a shard.
+    routed_ts: u64,
+    /// With workers: connections the control table keeps (DNS over TCP, see shard.rs).
+    control_conns: std::collections::HashSet<u64>,
+    /// The Python view of each connection's current `ConnView` (the same object while the
+    /// connection does not change), until its final report.
+    views: HashMap<u64, (ConnView, Py<ConnInfo>)>,
     /// Build `artifact_record` summaries natively (set by Python when its plugins would
     /// build nothing else, see summary.rs); None: every transaction goes to Python.
     summary: Option<Summary>,
@@ -96,7 +108,7 @@ impl DataPlane {
     #[pyo3(signature = (hooks, run_id = String::new(), parse_http = true, body_limit = 2 << 20, dump = false,
                         first_report_ns = conn::FIRST_REPORT_NS, interval_ns = conn::REPORT_INTERVAL_NS,
                         byte_budget = conn::DEFAULT_BYTE_BUDGET, max_pending = reassembly::DEFAULT_MAX_PENDING,
-                        close_grace_ns = conn::CLOSE_GRACE_NS))]
+                        close_grace_ns = conn::CLOSE_GRACE_NS, workers = 1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         hooks: PyObject,
@@ -109,33 +121,75 @@ impl DataPlane {
         byte_budget: u64,
         max_pending: u64,
         close_grace_ns: u64,
-    ) -> DataPlane {
-        DataPlane {
-            table: Table::new(
-                Settings {
-                    run_id,
-                    parse_http,
-                    body_limit,
-                    dump,
-                    first_report_ns,
-                    interval_ns,
-                    byte_budget,
-                    max_pending,
-                    close_grace_ns,
-                },
-                hooks,
-            ),
+        workers: usize,
+    ) -> PyResult<DataPlane> {
+        if workers == 0 || workers > shard::MAX_WORKERS {
+            return Err(PyValueError::new_err(format!(
+                "workers must be 1 to {}, not {workers}",
+                shard::MAX_WORKERS
+            )));
+        }
+        let settings = Settings {
+            run_id,
+            parse_http,
+            body_limit,
+            dump,
+            first_report_ns,
+            interval_ns,
+            byte_budget,
+            max_pending,
+            close_grace_ns,
+        };
+        let shards =
+            if workers > 1 {
+                Some(Shards::start(workers, &settings).map_err(|e| {
+                    PyOSError::new_err(format!("cannot start {workers} workers: {e}"))
+                })?)
+            } else {
+                None
+            };
+        Ok(DataPlane {
+            table: Table::new(settings, Hooks::Py(hooks)),
+            shards,
+            routed_ts: 0,
+            control_conns: Default::default(),
+            views: HashMap::new(),
             summary: None,
             native_summaries: 0,
+        })
+    }
+
+    /// Worker threads parsing connections (1: the calling thread does it all).
+    #[getter]
+    fn workers(&self) -> usize {
+        self.shards.as_ref().map_or(1, |s| s.len())
+    }
+
+    /// Wait until the workers handled everything sent to them (their outputs are then
+    /// ready for `take`); nothing to wait for with one worker.
+    fn sync(&mut self, py: Python<'_>) {
+        if let Some(s) = self.shards.as_mut() {
+            py.allow_threads(|| s.sync());
         }
     }
 
-    /// Handle raw ring-buffer records (each a bytes-like object), in order.
+    /// Workers hold records not yet handled or outputs not yet taken (a `take` will find
+    /// them); always False with one worker.
+    #[getter]
+    fn busy(&self) -> bool {
+        self.shards.as_ref().is_some_and(|s| s.busy())
+    }
+
+    /// Handle raw ring-buffer records (each a bytes-like object), in order; with workers,
+    /// returns when they have handled them.
     fn feed(&mut self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<()> {
         for item in records.try_iter()? {
             let item = item?;
             let b = item.downcast::<PyBytes>()?;
-            self.table.handle_raw(py, b.as_bytes());
+            self.dispatch(py, b.as_bytes());
+        }
+        if let Some(s) = self.shards.as_mut() {
+            py.allow_threads(|| s.sync());
         }
         Ok(())
     }
@@ -164,6 +218,28 @@ impl DataPlane {
         max_ns: u64,
         batch_wait_us: u64,
     ) -> usize {
+        if let Some(s) = self.shards.as_ref() {
+            if s.queued_bytes() >= shard::QUEUE_BYTES {
+                // The workers are behind: leave the records in the rings meanwhile.
+                let gauge = s.gauge();
+                let limit = Duration::from_millis(timeout_ms.max(1) as u64);
+                py.allow_threads(|| {
+                    let t0 = Instant::now();
+                    while gauge.bytes() >= shard::QUEUE_BYTES && t0.elapsed() < limit {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                });
+                if gauge.bytes() >= shard::QUEUE_BYTES {
+                    return 0;
+                }
+            }
+        }
+        // Workers with outputs on the way: wait less, so that they are taken soon.
+        let timeout_ms = if self.busy() && !(0..=2).contains(&timeout_ms) {
+            2
+        } else {
+            timeout_ms
+        };
         if rings.iter().all(|r| r.ring.backlog() == 0) && timeout_ms != 0 {
             let fds: Vec<i32> = rings.iter().map(|r| r.ring.fd()).collect();
             py.allow_threads(|| ring::wait(&fds, timeout_ms));
@@ -195,22 +271,34 @@ impl DataPlane {
                 }
             }
             let Some((i, ts)) = best else {
-                self.table.caught_up = watermark;
+                self.caught_up(watermark);
                 break;
             };
             if ts >= watermark {
-                self.table.caught_up = watermark;
+                self.caught_up(watermark);
                 break;
             }
             let r = &rings[i].ring;
             if let Some((rec, step)) = r.peek() {
-                self.table.handle_raw(py, rec);
+                self.dispatch(py, rec);
                 r.consume(step);
             }
             n += 1;
-            if n % 64 == 0 && start.elapsed().as_nanos() as u64 >= max_ns {
-                break;
+            if n % 64 == 0 {
+                if start.elapsed().as_nanos() as u64 >= max_ns {
+                    break;
+                }
+                if self
+                    .shards
+                    .as_ref()
+                    .is_some_and(|s| s.queued_bytes() >= shard::QUEUE_BYTES)
+                {
+                    break;
+                }
             }
+        }
+        if let Some(s) = self.shards.as_mut() {
+            s.flush();
         }
         n
     }
@@ -245,29 +333,54 @@ impl DataPlane {
             remote_port,
             comm,
         );
-        self.table.on_open(py, pid, ts_ns, o, true);
+        let g = Gil::Held(py);
+        match self.shards.as_mut() {
+            None => self.table.on_open(g, pid, ts_ns, o, true),
+            Some(s) => {
+                let r = self.table.resolve_open(g, pid, ts_ns, &o);
+                s.adopt(pid, ts_ns, o, r);
+            }
+        }
     }
 
     /// Periodic reports due at kernel time `now_ns`.
     fn tick(&mut self, py: Python<'_>, now_ns: u64) {
-        self.table.tick(py, now_ns);
+        let newest = self.table.last_ts.max(self.routed_ts);
+        if let Some(s) = self.shards.as_mut() {
+            // A hole is given up by the age of the newest record handled by any shard (the
+            // reader routes in time order, so each shard has all of its records up to it).
+            s.set_caught_up(newest);
+            py.allow_threads(|| s.tick(now_ns));
+        }
+        self.table.tick(Gil::Held(py), now_ns);
     }
 
     /// Shutdown: finalise every open connection.
     fn close_all(&mut self, py: Python<'_>, now_ns: u64) {
-        self.table.close_all(py, now_ns);
+        if let Some(s) = self.shards.as_mut() {
+            py.allow_threads(|| s.close_all(now_ns));
+        }
+        self.table.close_all(Gil::Held(py), now_ns);
     }
 
     /// Shutdown in bounded steps: finalise up to `max` connections; returns how many are left.
     #[pyo3(signature = (now_ns, max = 1024))]
     fn close_some(&mut self, py: Python<'_>, now_ns: u64, max: usize) -> usize {
-        self.table.close_some(py, now_ns, max)
+        let left = match self.shards.as_mut() {
+            Some(s) => py.allow_threads(|| s.close_some(now_ns, max)),
+            None => 0,
+        };
+        left + self.table.close_some(Gil::Held(py), now_ns, max)
     }
 
     /// Shutdown past its deadline: final reports for what is left, its held bytes not
     /// parsed (counted: shed_bytes["shutdown"]). Returns the number of connections.
     fn abandon_all(&mut self, py: Python<'_>, now_ns: u64) -> usize {
-        self.table.abandon_all(py, now_ns)
+        let n = match self.shards.as_mut() {
+            Some(s) => py.allow_threads(|| s.abandon_all(now_ns)),
+            None => 0,
+        };
+        n + self.table.abandon_all(Gil::Held(py), now_ns)
     }
 
     /// Everything produced since the last call, in order: (0, conn, part, finalized)
@@ -276,23 +389,37 @@ impl DataPlane {
     /// {exchange}) DNS exchanges (see `dns_exchange_dict`).
     fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        for o in std::mem::take(&mut self.table.out) {
+        let mut items = std::mem::take(&mut self.table.out);
+        if let Some(s) = self.shards.as_ref() {
+            let c = s.collect();
+            items.extend(c.out);
+            for (pid, fd) in c.forgets {
+                self.table.forget(Gil::Held(py), pid, fd);
+            }
+        }
+        for o in items {
             let t = match o {
                 Output::Report {
                     conn,
                     part,
                     finalized,
-                } => PyTuple::new(
-                    py,
-                    [
-                        OUT_REPORT.into_pyobject(py)?.into_any(),
-                        conn.into_bound(py).into_any(),
-                        part.into_pyobject(py)?.into_any(),
-                        pyo3::types::PyBool::new(py, finalized)
-                            .to_owned()
-                            .into_any(),
-                    ],
-                )?,
+                } => {
+                    let view = self.view(py, &conn)?;
+                    if finalized {
+                        self.views.remove(&conn.kid);
+                    }
+                    PyTuple::new(
+                        py,
+                        [
+                            OUT_REPORT.into_pyobject(py)?.into_any(),
+                            view.into_bound(py).into_any(),
+                            part.into_pyobject(py)?.into_any(),
+                            pyo3::types::PyBool::new(py, finalized)
+                                .to_owned()
+                                .into_any(),
+                        ],
+                    )?
+                }
                 Output::Transaction { conn, tx, seq } => {
                     let tx = match tx {
                         TxValue::Py(obj) => obj,
@@ -300,13 +427,14 @@ impl DataPlane {
                             if let Some(policy) = &self.summary {
                                 // A build error (a bug) leaves the transaction to Python.
                                 if let Ok(Some((attrs, body))) =
-                                    summary::build(py, conn.get(), &t, seq, policy)
+                                    summary::build(py, &conn, &t, seq, policy)
                                 {
+                                    let view = self.view(py, &conn)?;
                                     out.append(PyTuple::new(
                                         py,
                                         [
                                             OUT_SUMMARY.into_pyobject(py)?.into_any(),
-                                            conn.into_bound(py).into_any(),
+                                            view.into_bound(py).into_any(),
                                             attrs.into_any(),
                                             body.into_pyobject(py)?.into_any(),
                                             t.start_ns.into_pyobject(py)?.into_any(),
@@ -333,7 +461,7 @@ impl DataPlane {
                         py,
                         [
                             OUT_TRANSACTION.into_pyobject(py)?.into_any(),
-                            conn.into_bound(py).into_any(),
+                            self.view(py, &conn)?.into_bound(py).into_any(),
                             tx.into_bound(py),
                             seq.into_pyobject(py)?.into_any(),
                         ],
@@ -356,7 +484,7 @@ impl DataPlane {
                         py,
                         [
                             OUT_PIECES.into_pyobject(py)?.into_any(),
-                            conn.into_bound(py).into_any(),
+                            self.view(py, &conn)?.into_bound(py).into_any(),
                             flow.into_pyobject(py)?.into_any(),
                             source.into_pyobject(py)?.into_any(),
                             list.into_any(),
@@ -367,7 +495,7 @@ impl DataPlane {
                     py,
                     [
                         OUT_CLOSED.into_pyobject(py)?.into_any(),
-                        conn.into_bound(py).into_any(),
+                        self.view(py, &conn)?.into_bound(py).into_any(),
                     ],
                 )?,
                 Output::Dns(ex) => PyTuple::new(
@@ -414,6 +542,9 @@ impl DataPlane {
     #[setter]
     fn set_parse_http(&mut self, on: bool) {
         self.table.set_parse_http(on);
+        if let Some(s) = self.shards.as_mut() {
+            s.set_parse_http(on);
+        }
     }
 
     #[getter]
@@ -421,35 +552,39 @@ impl DataPlane {
         self.table.settings.parse_http
     }
 
-    /// Connections currently tracked.
-    fn __len__(&self) -> usize {
-        self.table.len()
+    /// Connections currently tracked (with workers: once they handled what they were sent).
+    fn __len__(&mut self, py: Python<'_>) -> usize {
+        if let Some(s) = self.shards.as_mut() {
+            py.allow_threads(|| s.sync());
+        }
+        self.totals().2
     }
 
     /// The current view of connection `conn_id` (kernel id), or None.
-    fn connection(&self, py: Python<'_>, conn_id: u64) -> PyResult<Option<Py<ConnInfo>>> {
-        match self.table.info(conn_id) {
-            Some(i) => Ok(Some(Py::new(py, conn_info_copy(py, i))?)),
-            None => Ok(None),
-        }
+    fn connection(&mut self, py: Python<'_>, conn_id: u64) -> PyResult<Option<Py<ConnInfo>>> {
+        let info = match self.shards.as_mut() {
+            Some(s) => py.allow_threads(|| s.info(conn_id)),
+            None => self.table.info(conn_id).map(|i| i.snapshot()),
+        };
+        info.map(|i| Py::new(py, i)).transpose()
     }
 
     /// Kernel time (ns) of the newest record handled so far (0 before the first).
     #[getter]
     fn last_ts(&self) -> u64 {
-        self.table.last_ts
+        self.table.last_ts.max(self.routed_ts)
     }
 
     /// Bytes held across connections (reassembly waits, pre-classification holds).
     #[getter]
     fn held_bytes(&self) -> u64 {
-        self.table.held_total
+        self.totals().3
     }
 
     /// Named counters: {"events": {type: n}, "unknown_events": n, "orphan_events": n,
     /// "gap_bytes": {reason: n}, "parse_errors": {protocol: n}, "shed_bytes": {reason: n}, ...}.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.table.counters;
+        let (c, x, len, held) = self.totals();
         let d = PyDict::new(py);
         let ev = PyDict::new(py);
         for (t, n) in c.events.iter().enumerate() {
@@ -471,23 +606,22 @@ impl DataPlane {
         d.set_item("finished_by_exit", c.finished_by_exit)?;
         d.set_item("transactions", c.transactions)?;
         d.set_item("native_summaries", self.native_summaries)?;
-        d.set_item("connections_active", self.table.len())?;
-        d.set_item("held_bytes", self.table.held_total)?;
-        let x = &self.table.dns;
+        d.set_item("connections_active", len)?;
+        d.set_item("held_bytes", held)?;
         let dns = PyDict::new(py);
-        dns.set_item("names", x.names.len())?;
-        dns.set_item("name_evictions", x.names.evictions)?;
-        dns.set_item("names_expired", x.names.expired)?;
-        dns.set_item("names_learned", x.learned)?;
-        dns.set_item("pending", x.exchanges.len())?;
-        dns.set_item("queries_given_up", x.exchanges.given_up)?;
-        dns.set_item("queries_unanswered", x.exchanges.unanswered)?;
-        dns.set_item("answers_unmatched", x.exchanges.unmatched_answers)?;
-        dns.set_item("datagrams_cut", x.cut)?;
-        dns.set_item("datagrams_ignored", x.ignored)?;
+        dns.set_item("names", x.names)?;
+        dns.set_item("name_evictions", x.name_evictions)?;
+        dns.set_item("names_expired", x.names_expired)?;
+        dns.set_item("names_learned", x.names_learned)?;
+        dns.set_item("pending", x.pending)?;
+        dns.set_item("queries_given_up", x.queries_given_up)?;
+        dns.set_item("queries_unanswered", x.queries_unanswered)?;
+        dns.set_item("answers_unmatched", x.answers_unmatched)?;
+        dns.set_item("datagrams_cut", x.datagrams_cut)?;
+        dns.set_item("datagrams_ignored", x.datagrams_ignored)?;
         dns.set_item("datagrams_filtered", c.filtered_dns)?;
         let errs = PyDict::new(py);
-        for (k, v) in &x.errors {
+        for (k, v) in &x.parse_errors {
             errs.set_item(*k, *v)?;
         }
         dns.set_item("parse_errors", errs)?;
@@ -504,6 +638,95 @@ impl DataPlane {
             d.set_item(name, m)?;
         }
         Ok(d)
+    }
+}
+
+impl DataPlane {
+    /// One record from the rings: to the table, or with workers routed by connection
+    /// (see shard.rs): opens resolved here with Python's hooks, exits to every shard, the
+    /// rest that is not about one connection to the control table.
+    fn dispatch(&mut self, py: Python<'_>, rec: &[u8]) {
+        let g = Gil::Held(py);
+        let Some(shards) = self.shards.as_mut() else {
+            self.table.handle_raw(g, rec);
+            return;
+        };
+        let Ok(r) = decode::decode(rec) else {
+            self.table.handle_raw(g, rec); // counted there
+            return;
+        };
+        match r.event {
+            Event::Data { conn_id, .. }
+            | Event::Gap { conn_id, .. }
+            | Event::ConnClose { conn_id, .. }
+            | Event::SockState { conn_id, .. } => {
+                if self.control_conns.contains(&conn_id) {
+                    if matches!(r.event, Event::ConnClose { .. }) {
+                        self.control_conns.remove(&conn_id);
+                    }
+                    self.table.handle_raw(g, rec);
+                    return;
+                }
+                self.routed_ts = self.routed_ts.max(r.ts_ns);
+                shards.batch_for(conn_id).record(rec, None);
+            }
+            Event::ConnOpen(o) if o.role == decode::ROLE_CLIENT && o.remote_port == 53 => {
+                if self.control_conns.len() >= 4096 {
+                    // entries of connections finished otherwise (their process's exit)
+                    let t = &self.table;
+                    self.control_conns.retain(|k| t.info(*k).is_some());
+                }
+                self.control_conns.insert(o.conn_id);
+                self.table.handle_raw(g, rec);
+            }
+            Event::ConnOpen(o) => {
+                self.routed_ts = self.routed_ts.max(r.ts_ns);
+                let res = self.table.resolve_open(g, r.pid, r.ts_ns, &o);
+                shards.batch_for(o.conn_id).record(rec, Some(res));
+            }
+            Event::ProcExit { .. } => {
+                shards.exit(r.pid, r.ts_ns);
+                self.table.handle_raw(g, rec);
+            }
+            Event::ProcExec { .. } | Event::Dgram(_) => self.table.handle_raw(g, rec),
+        }
+    }
+
+    /// Every record older than `ts` is handled (or routed to its shard, which handles it
+    /// before anything sent later).
+    fn caught_up(&mut self, ts: u64) {
+        self.table.caught_up = ts;
+        if let Some(s) = self.shards.as_ref() {
+            s.set_caught_up(ts);
+        }
+    }
+
+    /// The Python object for a connection view (the same one while the view is).
+    fn view(&mut self, py: Python<'_>, c: &ConnView) -> PyResult<Py<ConnInfo>> {
+        if let Some((v, obj)) = self.views.get(&c.kid) {
+            if std::sync::Arc::ptr_eq(v, c) {
+                return Ok(obj.clone_ref(py));
+            }
+        }
+        let obj = Py::new(py, c.snapshot())?;
+        self.views.insert(c.kid, (c.clone(), obj.clone_ref(py)));
+        Ok(obj)
+    }
+
+    /// Counters, DNS counters, connections and held bytes of all tables.
+    fn totals(&self) -> (conn::Counters, DnsCounts, usize, u64) {
+        let t = &self.table;
+        let mut c = t.counters.clone();
+        let mut d = DnsCounts::of(&t.dns);
+        let (mut len, mut held) = (t.len(), t.held_total);
+        if let Some(s) = self.shards.as_ref() {
+            let (c2, d2, l2, h2) = s.totals();
+            shard::add_counters(&mut c, &c2);
+            d.add(&d2);
+            len += l2;
+            held += h2;
+        }
+        (c, d, len, held)
     }
 }
 
@@ -536,39 +759,6 @@ fn dns_exchange_dict(py: Python<'_>, ex: crate::dns::Exchange) -> PyResult<Bound
     d.set_item("bytes_recv", ex.bytes_recv)?;
     d.set_item("transport", ex.transport)?;
     Ok(d)
-}
-
-fn conn_info_copy(py: Python<'_>, i: &ConnInfo) -> ConnInfo {
-    ConnInfo {
-        kid: i.kid,
-        id: i.id.clone(),
-        pid: i.pid,
-        fd: i.fd,
-        role: i.role,
-        is_client: i.is_client,
-        direction: i.direction,
-        local_addr: i.local_addr.clone(),
-        local_port: i.local_port,
-        remote_addr: i.remote_addr.clone(),
-        remote_port: i.remote_port,
-        open_ns: i.open_ns,
-        close_ns: i.close_ns,
-        process: i.process.clone_ref(py),
-        bytes_sent: i.bytes_sent,
-        bytes_recv: i.bytes_recv,
-        protocol: i.protocol,
-        domain: i.domain.clone(),
-        tls_enabled: i.tls_enabled,
-        tls_inspected: i.tls_inspected,
-        tls_version: i.tls_version.clone(),
-        tls_sni: i.tls_sni.clone(),
-        tls_alpn: i.tls_alpn.clone(),
-        joined: i.joined,
-        established: i.established,
-        skip: i.skip,
-        parts: i.parts,
-        finalized: i.finalized,
-    }
 }
 
 /// `(round(ns / 1e6, 3), f"{that:.1f}")` as the native summary computes them (for tests

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CRI API socket, e.g. CRI-O's (default /run/crio/crio.sock, or $CRI_RUNTIME_SOCKET)")
     run.add_argument("--memory-limit", default=_env("memory_limit", "512mb"), metavar="SIZE",
                      help="memory the agent aims to stay under; half of it bounds the sink queues (default 512mb)")
+    run.add_argument("--workers", default=_env("workers", "1"), metavar="N",
+                     help="threads that parse connections, sharded by connection, outside the GIL "
+                          f"(1 to {MAX_WORKERS}; default 1: the agent's main thread does it)")
     run.add_argument("--shutdown-timeout", default=_env("shutdown_timeout", "10"), metavar="SECONDS",
                      help="at SIGINT/SIGTERM, deliver what the sinks hold for at most this long (default 10)")
     run.add_argument("--spool-dir", default=_env("spool_dir", "/var/lib/plaintap/spool"), metavar="DIR",
@@ -253,6 +256,19 @@ def _parse_max_connections(text: str) -> int:
     return n
 
 
+MAX_WORKERS = 64   # native/src/shard.rs MAX_WORKERS
+
+
+def _parse_workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a whole number (e.g. 2)") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise ValueError(f"{n} is out of range (1 to {MAX_WORKERS})")
+    return n
+
+
 def _run(args) -> int:
     from .config import default_config, load_config, parse_size
     from .pipeline import Agent, RunOptions, install_signal_handlers, parse_tags
@@ -261,7 +277,8 @@ def _run(args) -> int:
     for name, parse in (("http_buffer_size", parse_size), ("ring_buffer_size", parse_size),
                         ("tags", parse_tags), ("httpd_listen", parse_listen), ("memory_limit", parse_size),
                         ("spool_size", parse_size), ("shutdown_timeout", _seconds), ("retry_window", _seconds),
-                        ("process_byte_rate", parse_size), ("max_connections", _parse_max_connections)):
+                        ("process_byte_rate", parse_size), ("max_connections", _parse_max_connections),
+                        ("workers", _parse_workers)):
         try:
             values[name] = parse(getattr(args, name))
         except ValueError as e:
@@ -295,7 +312,8 @@ def _run(args) -> int:
                           memory_limit=values["memory_limit"], shutdown_timeout=values["shutdown_timeout"],
                           spool_dir=args.spool_dir, spool_size=values["spool_size"],
                           retry_window=values["retry_window"],
-                          process_byte_rate=values["process_byte_rate"], max_connections=values["max_connections"])
+                          process_byte_rate=values["process_byte_rate"], max_connections=values["max_connections"],
+                          workers=values["workers"])
 
         agent = Agent(cfg, opts)
         install_signal_handlers(agent)

@@ -97,7 +97,9 @@ class Pipeline:
     `stacks` (PluginStacks or None: no HTTP parsing), `object_url`, `events_enabled` and
     `dns_audit` (which DNS exchanges become connection events) may be replaced between
     calls (a config reload). `native_summary=False` keeps every transaction on the Python
-    path (tests compare the two)."""
+    path (tests compare the two). `workers=N` (a core option) parses connections on N
+    threads (native/src/shard.rs): `feed` returns once they are done; `drain` takes what
+    they finished so far, the rest at the next call (or `settle`)."""
 
     def __init__(self, stacks, clock: Callable[[int], int], *, procs: ProcessTable | None = None,
                  body_limit: int = 2 << 20, dumper=None, run_id: str | None = None,
@@ -139,10 +141,17 @@ class Pipeline:
         then `batch_wait_us` more to gather a batch), in bounded slices so the caller can
         check its stop flag between calls."""
         n = self.core.drain(rings, timeout_ms, max_records, max_ns, batch_wait_us)
-        out = self._collect() if n else Emitted()   # nothing handled: nothing to take or count
+        # nothing handled (and no worker with something for us): nothing to take or count
+        out = self._collect() if n or self.core.busy else Emitted()
         if n:
             out.newest_ts = self.core.last_ts
         return out
+
+    def settle(self) -> Emitted:
+        """With `workers` > 1: wait until they handled what they were sent, and take what
+        they made (the drain hands them records and takes their outputs later)."""
+        self.core.sync()
+        return self._collect()
 
     def adopt(self, pid: int, ts_ns: int, conn_id: int, fd: int, uid: int, role: int, direction: int,
               local_addr: str, local_port: int, remote_addr: str, remote_port: int, comm: str) -> None:

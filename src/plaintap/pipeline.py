@@ -123,6 +123,7 @@ class RunOptions:
     spool_dir: str = DEFAULT_SPOOL_DIR         # --spool-dir: one subdirectory per network sink
     spool_size: int = 1 << 30                  # --spool-size (0: no spool)
     retry_window: float = 60.0                 # --retry-window: outage retried without a spool before dropping
+    workers: int = 1                           # --workers: connection-parsing threads (native/src/shard.rs)
 
 
 def data_plane_budget(memory_limit: int) -> int:
@@ -297,7 +298,7 @@ class Agent:
             run_id=secrets.token_hex(4), forget=self.kernel.forget_connection, on_exec=self.tls.on_exec,
             object_url=self.object_url, events_enabled=self.event_sink is not None,
             objects_enabled=self.object_sink is not None, redaction=self.redaction, container_hold=self.container_hold,
-            dns_audit=dns_audit(tap), byte_budget=data_plane_budget(opts.memory_limit))
+            dns_audit=dns_audit(tap), byte_budget=data_plane_budget(opts.memory_limit), workers=opts.workers)
         self.rings: list = []
         self._pending: list[Record] = []
         self._pending_objects: list[Record] = []
@@ -564,8 +565,9 @@ class Agent:
             self._adopt_existing_connections()
             _tune_gc()
             self.status.ready.set()
-            log.info("plaintap capturing (direction=%s, ignore_loopback=%s)",
-                     self.cfg.tap.direction, self.cfg.tap.ignore_loopback)
+            log.info("plaintap capturing (direction=%s, ignore_loopback=%s%s)",
+                     self.cfg.tap.direction, self.cfg.tap.ignore_loopback,
+                     f", {self.opts.workers} workers" if self.opts.workers > 1 else "")
             for warning in self.cfg.warnings:
                 log.warning("config: %s", warning)
             if startup_line(self.cfg):
@@ -649,6 +651,7 @@ class Agent:
                 out = self.pipeline.drain(self.rings, 0, SLICE_RECORDS, SLICE_NS)
                 self._take(out)
                 self.health.beat(out.newest_ts)
+            self._take(self.pipeline.settle())     # --workers: what they still hold
         except Exception as e:
             log.debug("drain at shutdown: %s", e)
         t0, open_conns, abandoned = time.monotonic(), len(self.pipeline.core), 0

@@ -44,6 +44,8 @@ def one_line(r: subprocess.CompletedProcess) -> str:
     (["--tags", "novalue"], {}, "--tags: 'novalue' is not key:value"),
     ([], {"QPOINT_DEPLOYMENT_TAGS": "a"}, "--tags (from QPOINT_DEPLOYMENT_TAGS): 'a' is not key:value"),
     (["--tls-probes", "openssl,rustls"], {}, "--tls-probes: unknown rustls (allowed: openssl, gotls, nodetls)"),
+    (["--workers", "0"], {}, "--workers: 0 is out of range (1 to 64)"),
+    ([], {"PLAINTAP_WORKERS": "two"}, "--workers (from PLAINTAP_WORKERS): 'two' is not a whole number (e.g. 2)"),
 ])
 def test_bad_option_values_are_one_line(args, env, expected):
     r = plaintap("run", *args, env=env)
