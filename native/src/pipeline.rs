@@ -90,6 +90,8 @@ pub struct DataPlane {
     shards: Option<Shards>,
     /// Kernel time of the newest record routed to a shard.
     routed_ts: u64,
+    /// `now_ns` of the last tick sent to the workers.
+    ticked_ns: u64,
     /// With workers: connections the control table keeps (DNS over TCP, see shard.rs).
     control_conns: std::collections::HashSet<u64>,
     /// The Python view of each connection's current `ConnView` (the same object while the
@@ -100,6 +102,9 @@ pub struct DataPlane {
     summary: Option<Summary>,
     /// Summaries built natively (the rest of the transactions went to Python).
     native_summaries: u64,
+    /// With `summary`: no event store takes the summaries, so none is built (counted in
+    /// native_summaries all the same).
+    discard: bool,
 }
 
 #[pymethods]
@@ -153,9 +158,11 @@ impl DataPlane {
             shards,
             routed_ts: 0,
             control_conns: Default::default(),
+            ticked_ns: 0,
             views: HashMap::new(),
             summary: None,
             native_summaries: 0,
+            discard: false,
         })
     }
 
@@ -343,14 +350,25 @@ impl DataPlane {
         }
     }
 
-    /// Periodic reports due at kernel time `now_ns`.
-    fn tick(&mut self, py: Python<'_>, now_ns: u64) {
+    /// Periodic reports due at kernel time `now_ns`. Workers are waited for, unless
+    /// `wait` is false: then they are sent the tick (at most every TICK_EVERY_NS of
+    /// `now_ns`) and what it makes is taken by a later `take`.
+    #[pyo3(signature = (now_ns, wait = true))]
+    fn tick(&mut self, py: Python<'_>, now_ns: u64, wait: bool) {
         let newest = self.table.last_ts.max(self.routed_ts);
         if let Some(s) = self.shards.as_mut() {
             // A hole is given up by the age of the newest record handled by any shard (the
             // reader routes in time order, so each shard has all of its records up to it).
             s.set_caught_up(newest);
-            py.allow_threads(|| s.tick(now_ns));
+            if wait {
+                py.allow_threads(|| s.tick(now_ns));
+                self.ticked_ns = now_ns;
+            } else if now_ns >= self.ticked_ns.saturating_add(shard::TICK_EVERY_NS)
+                || now_ns < self.ticked_ns
+            {
+                s.tick_later(now_ns);
+                self.ticked_ns = now_ns;
+            }
         }
         self.table.tick(Gil::Held(py), now_ns);
     }
@@ -424,6 +442,10 @@ impl DataPlane {
                     let tx = match tx {
                         TxValue::Py(obj) => obj,
                         TxValue::Native(t) => {
+                            if self.discard && self.summary.is_some() {
+                                self.native_summaries += 1;
+                                continue;
+                            }
                             if let Some(policy) = &self.summary {
                                 // A build error (a bug) leaves the transaction to Python.
                                 if let Ok(Some((attrs, body))) =
@@ -514,9 +536,11 @@ impl DataPlane {
     /// Build `artifact_record` summaries natively from now on, with this redaction
     /// (`(enabled, query_params, mask_user_agent, mask_content_type)`, names lower-cased),
     /// or None: hand every transaction to Python. Only for plugin stacks whose whole output
-    /// is that summary (dataplane.Pipeline decides).
-    #[pyo3(signature = (policy = None))]
-    fn set_summary(&mut self, policy: Option<(bool, Vec<String>, bool, bool)>) {
+    /// is that summary (dataplane.Pipeline decides). `discard`: no event store would take
+    /// them (with a policy only): count the transactions, build nothing.
+    #[pyo3(signature = (policy = None, discard = false))]
+    fn set_summary(&mut self, policy: Option<(bool, Vec<String>, bool, bool)>, discard: bool) {
+        self.discard = discard;
         self.summary = policy.map(
             |(enabled, query_params, mask_user_agent, mask_content_type)| Summary {
                 enabled,

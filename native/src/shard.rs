@@ -27,6 +27,8 @@ use crate::decode::ConnOpen;
 
 /// The largest `--workers`.
 pub const MAX_WORKERS: usize = 64;
+/// The agent's loop ticks every turn; the shards at most this often (kernel time), unwaited.
+pub const TICK_EVERY_NS: u64 = 10_000_000;
 /// Record bytes in flight from the reader to all shards together.
 pub const QUEUE_BYTES: usize = 32 << 20;
 
@@ -84,6 +86,7 @@ enum Msg {
         resolved: Option<Resolved>,
     },
     Tick(u64),
+    TickLater(u64),
     CloseSome(u64, usize),
     CloseAll(u64),
     AbandonAll(u64),
@@ -378,6 +381,17 @@ impl Shards {
         self.call(|_| Msg::Tick(now));
     }
 
+    /// Tick without waiting: the reports come with a later `collect`.
+    pub fn tick_later(&mut self, now: u64) {
+        self.flush();
+        for s in &self.shards {
+            if s.tx.send(Msg::TickLater(now)).is_ok() {
+                // counted as in flight, so that `busy` says a take will find something
+                s.shared.queued.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Finalise up to `max` connections in all (`max` split between the shards); returns
     /// how many are left.
     pub fn close_some(&mut self, now: u64, max: usize) -> usize {
@@ -502,6 +516,11 @@ fn run(
                 t.caught_up = t.caught_up.max(caught_up.load(Ordering::Acquire));
                 t.tick(py, now);
                 answer = Some(Reply::N(0));
+            }
+            Msg::TickLater(now) => {
+                t.caught_up = t.caught_up.max(caught_up.load(Ordering::Acquire));
+                t.tick(py, now);
+                handled = 1;
             }
             Msg::CloseSome(now, max) => answer = Some(Reply::N(t.close_some(py, now, max))),
             Msg::CloseAll(now) => {

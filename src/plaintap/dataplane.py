@@ -114,7 +114,7 @@ class Pipeline:
         self.dumper = dumper
         self._object_url = object_url
         self._native_summary = native_summary
-        self.events_enabled = events_enabled
+        self._events_enabled = events_enabled
         self.objects_enabled = objects_enabled
         self.redaction = redaction
         # Records of a process whose container lookup is pending wait there for its names.
@@ -159,8 +159,11 @@ class Pipeline:
         self.core.adopt(pid, ts_ns, conn_id, fd, uid, role, direction, local_addr, local_port, remote_addr,
                         remote_port, comm)
 
-    def tick(self, now_ns: int) -> Emitted:
-        self.core.tick(now_ns)
+    def tick(self, now_ns: int, wait: bool = True) -> Emitted:
+        """Periodic reports due at `now_ns`. With workers and `wait=False` (the agent's loop,
+        which calls this every turn) they tick at most every 10 ms without being waited
+        for: what they produce is taken by a later call."""
+        self.core.tick(now_ns, wait)
         return self._collect()
 
     def close_all(self, now_ns: int) -> Emitted:
@@ -204,8 +207,19 @@ class Pipeline:
         self._object_url = object_url
         self._plan()
 
+    @property
+    def events_enabled(self) -> bool:
+        return self._events_enabled
+
+    @events_enabled.setter
+    def events_enabled(self, on: bool) -> None:
+        self._events_enabled = on
+        self._plan()
+
     def _plan(self) -> None:
-        self.core.set_summary(self._summary_policy())
+        # With no event store the summary has no taker: the core only counts the transactions.
+        policy = self._summary_policy()
+        self.core.set_summary(policy, policy is not None and not self._events_enabled)
 
     def _summary_policy(self):
         """The redaction the native summary needs, when the plugins would output nothing but

@@ -617,7 +617,7 @@ class Agent:
             self.health.beat(out.newest_ts)
             self._poll_reload()
             now = monotonic_ns()
-            self._take(self.pipeline.tick(now))
+            self._take(self.pipeline.tick(now, wait=False))
             self.status.progress()
             self._flush_records()
             if now >= next_check:

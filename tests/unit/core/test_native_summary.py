@@ -166,3 +166,17 @@ def test_dataplane_counters_reach_metrics():
     assert value("transactions") - before["transactions"] == len(HTTP1) + 2
     assert value("native_summaries") - before["native_summaries"] == len(HTTP1) + 2 - 7
     assert value("parser_failures") == before["parser_failures"]
+
+
+def test_no_event_store_builds_no_summary_until_one_comes_back():
+    """With no event store (and the summary the stack's whole output) the core only counts
+    the transactions; a reload that brings an event store back gets the records again."""
+    cfg = load_config_text(CONFIG.format(level="summary", objects="disabled"))
+    p = Pipeline(PluginStacks(cfg), lambda ns: ns, procs=StaticProcs(), run_id="t", events_enabled=False)
+    events = _events(abi.ROLE_CLIENT, False)
+    out = p.feed(events[:len(events) // 2])
+    assert out.events == [] and p.stats()["transactions"] > 0
+    assert p.stats()["native_summaries"] == p.stats()["transactions"]
+    p.events_enabled = True
+    out = p.feed(events[len(events) // 2:])
+    assert any(r.attributes["event.type"] == "artifact_record" for r in out.events)
