@@ -12,7 +12,8 @@ TLS call sees that call. Looking happens
     the TLS libraries
     the loader would find in that root's library directories (LOADER_DIRS, resolved
     inside /proc/<pid>/root like every other name), before the loader has mapped them;
-    then again at +50, +150, +400 ms, +1 s and +2 s (libraries mapped later, dlopen);
+    then again at +5, +15, +50, +150, +400 ms, +1 s and +2 s (the first scan usually runs
+    before the loader has mapped the program's libraries; then dlopen);
   * every 30 s over all processes (containers with their own copies).
 
 All of it runs on one thread of its own ("tls-attach", started by `start`): the capture
@@ -73,7 +74,9 @@ from .tls_targets import (
 log = logging.getLogger("plaintap.tls")
 
 MS = 1_000_000
-EXEC_RESCANS_NS = (0, 50 * MS, 150 * MS, 400 * MS, 1000 * MS, 2000 * MS)
+# The first scan runs ~0.2-1 ms after the exec, usually before the loader has mapped the
+# program's libraries: hence the early rescans.
+EXEC_RESCANS_NS = (0, 5 * MS, 15 * MS, 50 * MS, 150 * MS, 400 * MS, 1000 * MS, 2000 * MS)
 FULL_RESCAN_NS = 30_000 * MS
 SYSTEM_LIBSSL_GLOBS = ("/usr/lib/*/libssl.so.*", "/lib/*/libssl.so.*", "/usr/lib/libssl.so.*",
                        "/usr/lib64/libssl.so.*", "/usr/local/lib*/libssl.so.*")
