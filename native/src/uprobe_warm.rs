@@ -20,8 +20,8 @@
 //! Touches happen only until the deadline `warm_for` sets (the agent extends it at each
 //! exec), so an idle host pays nothing.
 //!
-//! Cost while warm (measured on 2 vCPUs, 2 ms period): ~1.8% of one CPU for the touches
-//! plus ~2% in RCU kernel threads; a fork may wait for a touch's write section (the
+//! Cost while warm (measured on 2 vCPUs, 2 ms period): ~2% of one CPU for the touches
+//! (~500/s, ~50 threads mostly asleep in the kernel) plus 0.3–2% in RCU kernel threads; a fork may wait for a touch's write section (the
 //! writer waits for forks in progress), fork p99 rose from 1.2–2.3 ms to ~4 ms with 64 MB
 //! processes.
 
