@@ -107,6 +107,13 @@ class ProcessTable:
     def on_exec(self, pid: int, filename: str, argv: list[str], uid: int, ppid: int = 0) -> ProcessInfo:
         info = read_proc(pid, self.proc_root, self.containers)
         if info is None:  # already gone: the kernel's facts are all there is
+            seen = self._live.get(pid)
+            if seen is not None and seen.exe and argv and seen.argv == tuple(argv):
+                # The agent is behind: this image was already read from /proc (same command
+                # line; a connection asked for it), with its resolved executable. Keep that
+                # rather than the exec's filename, which may name a symlink.
+                self._exited.pop(pid, None)
+                return seen
             info = ProcessInfo(pid, uid=uid)
             # An exec keeps the cgroup, and a child starts in its parent's: a process that
             # exited before its exec was handled is still placed in its container.

@@ -138,3 +138,20 @@ def test_data_plane_skips_filtered_processes_and_limits_the_others():
     assert by_kid[13] == (13, False) and [s for k, s in fed if k == 13] == [abi.SRC_SOCKET]
     # unfiltered: both
     assert by_kid[14] == (13, True) and sorted(s for k, s in fed if k == 14) == [abi.SRC_SOCKET, abi.SRC_TLS]
+
+
+def test_an_exec_handled_after_the_process_is_gone_keeps_what_proc_said(tmp_path):
+    """An agent behind its ring: a connection read the process from /proc (resolved
+    executable), the process exited, then its exec event is handled. The exec's filename
+    (here a venv's symlink) must not replace the resolved path; a different image must."""
+    proc = tmp_path / "proc" / "7"
+    proc.mkdir(parents=True)
+    (proc / "status").write_text("Name:\tpython3.11\nUid:\t0\t0\t0\t0\n")
+    (proc / "cmdline").write_bytes(b"/venv/bin/python\0srv.py\0")
+    (proc / "exe").symlink_to("/usr/lib/python3.11")
+    procs = ProcessTable(proc_root=str(tmp_path / "proc"))
+    assert procs.get(7).exe == "/usr/lib/python3.11"
+    for f in ("status", "cmdline", "exe"):
+        (proc / f).unlink()
+    assert procs.on_exec(7, "/venv/bin/python", ["/venv/bin/python", "srv.py"], 0).exe == "/usr/lib/python3.11"
+    assert procs.on_exec(7, "/usr/bin/curl", ["curl", "x"], 0).exe == "/usr/bin/curl"
