@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from tlsenv import NGINX, make_cert
+from tlsenv import NGINX, make_cert, nginx_http_head
 
 pytestmark = pytest.mark.kernel
 
@@ -80,20 +80,7 @@ def start_nginx(d: Path) -> tuple[subprocess.Popen, int, int, bytes]:
     (d / "www" / "small.txt").write_text("small\n" * 20)
     cert, key = make_cert(d)
     plain, tls = free_port(), free_port()
-    t = d / "tmp"
-    (d / "nginx.conf").write_text(f"""
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;
-    uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;
-    default_type application/octet-stream;
+    (d / "nginx.conf").write_text(nginx_http_head(d) + f"""
     server {{
         listen 127.0.0.1:{plain};
         listen 127.0.0.1:{tls} ssl;

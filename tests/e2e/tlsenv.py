@@ -23,19 +23,12 @@ def make_cert(d: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class Nginx:
-    def __init__(self, workdir: Path, file_size: int = 300 * 1024 + 17):
-        self.dir = workdir
-        (workdir / "www").mkdir(parents=True, exist_ok=True)
-        (workdir / "tmp").mkdir(exist_ok=True)
-        self.file = os.urandom(file_size)
-        (workdir / "www" / "file.bin").write_bytes(self.file)
-        self.file_sha = hashlib.sha256(self.file).hexdigest()
-        cert, key = make_cert(workdir)
-        self.port = free_port()
-        t = workdir / "tmp"
-        conf = workdir / "nginx.conf"
-        conf.write_text(f"""
+def nginx_http_head(workdir: Path) -> str:
+    """nginx.conf up to inside `http {`: one worker in the foreground as root, its pid, log and
+    temporary files under `workdir` (`workdir/tmp` must exist). The caller adds the servers
+    and the closing brace."""
+    t = workdir / "tmp"
+    return f"""
 daemon off;
 master_process on;
 worker_processes 1;
@@ -47,7 +40,21 @@ http {{
     access_log off;
     client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;
     uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;
-    default_type application/octet-stream;
+    default_type application/octet-stream;"""
+
+
+class Nginx:
+    def __init__(self, workdir: Path, file_size: int = 300 * 1024 + 17):
+        self.dir = workdir
+        (workdir / "www").mkdir(parents=True, exist_ok=True)
+        (workdir / "tmp").mkdir(exist_ok=True)
+        self.file = os.urandom(file_size)
+        (workdir / "www" / "file.bin").write_bytes(self.file)
+        self.file_sha = hashlib.sha256(self.file).hexdigest()
+        cert, key = make_cert(workdir)
+        self.port = free_port()
+        conf = workdir / "nginx.conf"
+        conf.write_text(nginx_http_head(workdir) + f"""
     keepalive_requests 1000;
     server {{
         listen 127.0.0.1:{self.port} ssl http2;
