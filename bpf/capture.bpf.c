@@ -860,10 +860,8 @@ static long walk_step(__u32 i, void *unused)
 	ev->fd = w->fd;
 	if (bpf_probe_read_user(ev->data, len, (void *)(w->cur_base + w->cur_pos))) {
 		count(CNT_READ_FAULTS, 1);
-		if (!emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, w->source, GAP_READ_FAULT)) {
-			count(CNT_GAP_UNREPORTED_BYTES, len);
-			w->lost += len;
-		}
+		if (!emit_gap(w->conn_id, w->tgid, w->offset, len, w->flow, w->source, GAP_READ_FAULT))
+			gap_unreported(&w->lost, len);
 	} else if (bpf_ringbuf_output(&events, ev, offsetof(struct ev_data, data) + len, 0)) {
 		count(CNT_RINGBUF_DROPS, 1);
 		count(CNT_RINGBUF_DROP_BYTES, len);

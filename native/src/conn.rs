@@ -424,7 +424,7 @@ pub struct Table {
     skipped: HashSet<u64>,
     /// conn id -> (losses placed so far, a known connection finished before its close
     /// event): reconciled with the close event's books (see `reconcile`).
-    orphan_charged: HashMap<u64, (u64, bool)>,
+    unsettled: HashMap<u64, (u64, bool)>,
     pub held_total: u64,
     /// Connections with a stream whose bytes wait for a hole (see HOLE_WAIT_NS).
     waiting: HashSet<u64>,
@@ -514,7 +514,7 @@ impl Table {
             by_pid: HashMap::new(),
             due: BinaryHeap::new(),
             skipped: HashSet::new(),
-            orphan_charged: HashMap::new(),
+            unsettled: HashMap::new(),
             held_total: 0,
             waiting: HashSet::new(),
             last_ts: 0,
@@ -586,7 +586,7 @@ impl Table {
                     self.skipped.remove(&conn_id);
                     // Finished already (its losses beyond those placed are unplaced), or
                     // unknown (skipped, or its open event lost: its losses are orphans).
-                    match self.orphan_charged.remove(&conn_id) {
+                    match self.unsettled.remove(&conn_id) {
                         Some((charged, true)) => self.settle(lost, charged),
                         Some((charged, false)) => {
                             self.counters.orphan_gap_bytes += lost.saturating_sub(charged)
@@ -965,11 +965,10 @@ impl Table {
 
     /// Losses placed on a connection whose close event is still to come.
     fn book(&mut self, kid: u64, bytes: u64, known: bool) {
-        if !self.orphan_charged.contains_key(&kid) && self.orphan_charged.len() >= MAX_ORPHAN_BOOKS
-        {
-            self.orphan_charged.clear();
+        if !self.unsettled.contains_key(&kid) && self.unsettled.len() >= MAX_ORPHAN_BOOKS {
+            self.unsettled.clear();
         }
-        let e = self.orphan_charged.entry(kid).or_insert((0, known));
+        let e = self.unsettled.entry(kid).or_insert((0, known));
         e.0 += bytes;
         e.1 |= known;
     }
