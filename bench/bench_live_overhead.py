@@ -10,9 +10,14 @@ logs off; `--store stdout` writes every event record as a JSON line to /dev/null
 so the records are finished and encoded too). Printed: throughput and p50/p99 latency
 ratios (agent / bare), the agent's CPU seconds per 1,000 transactions, kernel events lost
 (must be 0), transactions the agent finished against wrk's requests × 2, how long the agent took to exit after SIGINT, and the load average before and
-after (other work on the machine skews every figure). Then a breakdown:
-BPF program hits and run time per request, and the throughput with the agent's user
-space stopped (the kernel side's share of the cost).
+after (other work on the machine skews every figure).
+
+Every round also measures the kernel side alone: right after the agent's run, the same
+agent is stopped (SIGSTOP: its ring fills and events are dropped) and the load runs again.
+The ratios are taken within each round (bare, agent and kernel-only seconds apart) and
+their median printed: this VM's speed drifts by ±20 % over minutes, so ratios of medians
+taken minutes apart measure the drift as much as the agent. Then a breakdown: BPF program
+hits and run time per request (kernel.bpf_stats).
 
 On these 2-core machines wrk, nginx and the agent share the CPUs, so the throughput ratio
 also contains the CPU the agent takes from the load: that is the real cost on a busy host.
@@ -150,10 +155,8 @@ def stop(agent: subprocess.Popen) -> float:
     return time.monotonic() - t0
 
 
-def breakdown(port: int, d: Path, level: str, seconds: int, store: str, workers: int) -> float:
-    """Where the cost goes: BPF program hits and run time per request (kernel.bpf_stats),
-    and throughput with the agent's user space stopped (kernel side only: the ring fills
-    and its events are dropped, which is the point)."""
+def breakdown(port: int, d: Path, level: str, seconds: int, store: str, workers: int) -> None:
+    """Where the kernel's share goes: BPF program hits and run time per request (kernel.bpf_stats)."""
     agent, status = start_agent(d, level, store, workers)
     try:
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=False)
@@ -161,13 +164,8 @@ def breakdown(port: int, d: Path, level: str, seconds: int, store: str, workers:
         res = wrk(port, seconds)
         s1 = bpf_prog_stats()
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=False)
-        agent.send_signal(signal.SIGSTOP)
-        kernel_only = wrk(port, seconds)
-        agent.send_signal(signal.SIGCONT)
     finally:
-        agent.send_signal(signal.SIGCONT)
-        agent.send_signal(signal.SIGINT)
-        agent.wait(60)
+        stop(agent)
     n = max(res["total"], 1)
     print("\nBPF programs per request (both ends), kernel.bpf_stats:")
     total_ns = 0
@@ -178,8 +176,6 @@ def breakdown(port: int, d: Path, level: str, seconds: int, store: str, workers:
             print(f"  {name:18s} {(cnt - c0) / n:6.2f} hits/req  {(ns - t0) / (cnt - c0):6.0f} ns/hit"
                   f"  {(ns - t0) / n / 1000:6.2f} µs/req")
     print(f"  BPF run time {total_ns / n / 1000:.1f} µs per request (excludes the uprobe trap itself)")
-    print(f"kernel side only (agent stopped, events dropped): {kernel_only['rps']:.0f} req/s")
-    return kernel_only["rps"]
 
 
 def main() -> None:
@@ -189,7 +185,7 @@ def main() -> None:
     ap.add_argument("--level", default="summary", choices=["summary", "details", "full"])
     ap.add_argument("--store", default="disabled", choices=["disabled", "stdout"],
                     help="event store: disabled (records built, not written) or stdout (JSON lines to /dev/null)")
-    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-program / kernel-only round")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-program BPF round")
     ap.add_argument("--workers", default="1", help="--workers counts to measure, e.g. 1,2 (default 1)")
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
@@ -198,8 +194,7 @@ def main() -> None:
     d = Path(tempfile.mkdtemp(prefix="plaintap-bench-"))
     nginx, port = start_nginx(d)
     bare, lost, stops = [], 0.0, []
-    agent_runs, cpu_per_k, nginx_per_k, seen = ({w: [] for w in counts} for _ in range(4))
-    kernel_only = None
+    agent_runs, cpu_per_k, nginx_per_k, seen, kernel_only = ({w: [] for w in counts} for _ in range(5))
     load_before = open("/proc/loadavg").read().split()[:3]
     try:
         wrk(port, 1)  # warm-up
@@ -216,15 +211,21 @@ def main() -> None:
                     c1 = cpu_seconds(agent.pid)
                     lost += lost_events(status)
                     seen[w].append((transactions(status) - t0, 2 * res["total"]))
+                    # the kernel side alone, seconds later: the same agent stopped
+                    agent.send_signal(signal.SIGSTOP)
+                    kernel_only[w].append(wrk(port, args.seconds)["rps"])
                 finally:
+                    agent.send_signal(signal.SIGCONT)
                     stops.append(stop(agent))
                 agent_runs[w].append(res)
                 cpu_per_k[w].append((c1 - c0) / max(res["total"], 1) * 1000)
                 nginx_per_k[w].append((n1 - n0) / max(res["total"], 1) * 1000)
-                line += f", with agent (--workers {w}) {res['rps']:.0f} req/s"
+                line += (f", with agent (--workers {w}) {res['rps']:.0f} req/s, kernel-only {kernel_only[w][-1]:.0f}"
+                         f" (ratios {res['rps'] / bare[-1]['rps']:.2f} of bare, {res['rps'] / kernel_only[w][-1]:.2f}"
+                         f" of kernel-only)")
             print(line, flush=True)
         if not args.no_breakdown:
-            kernel_only = breakdown(port, d, args.level, args.seconds, args.store, counts[0])
+            breakdown(port, d, args.level, args.seconds, args.store, counts[0])
     finally:
         nginx.terminate()
         nginx.wait(10)
@@ -234,18 +235,19 @@ def main() -> None:
           f" http_capture level {args.level}, event store {args.store}")
     print(f"load average before {' '.join(load_before)}, after {' '.join(open('/proc/loadavg').read().split()[:3])}"
           f" (2 cores; above ~2 other work shares the CPUs)")
-    if kernel_only:
-        print(f"kernel side only (--workers {counts[0]} agent stopped) {kernel_only:9.0f} req/s")
     for w in counts:
         runs = agent_runs[w]
         print(f"--workers {w}:")
         print(f"  throughput   bare {med(b['rps'] for b in bare):9.0f} req/s   agent {med(a['rps'] for a in runs):9.0f}"
-              f" req/s   ratio {med(a['rps'] for a in runs) / med(b['rps'] for b in bare):.2f}")
+              f" req/s   kernel-only {med(kernel_only[w]):9.0f} req/s (medians)")
+        vs_bare = [a["rps"] / b["rps"] for a, b in zip(runs, bare)]
+        vs_kernel = [a["rps"] / k for a, k in zip(runs, kernel_only[w])]
+        print(f"  agent / bare        {med(vs_bare):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_bare)}; target 0.6)")
+        print(f"  agent / kernel-only {med(vs_kernel):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_kernel)};"
+              " target 0.9)")
         for p in ("p50", "p99"):
             print(f"  latency {p}  bare {med(b[p] for b in bare):8.2f} ms    agent {med(a[p] for a in runs):8.2f} ms"
                   f"    ratio {med(a[p] for a in runs) / med(b[p] for b in bare):.2f}")
-        if kernel_only:
-            print(f"  agent / kernel-only {med(a['rps'] for a in runs) / kernel_only:.2f}")
         print(f"  agent CPU    {med(cpu_per_k[w]):.3f} s per 1,000 requests ({med(cpu_per_k[w]) * 1000:.0f} µs each)   "
               f"nginx CPU {med(nginx_per_k[w]) * 1000:.0f} µs per request   "
               f"agent / nginx {med(cpu_per_k[w]) / med(nginx_per_k[w]):.2f}")
