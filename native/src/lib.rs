@@ -14,6 +14,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod classify;
 pub mod conn;
+pub mod cpu_yield;
 pub mod decode;
 pub mod dns;
 pub mod grpc;

@@ -24,6 +24,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::classify;
 use crate::conn::{self, ConnInfo, ConnView, Gil, Hooks, Output, Settings, Table, TxValue};
+use crate::cpu_yield;
 use crate::decode::{self, Event};
 use crate::py_parser;
 use crate::reassembly::{self, Piece};
@@ -105,6 +106,12 @@ pub struct DataPlane {
     /// With `summary`: no event store takes the summaries, so none is built (counted in
     /// native_summaries all the same).
     discard: bool,
+    /// Each turn of the loop at idle priority for up to a grace (see cpu_yield.rs).
+    yielder: Option<cpu_yield::Yielder>,
+}
+
+fn is_exec(rec: &[u8]) -> bool {
+    rec.len() >= 4 && rec[..4] == decode::EV_PROC_EXEC.to_le_bytes()
 }
 
 #[pymethods]
@@ -163,6 +170,7 @@ impl DataPlane {
             summary: None,
             native_summaries: 0,
             discard: false,
+            yielder: None,
         })
     }
 
@@ -225,6 +233,9 @@ impl DataPlane {
         max_ns: u64,
         batch_wait_us: u64,
     ) -> usize {
+        if let Some(y) = &self.yielder {
+            y.leave(); // normal priority while waiting: prompt when records come
+        }
         if let Some(s) = self.shards.as_ref() {
             if s.queued_bytes() >= shard::QUEUE_BYTES {
                 // The workers are behind: leave the records in the rings meanwhile.
@@ -252,16 +263,17 @@ impl DataPlane {
             py.allow_threads(|| ring::wait(&fds, timeout_ms));
             // an exec at the head of a ring is not held back: TLS discovery hooks the new
             // program from it, racing the program's first TLS call (issue 11 item 7)
-            let exec_first = rings.iter().any(|r| {
-                r.ring.peek().is_some_and(|(rec, _)| {
-                    rec.len() >= 4 && rec[..4] == decode::EV_PROC_EXEC.to_le_bytes()
-                })
-            });
+            let exec_first = rings
+                .iter()
+                .any(|r| r.ring.peek().is_some_and(|(rec, _)| is_exec(rec)));
             if batch_wait_us > 0 && !exec_first && rings.iter().any(|r| r.ring.backlog() > 0) {
                 py.allow_threads(|| {
                     std::thread::sleep(std::time::Duration::from_micros(batch_wait_us))
                 });
             }
+        }
+        if let Some(y) = &self.yielder {
+            y.enter(); // this turn at idle priority, for up to the grace
         }
         let watermark = ring::monotonic_ns();
         let start = Instant::now();
@@ -287,6 +299,9 @@ impl DataPlane {
             }
             let r = &rings[i].ring;
             if let Some((rec, step)) = r.peek() {
+                if let Some(y) = self.yielder.as_ref().filter(|_| is_exec(rec)) {
+                    y.leave(); // TLS discovery races the new program: no yielding now
+                }
                 self.dispatch(py, rec);
                 r.consume(step);
             }
@@ -531,6 +546,23 @@ impl DataPlane {
             out.append(t)?;
         }
         Ok(out)
+    }
+
+    /// Work each turn of the loop at idle priority for up to `grace_us` (cpu_yield.rs);
+    /// 0 turns it off. Returns whether it is on: False when this process may not return
+    /// from idle priority (no CAP_SYS_NICE), so it never goes there.
+    fn set_yield(&mut self, grace_us: u64) -> bool {
+        self.yielder = None; // Drop restores normal priority and stops the watcher
+        if grace_us > 0 {
+            self.yielder = cpu_yield::Yielder::start(Duration::from_micros(grace_us));
+        }
+        self.yielder.is_some()
+    }
+
+    /// Turns that lasted the whole grace (normal priority restored by the watcher).
+    #[getter]
+    fn yield_boosts(&self) -> u64 {
+        self.yielder.as_ref().map_or(0, |y| y.boosts())
     }
 
     /// Build `artifact_record` summaries natively from now on, with this redaction

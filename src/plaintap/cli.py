@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", default=_env("workers", "1"), metavar="N",
                      help="threads that parse connections, sharded by connection, outside the GIL "
                           f"(1 to {MAX_WORKERS}; default 1: the agent's main thread does it)")
+    run.add_argument("--yield-ms", default=_env("yield_ms", "5"), metavar="MS",
+                     help="each turn of the capture loop runs at idle priority for up to MS milliseconds, so the "
+                          "agent uses CPU the workload leaves idle before taking any from it (0 to 100; "
+                          "default 5; 0: always normal priority)")
     run.add_argument("--shutdown-timeout", default=_env("shutdown_timeout", "10"), metavar="SECONDS",
                      help="at SIGINT/SIGTERM, deliver what the sinks hold for at most this long (default 10)")
     run.add_argument("--spool-dir", default=_env("spool_dir", "/var/lib/plaintap/spool"), metavar="DIR",
@@ -269,6 +273,16 @@ def _parse_workers(text: str) -> int:
     return n
 
 
+def _parse_yield_ms(text: str) -> float:
+    try:
+        ms = float(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a number of milliseconds (e.g. 5)") from None
+    if not 0 <= ms <= 100:
+        raise ValueError(f"{text} is out of range (0 to 100)")
+    return ms
+
+
 def _run(args) -> int:
     from .config import default_config, load_config, parse_size
     from .pipeline import Agent, RunOptions, install_signal_handlers, parse_tags
@@ -278,7 +292,7 @@ def _run(args) -> int:
                         ("tags", parse_tags), ("httpd_listen", parse_listen), ("memory_limit", parse_size),
                         ("spool_size", parse_size), ("shutdown_timeout", _seconds), ("retry_window", _seconds),
                         ("process_byte_rate", parse_size), ("max_connections", _parse_max_connections),
-                        ("workers", _parse_workers)):
+                        ("workers", _parse_workers), ("yield_ms", _parse_yield_ms)):
         try:
             values[name] = parse(getattr(args, name))
         except ValueError as e:
@@ -313,7 +327,7 @@ def _run(args) -> int:
                           spool_dir=args.spool_dir, spool_size=values["spool_size"],
                           retry_window=values["retry_window"],
                           process_byte_rate=values["process_byte_rate"], max_connections=values["max_connections"],
-                          workers=values["workers"])
+                          workers=values["workers"], yield_ms=values["yield_ms"])
 
         agent = Agent(cfg, opts)
         install_signal_handlers(agent)

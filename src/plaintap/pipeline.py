@@ -76,7 +76,7 @@ SLICE_RECORDS = 4096
 SLICE_NS = 20_000_000
 # After waking on empty rings, gather this much more before handling (µs): a turn of the
 # loop per handful of records costs more than the records (DataPlane.drain).
-BATCH_WAIT_US = 2000
+BATCH_WAIT_US = 10000
 
 # Kernel counters (abi.KERNEL_COUNTERS) that mean something was lost, and what to say.
 KERNEL_LOSS_WARNINGS = {
@@ -124,6 +124,7 @@ class RunOptions:
     spool_size: int = 1 << 30                  # --spool-size (0: no spool)
     retry_window: float = 60.0                 # --retry-window: outage retried without a spool before dropping
     workers: int = 1                           # --workers: connection-parsing threads (native/src/shard.rs)
+    yield_ms: float = 5.0                      # --yield-ms: loop turns at idle priority (native/src/cpu_yield.rs)
 
 
 def data_plane_budget(memory_limit: int) -> int:
@@ -572,6 +573,9 @@ class Agent:
                 log.warning("config: %s", warning)
             if startup_line(self.cfg):
                 log.info("%s", startup_line(self.cfg))
+            if self.opts.yield_ms and not self.pipeline.core.set_yield(int(self.opts.yield_ms * 1000)):
+                log.info("--yield-ms: off (this process may not return from idle priority: it lacks "
+                         "CAP_SYS_NICE); the capture loop runs at normal priority")
             self._loop()
         finally:
             self.status.ready.clear()
@@ -642,6 +646,7 @@ class Agent:
     def _shutdown(self) -> None:
         self._stopping = True
         self.health.stopping = True
+        self.pipeline.core.set_yield(0)     # the stop is bounded in time: no yielding now
         # Drain what the kernel already produced (bounded: capture stops now), then finalise.
         try:
             until = time.monotonic() + RING_DRAIN_SECONDS

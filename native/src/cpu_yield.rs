@@ -1,0 +1,214 @@
+//! Yielding the CPU to the workload: the data plane's thread works at idle priority
+//! (SCHED_IDLE) for up to a grace period per turn of its loop, then competes normally.
+//!
+//! Why (bench_live_overhead, 2 cores saturated by wrk and nginx): each time the agent woke
+//! up at normal priority it preempted nginx or wrk; the other one then ran out of work and
+//! its CPU went idle (a third of the machine idled in the agent's rounds) while the
+//! preempted one waited, too recently run to be moved. At idle priority the agent only
+//! takes a CPU nobody else wants, and a waking nginx or wrk takes it back at once.
+//!
+//! Bounded: a watcher thread (normal priority) restores normal priority when a turn has
+//! lasted `grace` — so on a host with no idle CPU the agent waits at most that long before
+//! competing as before, records are late by at most that much, and no other thread waits
+//! longer than that for the GIL the loop holds. The loop calls `enter()` after its wait
+//! (it is running then, so it can demote itself) and `leave()` before the next wait
+//! (normal priority while it waits, so that the wake-up after new records is prompt).
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+struct Shared {
+    /// Odd while a turn is in progress (the loop at idle priority), even between turns.
+    seq: AtomicU64,
+    /// The thread in its turn.
+    tid: AtomicI32,
+    /// True while that thread is at idle priority.
+    idle: AtomicBool,
+    boosts: AtomicU64,
+    stop: AtomicBool,
+    wake: (Mutex<()>, Condvar),
+    grace: Duration,
+}
+
+pub struct Yielder {
+    shared: Arc<Shared>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+fn in_turn(seq: u64) -> bool {
+    seq & 1 == 1
+}
+
+fn set_policy(tid: i32, policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param` only; tid is a thread of this process.
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Whether this process may go to idle priority and come back (back to SCHED_OTHER from
+/// SCHED_IDLE needs CAP_SYS_NICE or a RLIMIT_NICE allowance). Tried on a throwaway thread,
+/// so that a refusal never leaves a thread that matters stuck at idle priority.
+pub fn can_yield() -> bool {
+    std::thread::spawn(|| {
+        let tid = gettid();
+        set_policy(tid, libc::SCHED_IDLE) && set_policy(tid, libc::SCHED_OTHER)
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+impl Yielder {
+    /// None when the process may not come back from idle priority (see `can_yield`).
+    pub fn start(grace: Duration) -> Option<Yielder> {
+        if !can_yield() {
+            return None;
+        }
+        let shared = Arc::new(Shared {
+            seq: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
+            idle: AtomicBool::new(false),
+            boosts: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
+            grace,
+        });
+        let s = shared.clone();
+        let watcher = std::thread::Builder::new()
+            .name("plaintap-yield".into())
+            .spawn(move || watch(&s))
+            .ok()?;
+        Some(Yielder {
+            shared,
+            watcher: Some(watcher),
+        })
+    }
+
+    /// A turn begins on the calling thread: idle priority until `leave` or the grace.
+    pub fn enter(&self) {
+        let s = &self.shared;
+        if in_turn(s.seq.load(Ordering::Acquire)) {
+            return;
+        }
+        let tid = gettid();
+        s.tid.store(tid, Ordering::Release);
+        if set_policy(tid, libc::SCHED_IDLE) {
+            s.idle.store(true, Ordering::Release);
+        }
+        let _g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.seq.fetch_add(1, Ordering::AcqRel);
+        s.wake.1.notify_one();
+    }
+
+    /// The turn ends: normal priority again (if the watcher did not restore it already).
+    pub fn leave(&self) {
+        let s = &self.shared;
+        if !in_turn(s.seq.load(Ordering::Acquire)) {
+            return;
+        }
+        {
+            let _g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.seq.fetch_add(1, Ordering::AcqRel);
+        }
+        if s.idle.swap(false, Ordering::AcqRel) {
+            set_policy(s.tid.load(Ordering::Acquire), libc::SCHED_OTHER);
+        }
+    }
+
+    /// Turns the watcher ended early because they lasted the whole grace.
+    pub fn boosts(&self) -> u64 {
+        self.shared.boosts.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Yielder {
+    fn drop(&mut self) {
+        self.leave();
+        {
+            let _g = self.shared.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.stop.store(true, Ordering::Release);
+            self.shared.wake.1.notify_one();
+        }
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The watcher: parked between turns; during a turn, wakes once after the grace and, if
+/// that same turn is still at idle priority, restores normal priority.
+fn watch(s: &Shared) {
+    let (lock, cv) = &s.wake;
+    loop {
+        let turn = {
+            let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !in_turn(s.seq.load(Ordering::Acquire)) && !s.stop.load(Ordering::Acquire) {
+                g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            s.seq.load(Ordering::Acquire)
+        };
+        std::thread::sleep(s.grace);
+        if s.seq.load(Ordering::Acquire) == turn && s.idle.swap(false, Ordering::AcqRel) {
+            set_policy(s.tid.load(Ordering::Acquire), libc::SCHED_OTHER);
+            s.boosts.fetch_add(1, Ordering::Relaxed);
+        }
+        // wait for this turn to end before watching the next
+        let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while s.seq.load(Ordering::Acquire) == turn && !s.stop.load(Ordering::Acquire) {
+            g = cv
+                .wait_timeout(g, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> libc::c_int {
+        // SAFETY: no preconditions.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn a_turn_runs_at_idle_priority_and_ends_at_normal_priority() {
+        let Some(y) = Yielder::start(Duration::from_secs(5)) else {
+            return; // not permitted here (no CAP_SYS_NICE): nothing to test
+        };
+        y.enter();
+        assert_eq!(policy(), libc::SCHED_IDLE);
+        y.leave();
+        assert_eq!(policy(), libc::SCHED_OTHER);
+        assert_eq!(y.boosts(), 0);
+    }
+
+    #[test]
+    fn a_turn_longer_than_the_grace_is_restored_by_the_watcher() {
+        let Some(y) = Yielder::start(Duration::from_millis(5)) else {
+            return;
+        };
+        y.enter();
+        let t0 = std::time::Instant::now();
+        while policy() == libc::SCHED_IDLE && t0.elapsed() < Duration::from_secs(5) {
+            std::hint::spin_loop();
+        }
+        assert_eq!(policy(), libc::SCHED_OTHER);
+        assert_eq!(y.boosts(), 1);
+        y.leave();
+        assert_eq!(policy(), libc::SCHED_OTHER);
+        // a new turn is watched again
+        y.enter();
+        assert_eq!(policy(), libc::SCHED_IDLE);
+        drop(y);
+        assert_eq!(policy(), libc::SCHED_OTHER);
+    }
+}
