@@ -18,6 +18,7 @@
 //! reader stops reading, leaving the records in the kernel's ring, until the shards catch
 //! up); each shard's table keeps 1/N of the global byte budget (`--memory-limit`).
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -93,6 +94,9 @@ enum Msg {
     SetParseHttp(bool),
     Info(u64),
     Sync,
+    /// Panics in the worker (tests of the panic guard).
+    #[cfg(test)]
+    Panic,
 }
 
 enum Reply {
@@ -474,7 +478,10 @@ impl Shards {
     }
 }
 
-/// One shard's thread: handle messages in order, publish after each.
+/// One shard's thread: handle messages in order, publish after each. A panic (a bug)
+/// while handling one message is counted in `parser_failures` and costs that message
+/// only: the thread goes on with the next, and a caller waiting for an answer gets an
+/// empty one rather than waiting for a thread that is gone.
 fn run(
     mut t: Table,
     rx: Receiver<Msg>,
@@ -482,58 +489,28 @@ fn run(
     shared: Arc<Shared>,
     caught_up: Arc<AtomicU64>,
 ) {
-    let py = Gil::Free;
     while let Ok(msg) = rx.recv() {
-        let mut answer = None;
-        let mut handled = 0;
-        match msg {
-            Msg::Batch(b) => {
-                handled = b.buf.len();
-                for item in b.items {
-                    match item {
-                        Item::Rec { start, end, open } => {
-                            if let (Some(r), Hooks::Shard { next, .. }) = (open, &mut t.hooks) {
-                                *next = Some(r);
-                            }
-                            t.handle_raw(py, &b.buf[start..end]);
-                        }
-                        Item::Exit { pid, ts } => t.finish_pid(py, pid, ts),
-                    }
-                }
+        let handled = match &msg {
+            Msg::Batch(b) => b.buf.len(),
+            Msg::TickLater(_) => 1,
+            _ => 0,
+        };
+        let empty = match &msg {
+            Msg::Info(_) => Some(Reply::Info(None)),
+            Msg::Tick(_)
+            | Msg::CloseSome(..)
+            | Msg::CloseAll(_)
+            | Msg::AbandonAll(_)
+            | Msg::Sync => Some(Reply::N(0)),
+            _ => None,
+        };
+        let answer = match catch_unwind(AssertUnwindSafe(|| handle(&mut t, msg, &caught_up))) {
+            Ok(answer) => answer,
+            Err(_) => {
+                t.counters.parser_failures += 1;
+                empty
             }
-            Msg::Adopt {
-                pid,
-                ts,
-                open,
-                resolved,
-            } => {
-                if let Hooks::Shard { next, .. } = &mut t.hooks {
-                    *next = Some(resolved);
-                }
-                t.on_open(py, pid, ts, open, true);
-            }
-            Msg::Tick(now) => {
-                t.caught_up = t.caught_up.max(caught_up.load(Ordering::Acquire));
-                t.tick(py, now);
-                answer = Some(Reply::N(0));
-            }
-            Msg::TickLater(now) => {
-                t.caught_up = t.caught_up.max(caught_up.load(Ordering::Acquire));
-                t.tick(py, now);
-                handled = 1;
-            }
-            Msg::CloseSome(now, max) => answer = Some(Reply::N(t.close_some(py, now, max))),
-            Msg::CloseAll(now) => {
-                t.close_all(py, now);
-                answer = Some(Reply::N(0));
-            }
-            Msg::AbandonAll(now) => answer = Some(Reply::N(t.abandon_all(py, now))),
-            Msg::SetParseHttp(on) => t.set_parse_http(on),
-            Msg::Info(kid) => {
-                answer = Some(Reply::Info(t.info(kid).map(|i| Box::new(i.snapshot()))))
-            }
-            Msg::Sync => answer = Some(Reply::N(0)),
-        }
+        };
         publish(&mut t, &shared);
         if handled > 0 {
             shared.queued.fetch_sub(handled, Ordering::AcqRel);
@@ -541,6 +518,63 @@ fn run(
         if let Some(a) = answer {
             let _ = reply.send(a);
         }
+    }
+}
+
+/// Handle one message; returns the answer its sender waits for, if it waits.
+fn handle(t: &mut Table, msg: Msg, caught_up: &AtomicU64) -> Option<Reply> {
+    let py = Gil::Free;
+    match msg {
+        Msg::Batch(b) => {
+            for item in b.items {
+                match item {
+                    Item::Rec { start, end, open } => {
+                        if let (Some(r), Hooks::Shard { next, .. }) = (open, &mut t.hooks) {
+                            *next = Some(r);
+                        }
+                        t.handle_raw(py, &b.buf[start..end]);
+                    }
+                    Item::Exit { pid, ts } => t.finish_pid(py, pid, ts),
+                }
+            }
+            None
+        }
+        Msg::Adopt {
+            pid,
+            ts,
+            open,
+            resolved,
+        } => {
+            if let Hooks::Shard { next, .. } = &mut t.hooks {
+                *next = Some(resolved);
+            }
+            t.on_open(py, pid, ts, open, true);
+            None
+        }
+        Msg::Tick(now) => {
+            t.caught_up = t.caught_up.max(caught_up.load(Ordering::Acquire));
+            t.tick(py, now);
+            Some(Reply::N(0))
+        }
+        Msg::TickLater(now) => {
+            t.caught_up = t.caught_up.max(caught_up.load(Ordering::Acquire));
+            t.tick(py, now);
+            None
+        }
+        Msg::CloseSome(now, max) => Some(Reply::N(t.close_some(py, now, max))),
+        Msg::CloseAll(now) => {
+            t.close_all(py, now);
+            Some(Reply::N(0))
+        }
+        Msg::AbandonAll(now) => Some(Reply::N(t.abandon_all(py, now))),
+        Msg::SetParseHttp(on) => {
+            t.set_parse_http(on);
+            None
+        }
+        Msg::Info(kid) => Some(Reply::Info(t.info(kid).map(|i| Box::new(i.snapshot())))),
+        Msg::Sync => Some(Reply::N(0)),
+        #[cfg(test)]
+        Msg::Panic => panic!("test: a bug in a worker"),
     }
 }
 
@@ -589,6 +623,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_panic_in_a_worker_costs_one_message_counted_and_the_worker_goes_on() {
+        let settings = Settings {
+            run_id: "t".into(),
+            parse_http: true,
+            body_limit: 1 << 20,
+            dump: false,
+            first_report_ns: crate::conn::FIRST_REPORT_NS,
+            interval_ns: crate::conn::REPORT_INTERVAL_NS,
+            byte_budget: crate::conn::DEFAULT_BYTE_BUDGET,
+            max_pending: crate::reassembly::DEFAULT_MAX_PENDING,
+            close_grace_ns: crate::conn::CLOSE_GRACE_NS,
+        };
+        let mut shards = Shards::start(2, &settings).unwrap();
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {})); // the expected panic need not be printed
+        for s in &shards.shards {
+            s.tx.send(Msg::Panic).unwrap();
+            s.tx.send(Msg::Panic).unwrap();
+        }
+        shards.sync(); // answered: both workers are still there
+        std::panic::set_hook(hook);
+        assert_eq!(shards.close_some(0, 10), 0);
+        assert_eq!(shards.totals().0.parser_failures, 4);
     }
 
     #[test]
