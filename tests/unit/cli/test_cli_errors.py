@@ -46,6 +46,8 @@ def one_line(r: subprocess.CompletedProcess) -> str:
     (["--tls-probes", "openssl,rustls"], {}, "--tls-probes: unknown rustls (allowed: openssl, gotls, nodetls)"),
     (["--workers", "0"], {}, "--workers: 0 is out of range (1 to 64)"),
     ([], {"PLAINTAP_WORKERS": "two"}, "--workers (from PLAINTAP_WORKERS): 'two' is not a whole number (e.g. 2)"),
+    (["--yield-ms", "500"], {}, "--yield-ms: 500 is out of range (0 to 100)"),
+    ([], {"PLAINTAP_YIELD_MS": "soon"}, "--yield-ms (from PLAINTAP_YIELD_MS): 'soon' is not a number of milliseconds (e.g. 5)"),
 ])
 def test_bad_option_values_are_one_line(args, env, expected):
     r = plaintap("run", *args, env=env)
