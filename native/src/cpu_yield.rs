@@ -10,9 +10,12 @@
 //! Bounded: a watcher thread (normal priority) restores normal priority when a turn has
 //! lasted `grace` — so on a host with no idle CPU the agent waits at most that long before
 //! competing as before, records are late by at most that much, and no other thread waits
-//! longer than that for the GIL the loop holds. The loop calls `enter()` after its wait
-//! (it is running then, so it can demote itself) and `leave()` before the next wait
-//! (normal priority while it waits, so that the wake-up after new records is prompt).
+//! longer than that for the GIL the loop holds. After such a turn the loop is behind: its
+//! next turns run at normal priority until it has caught up (found the rings empty and
+//! waited), so a saturated host pays the grace once per backlog, not once per turn. The
+//! loop calls `enter()` after its wait (it is running then, so it can demote itself),
+//! `leave()` before the next wait (normal priority while it waits, so that the wake-up
+//! after new records is prompt) and `caught_up()` when it found nothing left to do.
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -24,6 +27,8 @@ struct Shared {
     tid: AtomicI32,
     /// True while that thread is at idle priority.
     idle: AtomicBool,
+    /// A turn outlasted the grace and the loop has not caught up since: no idle turns.
+    behind: AtomicBool,
     boosts: AtomicU64,
     stop: AtomicBool,
     wake: (Mutex<()>, Condvar),
@@ -72,6 +77,7 @@ impl Yielder {
             seq: AtomicU64::new(0),
             tid: AtomicI32::new(0),
             idle: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
             boosts: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
@@ -88,10 +94,11 @@ impl Yielder {
         })
     }
 
-    /// A turn begins on the calling thread: idle priority until `leave` or the grace.
+    /// A turn begins on the calling thread: idle priority until `leave` or the grace
+    /// (unless the loop is behind: then normal priority).
     pub fn enter(&self) {
         let s = &self.shared;
-        if in_turn(s.seq.load(Ordering::Acquire)) {
+        if in_turn(s.seq.load(Ordering::Acquire)) || s.behind.load(Ordering::Acquire) {
             return;
         }
         let tid = gettid();
@@ -117,6 +124,11 @@ impl Yielder {
         if s.idle.swap(false, Ordering::AcqRel) {
             set_policy(s.tid.load(Ordering::Acquire), libc::SCHED_OTHER);
         }
+    }
+
+    /// The loop found the rings empty: idle turns again from the next one.
+    pub fn caught_up(&self) {
+        self.shared.behind.store(false, Ordering::Release);
     }
 
     /// Turns the watcher ended early because they lasted the whole grace.
@@ -156,6 +168,7 @@ fn watch(s: &Shared) {
         };
         std::thread::sleep(s.grace);
         if s.seq.load(Ordering::Acquire) == turn && s.idle.swap(false, Ordering::AcqRel) {
+            s.behind.store(true, Ordering::Release);
             set_policy(s.tid.load(Ordering::Acquire), libc::SCHED_OTHER);
             s.boosts.fetch_add(1, Ordering::Relaxed);
         }
@@ -205,7 +218,12 @@ mod tests {
         assert_eq!(y.boosts(), 1);
         y.leave();
         assert_eq!(policy(), libc::SCHED_OTHER);
-        // a new turn is watched again
+        // behind: the next turn competes at once
+        y.enter();
+        assert_eq!(policy(), libc::SCHED_OTHER);
+        y.leave();
+        // caught up: idle turns again, watched again
+        y.caught_up();
         y.enter();
         assert_eq!(policy(), libc::SCHED_IDLE);
         drop(y);

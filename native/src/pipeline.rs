@@ -259,6 +259,9 @@ impl DataPlane {
             timeout_ms
         };
         if rings.iter().all(|r| r.ring.backlog() == 0) && timeout_ms != 0 {
+            if let Some(y) = &self.yielder {
+                y.caught_up();
+            }
             let fds: Vec<i32> = rings.iter().map(|r| r.ring.fd()).collect();
             py.allow_threads(|| ring::wait(&fds, timeout_ms));
             // an exec at the head of a ring is not held back: TLS discovery hooks the new
