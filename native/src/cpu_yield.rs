@@ -13,7 +13,10 @@
 //! longer than that for the GIL the loop holds. After such a turn the loop is behind: its
 //! next turns run at normal priority until it has caught up (found the rings empty and
 //! waited), so a saturated host pays the grace once per backlog, not once per turn. The
-//! loop calls `enter()` after its wait (it is running then, so it can demote itself),
+//! Control records (an exec, a connection's open or close) end an idle turn at once: the
+//! watcher waits on the control ring rather than sleeping, so TLS discovery of a new
+//! program and process attribution are never held back by yielding.
+//! The loop calls `enter()` after its wait (it is running then, so it can demote itself),
 //! `leave()` before the next wait (normal priority while it waits, so that the wake-up
 //! after new records is prompt) and `caught_up()` when it found nothing left to do.
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -33,6 +36,8 @@ struct Shared {
     stop: AtomicBool,
     wake: (Mutex<()>, Condvar),
     grace: Duration,
+    /// The control ring's fd (readable: a control record waits), or -1.
+    control_fd: i32,
 }
 
 pub struct Yielder {
@@ -69,7 +74,8 @@ pub fn can_yield() -> bool {
 
 impl Yielder {
     /// None when the process may not come back from idle priority (see `can_yield`).
-    pub fn start(grace: Duration) -> Option<Yielder> {
+    /// `control_fd`: the control ring (a record there ends an idle turn), or -1.
+    pub fn start(grace: Duration, control_fd: i32) -> Option<Yielder> {
         if !can_yield() {
             return None;
         }
@@ -82,6 +88,7 @@ impl Yielder {
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
             grace,
+            control_fd,
         });
         let s = shared.clone();
         let watcher = std::thread::Builder::new()
@@ -151,6 +158,23 @@ impl Drop for Yielder {
     }
 }
 
+/// Whether `fd` became readable within `grace` (without an fd: sleeps, false).
+fn readable_within(fd: i32, grace: Duration) -> bool {
+    if fd < 0 {
+        std::thread::sleep(grace);
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = grace.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
 /// The watcher: parked between turns; during a turn, wakes once after the grace and, if
 /// that same turn is still at idle priority, restores normal priority.
 fn watch(s: &Shared) {
@@ -166,11 +190,13 @@ fn watch(s: &Shared) {
             }
             s.seq.load(Ordering::Acquire)
         };
-        std::thread::sleep(s.grace);
+        let record = readable_within(s.control_fd, s.grace);
         if s.seq.load(Ordering::Acquire) == turn && s.idle.swap(false, Ordering::AcqRel) {
-            s.behind.store(true, Ordering::Release);
+            if !record {
+                s.behind.store(true, Ordering::Release);
+                s.boosts.fetch_add(1, Ordering::Relaxed);
+            }
             set_policy(s.tid.load(Ordering::Acquire), libc::SCHED_OTHER);
-            s.boosts.fetch_add(1, Ordering::Relaxed);
         }
         // wait for this turn to end before watching the next
         let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_turn_runs_at_idle_priority_and_ends_at_normal_priority() {
-        let Some(y) = Yielder::start(Duration::from_secs(5)) else {
+        let Some(y) = Yielder::start(Duration::from_secs(5), -1) else {
             return; // not permitted here (no CAP_SYS_NICE): nothing to test
         };
         y.enter();
@@ -205,8 +231,38 @@ mod tests {
     }
 
     #[test]
+    fn a_readable_control_fd_ends_an_idle_turn_at_once() {
+        let mut fds = [0i32; 2];
+        // SAFETY: a pipe into a valid array of two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let Some(y) = Yielder::start(Duration::from_secs(30), fds[0]) else {
+            return;
+        };
+        y.enter();
+        assert_eq!(policy(), libc::SCHED_IDLE);
+        // SAFETY: writing one byte from a valid buffer to the pipe's write end.
+        assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
+        let t0 = std::time::Instant::now();
+        while policy() == libc::SCHED_IDLE && t0.elapsed() < Duration::from_secs(5) {
+            std::hint::spin_loop();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "not ended by the record"
+        );
+        assert_eq!(y.boosts(), 0); // not a starved turn: the loop is not behind
+        y.leave();
+        drop(y);
+        // SAFETY: closing the two fds made above.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+
+    #[test]
     fn a_turn_longer_than_the_grace_is_restored_by_the_watcher() {
-        let Some(y) = Yielder::start(Duration::from_millis(5)) else {
+        let Some(y) = Yielder::start(Duration::from_millis(5), -1) else {
             return;
         };
         y.enter();

@@ -551,13 +551,15 @@ impl DataPlane {
         Ok(out)
     }
 
-    /// Work each turn of the loop at idle priority for up to `grace_us` (cpu_yield.rs);
-    /// 0 turns it off. Returns whether it is on: False when this process may not return
-    /// from idle priority (no CAP_SYS_NICE), so it never goes there.
-    fn set_yield(&mut self, grace_us: u64) -> bool {
+    /// Work each turn of the loop at idle priority for up to `grace_us` (cpu_yield.rs),
+    /// or until a record comes on the control ring `control_fd` (-1: none); 0 turns it
+    /// off. Returns whether it is on: False when this process may not return from idle
+    /// priority (no CAP_SYS_NICE), so it never goes there.
+    #[pyo3(signature = (grace_us, control_fd = -1))]
+    fn set_yield(&mut self, grace_us: u64, control_fd: i32) -> bool {
         self.yielder = None; // Drop restores normal priority and stops the watcher
         if grace_us > 0 {
-            self.yielder = cpu_yield::Yielder::start(Duration::from_micros(grace_us));
+            self.yielder = cpu_yield::Yielder::start(Duration::from_micros(grace_us), control_fd);
         }
         self.yielder.is_some()
     }

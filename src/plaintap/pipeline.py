@@ -76,7 +76,7 @@ SLICE_RECORDS = 4096
 SLICE_NS = 20_000_000
 # After waking on empty rings, gather this much more before handling (µs): a turn of the
 # loop per handful of records costs more than the records (DataPlane.drain).
-BATCH_WAIT_US = 10000
+BATCH_WAIT_US = 2000
 
 # Kernel counters (abi.KERNEL_COUNTERS) that mean something was lost, and what to say.
 KERNEL_LOSS_WARNINGS = {
@@ -573,7 +573,8 @@ class Agent:
                 log.warning("config: %s", warning)
             if startup_line(self.cfg):
                 log.info("%s", startup_line(self.cfg))
-            if self.opts.yield_ms and not self.pipeline.core.set_yield(int(self.opts.yield_ms * 1000)):
+            control_fd = self.kernel.ring_maps()[0][1]      # control first: exec, open, close, exit
+            if self.opts.yield_ms and not self.pipeline.core.set_yield(int(self.opts.yield_ms * 1000), control_fd):
                 log.info("--yield-ms: off (this process may not return from idle priority: it lacks "
                          "CAP_SYS_NICE); the capture loop runs at normal priority")
             self._loop()
