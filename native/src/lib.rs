@@ -17,6 +17,7 @@ pub mod conn;
 pub mod cpu_yield;
 pub mod decode;
 pub mod dns;
+pub mod gilshare;
 pub mod grpc;
 pub mod hpack;
 pub mod http1;
@@ -51,6 +52,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::PyStream>()?;
     m.add_class::<conn::ConnInfo>()?;
     m.add_class::<uprobe_warm::UprobeWarmer>()?;
+    m.add_function(wrap_pyfunction!(gilshare::wait_readable, m)?)?;
+    m.add_function(wrap_pyfunction!(gilshare::gil_urgent, m)?)?;
+    m.add_function(wrap_pyfunction!(gilshare::gil_urgent_count, m)?)?;
+    m.add_function(wrap_pyfunction!(gilshare::gil_wait_stats, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::detect, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::parse_client_hello, m)?)?;
     m.add_function(wrap_pyfunction!(pipeline::parse_server_hello, m)?)?;

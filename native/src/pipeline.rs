@@ -26,6 +26,7 @@ use crate::classify;
 use crate::conn::{self, ConnInfo, ConnView, Gil, Hooks, Output, Settings, Table, TxValue};
 use crate::cpu_yield;
 use crate::decode::{self, Event};
+use crate::gilshare::Yielder;
 use crate::py_parser;
 use crate::reassembly::{self, Piece};
 use crate::ring;
@@ -281,6 +282,8 @@ impl DataPlane {
         let watermark = ring::monotonic_ns();
         let start = Instant::now();
         let mut n = 0;
+        // TLS discovery, racing a new program's first TLS call, gets the GIL when it needs it
+        let mut share = Yielder::default();
         while n < max_records {
             // The ring whose next record is oldest.
             let mut best: Option<(usize, u64)> = None;
@@ -309,6 +312,9 @@ impl DataPlane {
                 r.consume(step);
             }
             n += 1;
+            if n % 16 == 0 {
+                share.maybe(py);
+            }
             if n % 64 == 0 {
                 if start.elapsed().as_nanos() as u64 >= max_ns {
                     break;

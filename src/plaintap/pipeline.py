@@ -39,7 +39,7 @@ from .capture.filters import describe as describe_filter
 from .capture.containers import ContainerHold, ContainerResolver, RuntimeSockets
 from .capture.process import ProcessTable
 from .config.summary import startup_line
-from .capture.tls_attach import TlsAttacher
+from .capture.tls_attach import LAYER_STORES, TlsAttacher
 from .conn.dump import StreamDumper
 from .dataplane import Emitted, Pipeline
 from .plugins import PluginStacks
@@ -292,7 +292,7 @@ class Agent:
         self.container_hold = ContainerHold(int((self.containers.timeout + 0.5) * 1e9))
         # analyses by content, kept across restarts beside the spool (the agent's state directory)
         self.tls = TlsAttacher(self.kernel, opts.tls_probes, cache_path=os.path.join(
-            os.path.dirname(os.path.abspath(opts.spool_dir)), "tls-analysis-cache.json"))
+            os.path.dirname(os.path.abspath(opts.spool_dir)), "tls-analysis-cache.json"), layer_stores=LAYER_STORES)
         self.pipeline = Pipeline(
             self.stacks, self.clock, procs=self.procs, body_limit=opts.http_buffer_size,
             dumper=StreamDumper(opts.dump_streams) if opts.dump_streams else None,

@@ -48,9 +48,9 @@ from __future__ import annotations
 import fcntl
 import glob
 import logging
+import math
 import os
 import re
-import select
 import shutil
 import stat
 import sys
@@ -61,6 +61,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import metrics
+from .._core import gil_urgent as _gil_urgent
+from .._core import gil_wait_stats as _gil_wait_stats
+from .._core import wait_readable as _wait_readable
 from ..bpf.libbpf import BpfError
 from .analysis import AnalysisService
 from .safeopen import OpenRefused, open_host_file, open_path_in_root, reopen_for_reading
@@ -106,6 +109,14 @@ MAX_ROOT_LIBS = 8
 MAX_ROOTS = 4096
 ROOT_TTL_NS = 30_000 * MS
 EXEC_TS_CAPACITY = 8192
+# Container image layer stores (overlay layers: store/<layer>/<sub> is a layer's root):
+# containers/storage (podman, CRI-O), Docker's overlay2, containerd's overlayfs
+# snapshotter. Their TLS libraries are hooked at start-up and each full rescan
+# (survey_layers), at most MAX_LAYERS layers and MAX_LAYER_LIBS files each time.
+LAYER_STORES = (("/var/lib/containers/storage/overlay", "diff"), ("/var/lib/docker/overlay2", "diff"),
+                ("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots", "fs"))
+MAX_LAYERS = 4096
+MAX_LAYER_LIBS = 64
 # Uprobe registration is kept warm (native UprobeWarmer: no RCU grace-period wait before
 # a new file's hooks) for this long after the agent starts and after each exec, touching
 # the kernel's registration path every WARM_PERIOD_US. Costs ~4% of one CPU while warm.
@@ -116,6 +127,9 @@ WARM_PERIOD_US = 2000
 INLINE_SCANS_PER_S, INLINE_SCANS_BURST = 50, 10
 INLINE_WAIT_S = 0.003      # for the TLS thread to finish its step (a rescan, an attach)
 MAX_SAME_CONTENT_WAITERS = 64
+# The drain yields the GIL to this thread while it works (PLAINTAP_GIL_SHARE=0: not, for
+# measurements).
+GIL_SHARE = os.environ.get("PLAINTAP_GIL_SHARE", "1") != "0"
 # Refusals that say nothing about the file itself: not remembered, tried again later.
 TRANSIENT = frozenset({"rate_limited", "queue_full", "worker_unavailable", "gone", "open_failed"})
 
@@ -176,10 +190,62 @@ def system_tls_paths(families: frozenset) -> list[str]:
     return list(dict.fromkeys(os.path.realpath(p) for p in paths))
 
 
+def _tls_libraries_in(root: str, limit: int):
+    """(path, read-only fd, stat) of the TLS libraries (TLS_LIBRARY_NAME) in the loader
+    directories (LOADER_DIRS) inside directory `root`, every name resolved inside it
+    with no symlink followed; at most `limit` files. The caller owns each fd."""
+    opened_n = 0
+    for directory in LOADER_DIRS:
+        if opened_n >= limit:
+            return
+        try:
+            pfd = open_path_in_root(root, directory)
+        except OpenRefused:
+            continue          # absent, or a symlink (merged /usr: found under /usr/lib)
+        try:
+            if not stat.S_ISDIR(os.fstat(pfd).st_mode):
+                continue
+            dfd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        finally:
+            os.close(pfd)
+        names = []
+        try:
+            with os.scandir(dfd) as it:
+                for i, entry in enumerate(it):
+                    if i >= MAX_DIR_ENTRIES:
+                        break
+                    if TLS_LIBRARY_NAME.match(entry.name):
+                        names.append(entry.name)
+        except OSError:
+            pass
+        finally:
+            os.close(dfd)
+        for name in sorted(names)[: limit - opened_n]:
+            path = f"{directory}/{name}"
+            try:
+                pfd = open_path_in_root(root, path)
+            except OpenRefused:
+                continue      # libssl.so -> libssl.so.3: the real file is listed too
+            try:
+                st0 = os.fstat(pfd)
+                fd, st = reopen_for_reading(pfd, path, st0.st_dev, st0.st_ino)
+            except (OpenRefused, OSError):
+                continue
+            finally:
+                os.close(pfd)
+            opened_n += 1
+            yield path, fd, st
+
+
 class TlsAttacher:
     def __init__(self, kernel, families: tuple[str, ...] | frozenset, analysis: AnalysisService | None = None,
-                 budget_clock: Callable[[], int] = time.monotonic_ns, cache_path: str | None = None) -> None:
+                 budget_clock: Callable[[], int] = time.monotonic_ns, cache_path: str | None = None,
+                 layer_stores: tuple[tuple[str, str], ...] = ()) -> None:
+        """`layer_stores`: container image layer stores to survey (LAYER_STORES in the agent)."""
         self.kernel = kernel
+        self.layer_stores = layer_stores
         self.content = ContentCache(cache_path)
         self._lock = threading.Lock()              # guards _due, _fresh, _exec_ts (on_exec's caller)
         self._fresh: set[int] = set()              # pids whose first scan (with the root survey) is due
@@ -189,6 +255,7 @@ class TlsAttacher:
         self._scan_delay: dict[int, float] = {}
         self._analysis_ms: dict[tuple, float] = {}
         self._roots: OrderedDict[tuple, int] = OrderedDict()  # (mount ns, root dir) surveyed -> when
+        self._layers_seen: OrderedDict[tuple, bool] = OrderedDict()   # image layer dirs looked at
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread: threading.Thread | None = None
         # content key being analysed -> files with the same key waiting for its result
@@ -243,6 +310,7 @@ class TlsAttacher:
         for pid in _all_pids():
             if pid != os.getpid():
                 self.scan(pid)
+        self.survey_layers()
         self.analysis.wait_idle(START_WAIT_S, idle)
         self.next_full_ns = now_ns + FULL_RESCAN_NS
         self.content.save(force=True)
@@ -284,12 +352,17 @@ class TlsAttacher:
             if self._fresh:
                 timeout = 0.0
             try:
-                select.select([self._wake, *self.analysis.sockets()], [], [], timeout)
+                # Native wait: from its wake-up until it waits again this thread is marked
+                # urgent, and the capture loop's drain hands it the GIL within ~a
+                # millisecond instead of after its slice (gilshare.rs).
+                _wait_readable([self._wake, *(s.fileno() for s in self.analysis.sockets())],
+                               math.ceil(timeout * 1000), GIL_SHARE)
                 os.eventfd_read(self._wake)
             except BlockingIOError:
                 pass
             except (OSError, ValueError):   # a worker socket closed meanwhile
                 time.sleep(0.001)
+        _gil_urgent(False)
 
     @property
     def waiting(self) -> bool:
@@ -305,6 +378,10 @@ class TlsAttacher:
             self._thread.join(5)
         self.content.save(force=True)
         self.analysis.close()
+        wakes, wait_ns, max_ns = _gil_wait_stats()
+        if wakes:
+            log.info("TLS thread: %d wake-ups, then waited for the GIL %.2f ms on average, %.1f ms at most "
+                     "(GIL sharing %s)", wakes, wait_ns / wakes / 1e6, max_ns / 1e6, "on" if GIL_SHARE else "off")
         if self._warmer is not None:
             touches, errors, last_errno, _ = self._warmer.stats()
             self._warmer.stop()
@@ -381,6 +458,7 @@ class TlsAttacher:
             self._cycle = [p for p in reversed(_all_pids()) if p != me]
             self._cycle_start_ns = now_ns
             self.next_full_ns = now_ns + FULL_RESCAN_NS
+            self.survey_layers()        # images pulled since
             if not self._cycle:
                 self._end_cycle()
         while self._cycle and budget_left():
@@ -472,51 +550,44 @@ class TlsAttacher:
         self._roots.move_to_end(rkey)
         while len(self._roots) > MAX_ROOTS:
             self._roots.popitem(last=False)
-        opened_n = 0
-        for directory in LOADER_DIRS:
-            if opened_n >= MAX_ROOT_LIBS:
-                break
+        for path, fd, st in _tls_libraries_in(root, MAX_ROOT_LIBS):
+            ident = _layer_identity(overlays(), path, st) or (st.st_dev, st.st_ino)
+            mf = MappedFile(path, False, st.st_dev, st.st_ino, 0, 0)
+            self._consider_opened(pid, mf, OpenedFile(fd, st, ident, f"{root}{path}"), None, library=True)
+
+    def survey_layers(self) -> None:
+        """The TLS libraries of the container image layers on this host (LAYER_STORES),
+        hooked by their own (device, inode): a container started later maps the layer's
+        file through its overlay, so it is covered from its first byte with no analysis
+        racing its first TLS call. Layers already looked at are skipped (they do not
+        change); at most MAX_LAYERS layers and MAX_LAYER_LIBS files per call."""
+        layers = files = 0
+        for store, sub in self.layer_stores:
             try:
-                pfd = open_path_in_root(root, directory)
-            except OpenRefused:
-                continue          # absent, or a symlink (merged /usr: found under /usr/lib)
-            try:
-                if not stat.S_ISDIR(os.fstat(pfd).st_mode):
-                    continue
-                dfd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                with os.scandir(store) as it:
+                    names = [e.name for _, e in zip(range(MAX_LAYERS), it)]
             except OSError:
                 continue
-            finally:
-                os.close(pfd)
-            names = []
-            try:
-                with os.scandir(dfd) as it:
-                    for i, entry in enumerate(it):
-                        if i >= MAX_DIR_ENTRIES:
-                            break
-                        if TLS_LIBRARY_NAME.match(entry.name):
-                            names.append(entry.name)
-            except OSError:
-                pass
-            finally:
-                os.close(dfd)
-            for name in sorted(names)[: MAX_ROOT_LIBS - opened_n]:
-                path = f"{directory}/{name}"
+            for name in sorted(names):
+                if layers >= MAX_LAYERS or files >= MAX_LAYER_LIBS:
+                    return
+                root = f"{store}/{name}/{sub}"
                 try:
-                    pfd = open_path_in_root(root, path)
-                except OpenRefused:
-                    continue      # libssl.so -> libssl.so.3: the real file is listed too
-                try:
-                    st0 = os.fstat(pfd)
-                    fd, st = reopen_for_reading(pfd, path, st0.st_dev, st0.st_ino)
-                except (OpenRefused, OSError):
+                    rst = os.stat(root, follow_symlinks=False)
+                except OSError:
                     continue
-                finally:
-                    os.close(pfd)
-                opened_n += 1
-                ident = _layer_identity(overlays(), path, st) or (st.st_dev, st.st_ino)
-                mf = MappedFile(path, False, st.st_dev, st.st_ino, 0, 0)
-                self._consider_opened(pid, mf, OpenedFile(fd, st, ident, f"{root}{path}"), None, library=True)
+                lkey = (rst.st_dev, rst.st_ino)
+                if lkey in self._layers_seen or not stat.S_ISDIR(rst.st_mode):
+                    continue
+                self._layers_seen[lkey] = True
+                while len(self._layers_seen) > MAX_LAYERS:
+                    self._layers_seen.popitem(last=False)
+                layers += 1
+                for path, fd, st in _tls_libraries_in(root, MAX_LAYER_LIBS - files):
+                    files += 1
+                    mf = MappedFile(f"{root}{path}", False, st.st_dev, st.st_ino, 0, 0)
+                    self._consider_opened(0, mf, OpenedFile(fd, st, (st.st_dev, st.st_ino), f"{root}{path}"), None,
+                                          library=True)
 
     def _consider_opened(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None,
                          library: bool = False) -> None:
@@ -673,7 +744,8 @@ class TlsAttacher:
             refuse(reason, f"{t.maps_path} (pid {t.pid_seen})", f"{t.family}: {detail}")
             self.attached[t.key] = _Hooked(t)     # known, nothing attached: not retried
             return False
-        if isinstance(t, GoTlsTarget):
+        if isinstance(t, GoTlsTarget) or t.maps_path.startswith(tuple(st + "/" for st, _ in self.layer_stores)):
+            # kept open to notice the file's deletion (a removed image: detached, see _end_cycle)
             hooked.fd = opened.fd
             self._last_seen[t.key] = self._now_ns
         self.attached[t.key] = hooked
@@ -763,7 +835,9 @@ class TlsAttacher:
         mapped during it and that are deleted (or when slots run low)."""
         low = len(self._free_slots) < GO_SLOTS // 4
         for ident, h in list(self.attached.items()):
-            if h.slot >= 0 and self._last_seen.get(ident, 0) < self._cycle_start_ns and (low or _deleted(h)):
+            if h.fd < 0 or self._last_seen.get(ident, 0) >= self._cycle_start_ns:
+                continue
+            if (h.slot >= 0 and low) or _deleted(h):     # a Go binary, or an image layer's library
                 self._detach(ident, h)
         self._update_gauges()
 
@@ -789,8 +863,8 @@ class TlsAttacher:
         self._last_seen.pop(ident, None)
         for mkey in [k for k, v in self._known.items() if v == ident]:
             del self._known[mkey]
-        log.info("TLS hooks detached from %s (no longer in use%s); Go slot %d free", h.target.maps_path,
-                 ", deleted" if gone else "", h.slot)
+        log.info("TLS hooks detached from %s (no longer in use%s)%s", h.target.maps_path,
+                 ", deleted" if gone else "", f"; Go slot {h.slot} free" if h.slot >= 0 else "")
 
     def _update_gauges(self) -> None:
         metrics.tls_go_slots_used.set(GO_SLOTS - len(self._free_slots))

@@ -503,3 +503,51 @@ def test_mode_bits_helper_sanity():
     import plaintap.capture.analysis_worker as w
     assert w.DEFAULT_LIMITS["timeout_s"] > 0 and stat.S_ISREG(os.stat(w.__file__).st_mode)
     assert subprocess.run([sys.executable, "-c", "import plaintap.capture.analysis_worker"]).returncode == 0
+
+
+def test_image_layer_libraries_are_hooked_before_any_container_runs(tmp_path):
+    # Issue 11 item 7: a container maps its image layer's libssl through its overlay; the
+    # uprobe is on the layer's inode, so hooking the layer files found in the store covers
+    # every later container of the image from its first byte. Layers are looked at once;
+    # a removed image's file (deleted, no longer mapped) is detached at a full rescan.
+    store = tmp_path / "overlay"
+    libdir = "usr/lib/x86_64-linux-gnu"
+    for layer in ("a", "b", "c"):
+        (store / layer / "diff" / libdir).mkdir(parents=True)
+    (store / "a" / "diff" / libdir / "libssl.so.3").write_bytes(bytes(4096))
+    (store / "a" / "diff" / libdir / "libcrypto.so.3").write_bytes(bytes(4096))      # not a TLS library name
+    os.symlink("libssl.so.3", store / "a" / "diff" / libdir / "libssl.so")             # never followed
+    os.symlink("/etc/passwd", store / "b" / "diff" / libdir / "libssl.so.1.1")         # nor out of the layer
+    (store / "c" / "diff" / libdir / "libssl.so.1.1").write_bytes(bytes(4096))
+    kernel = MultiKernel()
+    att = TlsAttacher(kernel, ("openssl",), analysis=NoAnalysis(), layer_stores=((str(store), "diff"),))
+    submitted = []
+
+    class Capture(NoAnalysis):
+        def submit(self, fd, name, done, priority=1):
+            submitted.append((name, done, priority))
+            return True
+
+    att.analysis = Capture()
+    att.survey_layers()
+    assert sorted(n for n, _, _ in submitted) == [f"{store}/a/diff/{libdir}/libssl.so.3",
+                                                  f"{store}/c/diff/{libdir}/libssl.so.1.1"]
+    assert all(p == 0 for _, _, p in submitted)     # ahead of other files
+    result = {"exec_ranges": [[0, 4096]], "go": None, "go_error": None,
+              "openssl": {"symbols": {"SSL_read": 0x100, "SSL_write": 0x200}, "flavour": "openssl3",
+                          "node_exports": False}}
+    for _, done, _ in submitted:
+        done({"result": result})
+    a = os.stat(store / "a" / "diff" / libdir / "libssl.so.3")
+    c = os.stat(store / "c" / "diff" / libdir / "libssl.so.1.1")
+    assert set(att.attached) == {(a.st_dev, a.st_ino), (c.st_dev, c.st_ino)}   # the layer files themselves
+    assert all(att.attached[k].links and att.attached[k].fd >= 0 for k in att.attached)
+    submitted.clear()
+    att.survey_layers()                              # layers already looked at: nothing new
+    assert submitted == []
+    # image "c" removed: its file is deleted and no process maps it -> detached; "a" stays
+    (store / "c" / "diff" / libdir / "libssl.so.1.1").unlink()
+    att._cycle_start_ns = att._now_ns + 1
+    att._end_cycle()
+    assert set(att.attached) == {(a.st_dev, a.st_ino)}
+    att.close()
