@@ -39,6 +39,8 @@ pub const OUT_PIECES: u8 = 2;
 pub const OUT_CLOSED: u8 = 3;
 pub const OUT_SUMMARY: u8 = 4;
 pub const OUT_DNS: u8 = 5;
+/// The ring of control records (exec, exit, connection open/close), as the loader names it.
+const CONTROL_RING: &str = "control";
 
 /// A BPF ring buffer map, mapped into this process.
 #[pyclass(module = "plaintap._core", unsendable, name = "Ring")]
@@ -109,6 +111,9 @@ pub struct DataPlane {
     discard: bool,
     /// Each turn of the loop at idle priority for up to a grace (see cpu_yield.rs).
     yielder: Option<cpu_yield::Yielder>,
+    /// Position in the control ring up to which exec records were looked for ahead of
+    /// their turn (see `execs_ahead`).
+    execs_seen_pos: u64,
 }
 
 fn is_exec(rec: &[u8]) -> bool {
@@ -172,6 +177,7 @@ impl DataPlane {
             native_summaries: 0,
             discard: false,
             yielder: None,
+            execs_seen_pos: 0,
         })
     }
 
@@ -265,12 +271,10 @@ impl DataPlane {
             }
             let fds: Vec<i32> = rings.iter().map(|r| r.ring.fd()).collect();
             py.allow_threads(|| ring::wait(&fds, timeout_ms));
-            // an exec at the head of a ring is not held back: TLS discovery hooks the new
-            // program from it, racing the program's first TLS call (issue 11 item 7)
-            let exec_first = rings
-                .iter()
-                .any(|r| r.ring.peek().is_some_and(|(rec, _)| is_exec(rec)));
-            if batch_wait_us > 0 && !exec_first && rings.iter().any(|r| r.ring.backlog() > 0) {
+            // an exec is not held back: TLS discovery hooks the new program from it,
+            // racing the program's first TLS call (issue 11 item 7)
+            let exec_seen = self.execs_ahead(py, &rings) > 0;
+            if batch_wait_us > 0 && !exec_seen && rings.iter().any(|r| r.ring.backlog() > 0) {
                 py.allow_threads(|| {
                     std::thread::sleep(std::time::Duration::from_micros(batch_wait_us))
                 });
@@ -314,6 +318,7 @@ impl DataPlane {
             n += 1;
             if n % 16 == 0 {
                 share.maybe(py);
+                self.execs_ahead(py, &rings);
             }
             if n % 64 == 0 {
                 if start.elapsed().as_nanos() as u64 >= max_ns {
@@ -757,6 +762,44 @@ impl DataPlane {
             }
             Event::ProcExec { .. } | Event::Dgram(_) => self.table.handle_raw(g, rec),
         }
+    }
+
+    /// Exec records in the control ring not yet looked at, announced to the hooks
+    /// (`on_exec_early(pid, ts)`) ahead of their turn in time order: TLS discovery
+    /// starts on a new program at once, even while the drain works through older
+    /// records (a backlog of payload, a slice). The exec itself is handled in its turn
+    /// as usual. Returns how many were announced.
+    fn execs_ahead(&mut self, py: Python<'_>, rings: &[PyRef<'_, PyRing>]) -> usize {
+        let Some(r) = rings.iter().find(|r| r.name == CONTROL_RING) else {
+            return 0;
+        };
+        let mut execs: Vec<(u32, u64)> = Vec::new();
+        self.execs_seen_pos = r.ring.look_ahead(self.execs_seen_pos, 4096, |rec| {
+            if is_exec(rec) {
+                if let Ok(d) = decode::decode(rec) {
+                    execs.push((d.pid, d.ts_ns));
+                }
+            }
+        });
+        if execs.is_empty() {
+            return 0;
+        }
+        if let Some(y) = &self.yielder {
+            y.leave(); // TLS discovery races the new program: no yielding now
+        }
+        let Hooks::Py(h) = &self.table.hooks else {
+            return execs.len();
+        };
+        let h = h.clone_ref(py);
+        if !h.bind(py).hasattr("on_exec_early").unwrap_or(false) {
+            return execs.len();
+        }
+        for (pid, ts) in &execs {
+            if let Err(e) = h.call_method1(py, "on_exec_early", (*pid, *ts)) {
+                self.table.hook_error(Gil::Held(py), e);
+            }
+        }
+        execs.len()
     }
 
     /// Every record older than `ts` is handled (or routed to its shard, which handles it

@@ -147,6 +147,40 @@ impl Ring {
         }
     }
 
+    /// Look at the committed records from position `from` on (at least the consumer's
+    /// position) without consuming them: `f(record)` for each, at most `max`; returns the
+    /// position after the last one looked at (stops at a record still being written).
+    /// Only the consumer may call it: the records stay put until it consumes them.
+    pub fn look_ahead(&self, from: u64, max: usize, mut f: impl FnMut(&[u8])) -> u64 {
+        let cons = self.consumer_pos().load(Ordering::Acquire);
+        let prod = self.producer_pos().load(Ordering::Acquire);
+        let mut pos = from.max(cons);
+        let mut n = 0;
+        while pos < prod && n < max {
+            let len = self.len_word(pos).load(Ordering::Acquire);
+            if len & BUSY_BIT != 0 {
+                break;
+            }
+            let size = (len & !(BUSY_BIT | DISCARD_BIT)) as u64;
+            if len & DISCARD_BIT == 0 && size as usize <= self.size {
+                let start = self.page + (pos & self.mask) as usize + HDR_SZ as usize;
+                // SAFETY: as in `peek`: inside the doubly mapped data area, and the kernel
+                // does not reuse these bytes before the consumer position passes them,
+                // which only this (the consumer's) thread moves.
+                let data = unsafe {
+                    std::slice::from_raw_parts(
+                        (self.producer as *const u8).add(start),
+                        size as usize,
+                    )
+                };
+                f(data);
+            }
+            pos += (size + HDR_SZ + 7) & !7;
+            n += 1;
+        }
+        pos
+    }
+
     /// Release the record `peek` returned.
     pub fn consume(&self, step: u64) {
         let cons = self.consumer_pos().load(Ordering::Relaxed);

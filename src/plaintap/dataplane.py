@@ -79,8 +79,14 @@ class _Hooks:
         self._forget = forget
         self._on_exec = on_exec
 
+    def on_exec_early(self, pid: int, ts_ns: int) -> None:
+        """An exec seen in the ring ahead of its turn (the drain looks ahead for them):
+        TLS discovery races the program's first TLS call. on_exec follows in its turn."""
+        if self._on_exec is not None:
+            self._on_exec(pid, ts_ns)
+
     def on_exec(self, pid: int, ts_ns: int, ppid: int, uid: int, filename: str, argv: list[str]) -> None:
-        if self._on_exec is not None:    # first: TLS discovery races the program's first TLS call
+        if self._on_exec is not None:    # first (unless seen early, which it skips then)
             self._on_exec(pid, ts_ns)
         self.procs.on_exec(pid, filename, argv, uid, ppid)
 

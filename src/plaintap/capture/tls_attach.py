@@ -271,6 +271,7 @@ class TlsAttacher:
         # maps (dev, ino) already dealt with -> identity (None: no target), so rescans
         # cost nothing per known file
         self._known: OrderedDict[tuple[int, int], tuple[int, int] | None] = OrderedDict()
+        self._known_st: dict[tuple[int, int], tuple[int, int, int]] = {}   # mkey -> _file_version
         self._budget = UidBudget()
         self._due: dict[int, list[int]] = {}       # pid -> due times (ns) of its rescans
         self._cycle: list[int] = []                # pids left in the current full rescan
@@ -400,6 +401,8 @@ class TlsAttacher:
         if not self.families:
             return
         with self._lock:
+            if self._exec_ts.get(pid) == now_ns:
+                return           # seen already (announced ahead of its turn, see DataPlane.drain)
             if pid not in self._due and len(self._due) >= MAX_DUE_PIDS:
                 metrics.tls_scans_dropped.inc()
                 return
@@ -498,6 +501,8 @@ class TlsAttacher:
         maps = read_maps(pid)
         if maps is None:
             return
+        if survey:
+            self._forget_reused_exe(pid)
         exe_ino: int | None = -1
         overlays: dict | None = None
 
@@ -531,6 +536,20 @@ class TlsAttacher:
             self._consider_opened(pid, mf, opened, exe_ino)
         if survey:
             self._survey_root(pid, get_overlays)
+
+    def _forget_reused_exe(self, pid: int) -> None:
+        """At an exec: a (dev, inode) taken for a known file is checked against that
+        file's size, mtime and ctime, since inode numbers are reused once a file is
+        deleted (a new binary in a busy /tmp would otherwise inherit the verdict on a
+        deleted one, e.g. "no TLS"). One stat per exec; other mappings trust the cache."""
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return
+        mkey = (st.st_dev, st.st_ino)
+        if mkey in self._known and self._known_st.get(mkey) != _file_version(st):
+            del self._known[mkey]
+            self._known_st.pop(mkey, None)
 
     def _survey_root(self, pid: int, overlays: Callable[[], dict]) -> None:
         """The first exec in a root directory not seen lately (a new container): open
@@ -598,7 +617,7 @@ class TlsAttacher:
             self._last_seen[ident] = self._now_ns
         if ident in self.attached or ident in self._inflight:
             if ident in self.attached:
-                self._remember(mkey, ident)
+                self._remember(mkey, ident, opened.st)
             os.close(opened.fd)
             return
         result = self._results.get(key)
@@ -607,7 +626,7 @@ class TlsAttacher:
             self._apply(pid, mf, opened, exe_ino, result)
             return
         if key in self._failed:
-            self._remember(mkey, None)
+            self._remember(mkey, None, opened.st)
             os.close(opened.fd)
             return
         ckey = content_key(opened.fd, opened.st.st_size)
@@ -678,13 +697,13 @@ class TlsAttacher:
         except AnalysisError as e:
             os.close(opened.fd)
             if e.reason == "not_elf":        # not a program at all: simply no target
-                self._remember((mf.dev, mf.ino), None)
+                self._remember((mf.dev, mf.ino), None, opened.st)
                 return
             if e.reason not in TRANSIENT:
                 self._failed[opened.key] = e.reason
                 while len(self._failed) > FAILED_CAPACITY:
                     self._failed.popitem(last=False)
-                self._remember((mf.dev, mf.ino), None)
+                self._remember((mf.dev, mf.ino), None, opened.st)
             refuse(e.reason, what, str(e))
             return
         if result.get("go_error"):
@@ -704,19 +723,28 @@ class TlsAttacher:
                                    pid_seen=pid, maps_path=mf.pathname,
                                    is_exe_named_node=exe_ino is not None and _is_node(False, mf, exe_ino))
             if t is None or opened.ident in self.attached:
-                self._remember((mf.dev, mf.ino), opened.ident if t is not None else None)
+                self._remember((mf.dev, mf.ino), opened.ident if t is not None else None, opened.st)
                 return
             keep = self._attach(t, opened)
-            self._remember((mf.dev, mf.ino), opened.ident)
+            self._remember((mf.dev, mf.ino), opened.ident, opened.st)
         finally:
             if not keep:
                 os.close(opened.fd)
 
-    def _remember(self, mkey: tuple[int, int], ident: tuple[int, int] | None) -> None:
+    def _remember(self, mkey: tuple[int, int], ident: tuple[int, int] | None,
+                  st: os.stat_result | None = None) -> None:
+        """(dev, inode) `mkey` is dealt with (`ident`: hooked as; None: no target). `st`:
+        the file as it was then, so an exec of a new file that got a freed inode number
+        back is not taken for the old one (see scan)."""
         self._known[mkey] = ident
         self._known.move_to_end(mkey)
+        if st is not None:
+            self._known_st[mkey] = _file_version(st)
+        else:
+            self._known_st.pop(mkey, None)
         while len(self._known) > KNOWN_CAPACITY:
-            self._known.popitem(last=False)
+            old, _ = self._known.popitem(last=False)
+            self._known_st.pop(old, None)
 
     # ---- attaching ----
 
@@ -863,6 +891,7 @@ class TlsAttacher:
         self._last_seen.pop(ident, None)
         for mkey in [k for k, v in self._known.items() if v == ident]:
             del self._known[mkey]
+            self._known_st.pop(mkey, None)
         log.info("TLS hooks detached from %s (no longer in use%s)%s", h.target.maps_path,
                  ", deleted" if gone else "", f"; Go slot {h.slot} free" if h.slot >= 0 else "")
 
@@ -891,6 +920,10 @@ def mount_ns_id(pid: int) -> tuple[str, int]:
             return ("ino", os.fstat(fd).st_ino)
     finally:
         os.close(fd)
+
+
+def _file_version(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _deleted(h: _Hooked) -> bool:

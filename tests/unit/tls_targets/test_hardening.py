@@ -551,3 +551,21 @@ def test_image_layer_libraries_are_hooked_before_any_container_runs(tmp_path):
     att._end_cycle()
     assert set(att.attached) == {(a.st_dev, a.st_ino)}
     att.close()
+
+
+def test_a_reused_inode_number_is_not_taken_for_the_file_it_belonged_to():
+    # A new binary can get the inode number of a deleted one (a busy /tmp): at its exec
+    # the verdict cached by (dev, inode) is checked against size, mtime and ctime.
+    att = TlsAttacher(FakeKernel(), ("gotls",), analysis=NoAnalysis())
+    st = os.stat(f"/proc/{os.getpid()}/exe")
+    mkey = (st.st_dev, st.st_ino)
+    att._remember(mkey, None, st)
+    att._forget_reused_exe(os.getpid())
+    assert mkey in att._known                        # the same file: kept
+    att._known_st[mkey] = (st.st_size + 1, st.st_mtime_ns, st.st_ctime_ns)   # as if another file had it
+    att._forget_reused_exe(os.getpid())
+    assert mkey not in att._known and mkey not in att._known_st
+    att._remember(mkey, None)                        # no version known: checked again
+    att._forget_reused_exe(os.getpid())
+    assert mkey not in att._known
+    att.close()
