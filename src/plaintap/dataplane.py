@@ -84,6 +84,7 @@ class _Hooks:
         TLS discovery races the program's first TLS call. on_exec follows in its turn."""
         if self._on_exec is not None:
             self._on_exec(pid, ts_ns)
+        self.procs.prefetch(pid)
 
     def on_exec(self, pid: int, ts_ns: int, ppid: int, uid: int, filename: str, argv: list[str]) -> None:
         if self._on_exec is not None:    # first (unless seen early, which it skips then)

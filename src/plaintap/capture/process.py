@@ -103,9 +103,25 @@ class ProcessTable:
         self._live: dict[int, ProcessInfo] = {}
         self._exited: OrderedDict[int, ProcessInfo] = OrderedDict()
         self.keep_exited = keep_exited
+        # read at an exec seen ahead of its turn (prefetch), for its turn (on_exec)
+        self._early: OrderedDict[int, ProcessInfo] = OrderedDict()
+
+    def prefetch(self, pid: int) -> None:
+        """An exec of `pid` was seen ahead of its turn: read /proc now, while a short-lived
+        process (a container's first program) is still there; its on_exec uses that."""
+        info = read_proc(pid, self.proc_root, self.containers)
+        if info is not None:
+            self._early[pid] = info
+            self._early.move_to_end(pid)
+            while len(self._early) > self.keep_exited:
+                self._early.popitem(last=False)
 
     def on_exec(self, pid: int, filename: str, argv: list[str], uid: int, ppid: int = 0) -> ProcessInfo:
-        info = read_proc(pid, self.proc_root, self.containers)
+        early = self._early.pop(pid, None)
+        if early is not None and (not argv or early.argv == tuple(argv)):
+            info = early       # read when its exec was seen (this image: the same command line)
+        else:
+            info = read_proc(pid, self.proc_root, self.containers)
         if info is None:  # already gone: the kernel's facts are all there is
             seen = self._live.get(pid)
             if seen is not None and seen.exe and argv and seen.argv == tuple(argv):
