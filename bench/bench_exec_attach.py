@@ -19,7 +19,9 @@ never hooked (each a new inode), and reads from the agent's log the time from th
 
 With --load, wrk drives nginx over TLS on loopback (1 KiB responses) all the while, and
 the agent captures it (loopback on, http_capture summary, stores disabled): exec → hooked
-while the data plane is busy (its drain holds the GIL that TLS discovery needs).
+while the data plane is busy (its drain holds the GIL that TLS discovery needs; the
+agent's line on how long the TLS thread waited for the GIL is printed at the end).
+--cases picks cases (comma-separated). BENCH_GOCACHE reuses a Go build cache.
 
 Printed per case: p50, p99 and max in ms, and runs where no attach was seen within 5 s.
 Target: p99 ≤ 20 ms. Figures are printed, never asserted: a benchmark, not a test.
@@ -38,6 +40,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -233,7 +236,6 @@ def run_libssl(d: Path, i: int, new_content: bool, port: int) -> str:
 
 def start_load(d: Path) -> list[subprocess.Popen]:
     """nginx over TLS on loopback and wrk against it (until stopped): a busy data plane."""
-    import sys
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_live_overhead import start_nginx
     nginx, port = start_nginx(d / "nginx")

@@ -74,6 +74,8 @@ DEFAULT_SPOOL_DIR = "/var/lib/plaintap/spool"
 # the loop looks at its stop/reload flags, ticks and flushes records to the sinks.
 SLICE_RECORDS = 4096
 SLICE_NS = 20_000_000
+# At start-up, at most this long handling the records gathered meanwhile before ready.
+CATCH_UP_SECONDS = 1.0
 # After waking on empty rings, gather this much more before handling (µs): a turn of the
 # loop per handful of records costs more than the records (DataPlane.drain).
 BATCH_WAIT_US = 2000
@@ -565,6 +567,7 @@ class Agent:
                                                                                        SLICE_NS)))
             self._adopt_existing_connections()
             _tune_gc()
+            self._catch_up()
             self.status.ready.set()
             log.info("plaintap capturing (direction=%s, ignore_loopback=%s%s)",
                      self.cfg.tap.direction, self.cfg.tap.ignore_loopback,
@@ -582,6 +585,14 @@ class Agent:
             self.status.ready.clear()
             self._shutdown()
         return 0
+
+    def _catch_up(self) -> None:
+        """Handle what the rings gathered while the agent started (bounded by
+        CATCH_UP_SECONDS) before saying ready: a program started after /readyz then has its
+        exec handled at once, not behind the start-up backlog (issue 11 item 7)."""
+        until = time.monotonic() + CATCH_UP_SECONDS
+        while time.monotonic() < until and any(r.backlog for r in self.rings):
+            self._take(self.pipeline.drain(self.rings, 0, SLICE_RECORDS, SLICE_NS))
 
     def _adopt_existing_connections(self) -> None:
         """Track connections opened before the agent (after attach, so none falls between)."""
