@@ -71,23 +71,23 @@ pub fn urgent() -> bool {
     URGENT.load(Ordering::Relaxed) > 0
 }
 
-/// When to yield next; `Yielder::maybe` is called by a GIL holder every few records.
-pub struct Yielder {
+/// When to yield next; `GilShare::maybe` is called by a GIL holder every few records.
+pub struct GilShare {
     next: Instant,
     /// times the GIL was given away (for tests and the drain's own bookkeeping)
     pub yields: u32,
 }
 
-impl Default for Yielder {
+impl Default for GilShare {
     fn default() -> Self {
-        Yielder {
+        GilShare {
             next: Instant::now(),
             yields: 0,
         }
     }
 }
 
-impl Yielder {
+impl GilShare {
     /// If a thread is urgent and this holder has worked `WORK_MIN` since its last yield,
     /// release the GIL until that thread is idle again (at most `YIELD_MAX`).
     pub fn maybe(&mut self, py: Python<'_>) {

@@ -26,7 +26,7 @@ use crate::classify;
 use crate::conn::{self, ConnInfo, ConnView, Gil, Hooks, Output, Settings, Table, TxValue};
 use crate::cpu_yield;
 use crate::decode::{self, Event};
-use crate::gilshare::Yielder;
+use crate::gilshare::GilShare;
 use crate::py_parser;
 use crate::reassembly::{self, Piece};
 use crate::ring;
@@ -287,7 +287,7 @@ impl DataPlane {
         let start = Instant::now();
         let mut n = 0;
         // TLS discovery, racing a new program's first TLS call, gets the GIL when it needs it
-        let mut share = Yielder::default();
+        let mut share = GilShare::default();
         while n < max_records {
             // The ring whose next record is oldest.
             let mut best: Option<(usize, u64)> = None;
