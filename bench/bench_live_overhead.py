@@ -1,6 +1,6 @@
 """Live overhead: the same TLS load with and without the agent, alternating, in one run.
 
-    sudo .venv/bin/python bench/bench_live_overhead.py [--rounds 3] [--seconds 5] [--level summary]
+    sudo .venv/bin/python bench/bench_live_overhead.py [--rounds 3] [--seconds 5] [--level summary] [--warm-up]
                                                        [--store disabled|stdout] [--workers 1,2]
 
 wrk drives nginx (TLS, HTTP/1.1 keep-alive, 1 KiB file) on 127.0.0.1. Each round runs the
@@ -23,6 +23,9 @@ On these 2-core machines wrk, nginx and the agent share the CPUs, so the through
 also contains the CPU the agent takes from the load: that is the real cost on a busy host.
 `--workers 1,2` measures the agent with each `--workers` count in every round (after the
 same bare run) and prints the figures per count; the breakdown uses the first count.
+Each round starts a new agent; its uprobe warm-up (30 s after start and after each exec,
+for TLS hooking's latency; native/src/uprobe_warm.rs) is turned off unless `--warm-up`, so
+the rounds measure what a host serving steady traffic pays.
 Figures are printed, never asserted: this is a benchmark, not a test.
 """
 from __future__ import annotations
@@ -106,7 +109,8 @@ def nginx_cpu(master: int) -> float:
     return total
 
 
-def start_agent(d: Path, level: str, store: str = "disabled", workers: int = 1) -> tuple[subprocess.Popen, int]:
+def start_agent(d: Path, level: str, store: str = "disabled", workers: int = 1,
+                warm_up: bool = False) -> tuple[subprocess.Popen, int]:
     cfg = d / "bench.yaml"
     cfg.write_text(f"""
 version: 2
@@ -117,7 +121,7 @@ tap: {{direction: all, ignore_loopback: false, http: {{stack: bench}}}}
     status = free_port()
     p = subprocess.Popen([str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{status}",
                           "--log-level", "warn", "--allow-multiple", "--workers", str(workers)],
-                         stdout=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, env={**os.environ, "PLAINTAP_UPROBE_WARM": "1" if warm_up else "0"})
     for _ in range(300):
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{status}/readyz", timeout=1).status == 200:
@@ -187,6 +191,10 @@ def main() -> None:
                     help="event store: disabled (records built, not written) or stdout (JSON lines to /dev/null)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-program BPF round")
     ap.add_argument("--workers", default="1", help="--workers counts to measure, e.g. 1,2 (default 1)")
+    ap.add_argument("--warm-up", action="store_true",
+                    help="keep the uprobe warm-up on: the agent runs it for 30 s after its start and after each exec "
+                         "(native/src/uprobe_warm.rs); each round starts a new agent, so without this flag the rounds "
+                         "measure the steady state of a host whose programs are running, as the warm-up is then")
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
     if os.geteuid() != 0:
@@ -202,7 +210,7 @@ def main() -> None:
             bare.append(wrk(port, args.seconds))
             line = f"round {r + 1}: bare {bare[-1]['rps']:.0f} req/s"
             for w in counts:
-                agent, status = start_agent(d, args.level, args.store, w)
+                agent, status = start_agent(d, args.level, args.store, w, args.warm_up)
                 try:
                     c0, n0, t0 = cpu_seconds(agent.pid), nginx_cpu(nginx.pid), transactions(status)
                     res = wrk(port, args.seconds)
@@ -232,7 +240,8 @@ def main() -> None:
         shutil.rmtree(d, ignore_errors=True)
     med = statistics.median
     print(f"\nTLS load: wrk -c10 against nginx, 1 KiB responses, {args.rounds} alternating rounds × {args.seconds}s,"
-          f" http_capture level {args.level}, event store {args.store}")
+          f" http_capture level {args.level}, event store {args.store},"
+          f" uprobe warm-up {'on (as in the 30 s after start or an exec)' if args.warm_up else 'off (steady state)'}")
     print(f"load average before {' '.join(load_before)}, after {' '.join(open('/proc/loadavg').read().split()[:3])}"
           f" (2 cores; above ~2 other work shares the CPUs)")
     for w in counts:
