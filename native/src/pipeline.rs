@@ -244,17 +244,17 @@ impl DataPlane {
             y.leave(); // normal priority while waiting: prompt when records come
         }
         if let Some(s) = self.shards.as_ref() {
-            if s.queued_bytes() >= shard::QUEUE_BYTES {
+            if s.full() {
                 // The workers are behind: leave the records in the rings meanwhile.
-                let gauge = s.gauge();
+                let (gauge, most) = (s.gauge(), s.queue_limit());
                 let limit = Duration::from_millis(timeout_ms.max(1) as u64);
                 py.allow_threads(|| {
                     let t0 = Instant::now();
-                    while gauge.bytes() >= shard::QUEUE_BYTES && t0.elapsed() < limit {
+                    while gauge.bytes() >= most && t0.elapsed() < limit {
                         std::thread::sleep(Duration::from_micros(200));
                     }
                 });
-                if gauge.bytes() >= shard::QUEUE_BYTES {
+                if gauge.bytes() >= most {
                     return 0;
                 }
             }
@@ -324,11 +324,7 @@ impl DataPlane {
                 if start.elapsed().as_nanos() as u64 >= max_ns {
                     break;
                 }
-                if self
-                    .shards
-                    .as_ref()
-                    .is_some_and(|s| s.queued_bytes() >= shard::QUEUE_BYTES)
-                {
+                if self.shards.as_ref().is_some_and(|s| s.full()) {
                     break;
                 }
             }

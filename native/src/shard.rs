@@ -14,9 +14,11 @@
 //! `forget` calls for the kernel) waits in its mailbox until `DataPlane.take` collects it on
 //! the Python thread.
 //!
-//! Bounds: the record bytes in flight to the shards are at most QUEUE_BYTES (past that the
-//! reader stops reading, leaving the records in the kernel's ring, until the shards catch
-//! up); each shard's table keeps 1/N of the global byte budget (`--memory-limit`).
+//! Bounds: the record bytes in flight to the shards are at most `queue_limit` — half the
+//! global byte budget, so 1/16 of `--memory-limit` (32 MiB at the default), at least
+//! MIN_QUEUE_BYTES — past which the reader stops reading, leaving the records in the
+//! kernel's ring, until the shards catch up; each shard's table keeps 1/N of the global
+//! byte budget.
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,8 +32,9 @@ use crate::decode::ConnOpen;
 pub const MAX_WORKERS: usize = 64;
 /// The agent's loop ticks every turn; the shards at most this often (kernel time), unwaited.
 pub const TICK_EVERY_NS: u64 = 10_000_000;
-/// Record bytes in flight from the reader to all shards together.
-pub const QUEUE_BYTES: usize = 32 << 20;
+/// The least record bytes in flight from the reader to all shards together (see
+/// `Shards::queue_limit`).
+pub const MIN_QUEUE_BYTES: usize = 4 << 20;
 
 /// The shard that owns connection `conn_id` among `n`.
 pub fn shard_of(conn_id: u64, n: usize) -> usize {
@@ -254,6 +257,8 @@ impl QueueGauge {
 /// N connection-table shards on their own threads.
 pub struct Shards {
     shards: Vec<Shard>,
+    /// Record bytes in flight to all shards together, at most.
+    queue_limit: usize,
     /// Kernel time up to which the rings were found empty (the reader's; see Table.caught_up).
     caught_up: Arc<AtomicU64>,
 }
@@ -290,7 +295,14 @@ impl Shards {
                 batch: Batch::default(),
             });
         }
-        Ok(Shards { shards, caught_up })
+        let queue_limit = usize::try_from(settings.byte_budget / 2)
+            .unwrap_or(usize::MAX)
+            .max(MIN_QUEUE_BYTES);
+        Ok(Shards {
+            shards,
+            queue_limit,
+            caught_up,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -320,6 +332,15 @@ impl Shards {
             .iter()
             .map(|s| s.shared.queued.load(Ordering::Acquire) + s.batch.buf.len())
             .sum()
+    }
+
+    /// Whether the bytes in flight reached the limit: the reader leaves records in the ring.
+    pub fn full(&self) -> bool {
+        self.queued_bytes() >= self.queue_limit
+    }
+
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
     }
 
     /// The bytes sent and not yet handled, readable without the GIL.
@@ -625,19 +646,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_panic_in_a_worker_costs_one_message_counted_and_the_worker_goes_on() {
-        let settings = Settings {
+    fn settings(byte_budget: u64) -> Settings {
+        Settings {
             run_id: "t".into(),
             parse_http: true,
             body_limit: 1 << 20,
             dump: false,
             first_report_ns: crate::conn::FIRST_REPORT_NS,
             interval_ns: crate::conn::REPORT_INTERVAL_NS,
-            byte_budget: crate::conn::DEFAULT_BYTE_BUDGET,
+            byte_budget,
             max_pending: crate::reassembly::DEFAULT_MAX_PENDING,
             close_grace_ns: crate::conn::CLOSE_GRACE_NS,
-        };
+        }
+    }
+
+    #[test]
+    fn the_bytes_in_flight_follow_the_memory_budget() {
+        // --memory-limit 512mb: a byte budget of 64 MiB, 32 MiB in flight
+        assert_eq!(
+            Shards::start(2, &settings(64 << 20)).unwrap().queue_limit(),
+            32 << 20
+        );
+        assert_eq!(
+            Shards::start(2, &settings(1 << 30)).unwrap().queue_limit(),
+            512 << 20
+        );
+        assert_eq!(
+            Shards::start(2, &settings(1 << 20)).unwrap().queue_limit(),
+            MIN_QUEUE_BYTES
+        );
+    }
+
+    #[test]
+    fn a_panic_in_a_worker_costs_one_message_counted_and_the_worker_goes_on() {
+        let settings = settings(crate::conn::DEFAULT_BYTE_BUDGET);
         let mut shards = Shards::start(2, &settings).unwrap();
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {})); // the expected panic need not be printed
