@@ -637,10 +637,16 @@ impl DataPlane {
         info.map(|i| Py::new(py, i)).transpose()
     }
 
-    /// Kernel time (ns) of the newest record handled so far (0 before the first).
+    /// Kernel time (ns) of the newest record handled so far (0 before the first). With
+    /// workers, a record routed to a worker counts once that worker handled it: while one
+    /// is behind, its newest handled record (the pipeline-lag gauge reads this).
     #[getter]
     fn last_ts(&self) -> u64 {
-        self.table.last_ts.max(self.routed_ts)
+        let newest = self.table.last_ts.max(self.routed_ts);
+        match self.shards.as_ref().and_then(|s| s.lagging_ts()) {
+            Some(ts) => ts.min(newest),
+            None => newest,
+        }
     }
 
     /// Bytes held across connections (reassembly waits, pre-classification holds).

@@ -212,6 +212,8 @@ pub struct Mailbox {
     pub dns: DnsCounts,
     pub len: usize,
     pub held: u64,
+    /// Kernel time of the newest record this shard handled.
+    pub last_ts: u64,
 }
 
 struct Shared {
@@ -341,6 +343,17 @@ impl Shards {
 
     pub fn queue_limit(&self) -> usize {
         self.queue_limit
+    }
+
+    /// The newest record time handled by the shard furthest behind, among the shards that
+    /// still have records to handle; None when every shard handled all it was sent.
+    pub fn lagging_ts(&self) -> Option<u64> {
+        self.shards
+            .iter()
+            .filter(|s| s.shared.queued.load(Ordering::Acquire) > 0 || !s.batch.is_empty())
+            .map(|s| s.shared.mailbox().last_ts)
+            .filter(|&ts| ts > 0) // nothing handled yet: no time to tell
+            .min()
     }
 
     /// The bytes sent and not yet handled, readable without the GIL.
@@ -611,6 +624,7 @@ fn publish(t: &mut Table, shared: &Shared) {
     m.dns = DnsCounts::of(&t.dns);
     m.len = t.len();
     m.held = t.held_total;
+    m.last_ts = t.last_ts;
 }
 
 #[cfg(test)]

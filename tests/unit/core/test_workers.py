@@ -120,6 +120,8 @@ def test_connections_hooks_and_counters_are_the_same_with_workers(workers):
     assert s["gap_bytes"] == {"ringbuf_full": 1000 + 500}     # the hole given up, the gap event
     assert [c.domain for c, _, _ in many.reports if c.kid == 40] == [NAME]
     assert len(many.dp) == 0 and many.dp.workers == workers
+    # every shard handled all it was sent: the newest record time is the same as with one
+    assert many.dp.last_ts == one.dp.last_ts > 0
 
 
 def test_dns_over_tcp_names_reach_the_host_wide_map():
