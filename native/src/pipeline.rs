@@ -116,6 +116,9 @@ pub struct DataPlane {
     execs_seen_pos: u64,
 }
 
+/// The longest batch wait while control records are waiting (see `drain`).
+const SHORT_BATCH_US: u64 = 2_000;
+
 fn is_exec(rec: &[u8]) -> bool {
     rec.len() >= 4 && rec[..4] == decode::EV_PROC_EXEC.to_le_bytes()
 }
@@ -275,9 +278,18 @@ impl DataPlane {
             // racing the program's first TLS call (issue 11 item 7)
             let exec_seen = self.execs_ahead(py, &rings) > 0;
             if batch_wait_us > 0 && !exec_seen && rings.iter().any(|r| r.ring.backlog() > 0) {
-                py.allow_threads(|| {
-                    std::thread::sleep(std::time::Duration::from_micros(batch_wait_us))
-                });
+                // Only data waiting: gather it for up to batch_wait_us, but wake at once for a
+                // control record (an exec, an open or close, a DNS datagram), which other
+                // work races. Control records already waiting: at most SHORT_BATCH_US.
+                let control = &rings[0].ring; // the control ring comes first
+                if rings.len() > 1 && control.backlog() == 0 {
+                    let ms = batch_wait_us.div_ceil(1000).min(i32::MAX as u64) as i32;
+                    let fd = control.fd();
+                    py.allow_threads(|| ring::wait(&[fd], ms));
+                } else {
+                    let us = batch_wait_us.min(SHORT_BATCH_US);
+                    py.allow_threads(|| std::thread::sleep(Duration::from_micros(us)));
+                }
             }
         }
         if let Some(y) = &self.yielder {

@@ -77,8 +77,10 @@ SLICE_NS = 20_000_000
 # At start-up, at most this long handling the records gathered meanwhile before ready.
 CATCH_UP_SECONDS = 1.0
 # After waking on empty rings, gather this much more before handling (µs): a turn of the
-# loop per handful of records costs more than the records (DataPlane.drain).
-BATCH_WAIT_US = 2000
+# loop per handful of records costs more than the records (DataPlane.drain). A control
+# record (exec, open, close, DNS) ends the wait at once; with one already waiting it is
+# at most 2 ms.
+BATCH_WAIT_US = 10_000
 
 # Kernel counters (abi.KERNEL_COUNTERS) that mean something was lost, and what to say.
 KERNEL_LOSS_WARNINGS = {
