@@ -14,13 +14,19 @@ TLS call sees that call. Looking happens
     inside /proc/<pid>/root like every other name), before the loader has mapped them;
     then again at +5, +15, +50, +150, +400 ms, +1 s and +2 s (the first scan usually runs
     before the loader has mapped the program's libraries; then dlopen);
+  * at start-up and every 30 s: the TLS libraries of the container image layers on the
+    host (survey_layers): a container maps its layer's file through its overlay, so a
+    container of an image already there is covered from its first byte;
   * every 30 s over all processes (containers with their own copies).
 
 All of it runs on one thread of its own ("tls-attach", started by `start`): the capture
 loop hands exec events over (`on_exec`: a queue and an eventfd; it runs an exec's first
-scan itself when the TLS thread is idle, which saves a GIL switch), so an exec is
-looked at within a millisecond whatever the data plane is doing, and an analysis reply
-is attached the moment it arrives (the thread waits on the workers' sockets). A file
+scan itself when the TLS thread is idle, which saves a GIL switch; its drain looks ahead
+in the control ring, so an exec is handed over before the older records are handled),
+so an exec is looked at within a millisecond whatever the data plane is doing, and an
+analysis reply is attached the moment it arrives (the thread waits on the workers'
+sockets, natively: from its wake-up until it waits again the drain yields the GIL to it,
+see native/src/gilshare.rs). A file
 whose content was analysed before — a copy, a container's libssl equal to the host's,
 the same program after a restart — is hooked without analysis (tls_cache: build ID plus
 the bytes at every hooked offset; saved across restarts). A file's probes are one
