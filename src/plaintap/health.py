@@ -4,8 +4,8 @@ facts `/status` shows people.
 `Health.beat()` is called by the capture loop every time it finishes a bounded slice of
 work (an idle loop still beats every poll timeout). `/healthz` fails once no beat came for
 `stall_after` seconds: a loop that spins inside one batch, or blocks, is reported, not
-hidden. `/readyz` is "capturing": set once the BPF programs are attached, cleared when
-the agent starts stopping.
+hidden. `/readyz` is "capturing": set once the BPF programs are attached and what the rings
+gathered meanwhile is handled (at most 1 s of it), cleared when the agent starts stopping.
 
 The gauges are read at scrape time from the live sinks (sinks/base.py `LIVE_SINKS`), so
 each is present from the first scrape, with zeros before any traffic:
