@@ -16,8 +16,10 @@ Every round also measures the kernel side alone: right after the agent's run, th
 agent is stopped (SIGSTOP: its ring fills and events are dropped) and the load runs again.
 The ratios are taken within each round (bare, agent and kernel-only seconds apart) and
 their median printed: this VM's speed drifts by ±20 % over minutes, so ratios of medians
-taken minutes apart measure the drift as much as the agent. Then a breakdown: BPF program
-hits and run time per request (kernel.bpf_stats).
+taken minutes apart measure the drift as much as the agent. After an agent exits, the next
+measurement waits until the kernel has released its programs (≈ 3 s later: until then
+they still run; see wait_programs_gone). Then a breakdown: BPF program hits and run time
+per request (kernel.bpf_stats).
 
 On these 2-core machines wrk, nginx and the agent share the CPUs, so the throughput ratio
 also contains the CPU the agent takes from the load: that is the real cost on a busy host.
@@ -122,9 +124,11 @@ tap: {{direction: all, ignore_loopback: false, http: {{stack: bench}}}}
     p = subprocess.Popen([str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{status}",
                           "--log-level", "warn", "--allow-multiple", "--workers", str(workers)],
                          stdout=subprocess.DEVNULL, env={**os.environ, "PLAINTAP_UPROBE_WARM": "1" if warm_up else "0"})
+    before = set(bpf_prog_stats())
     for _ in range(300):
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{status}/readyz", timeout=1).status == 200:
+                p.prog_ids = set(bpf_prog_stats()) - before     # this agent's programs (see stop)
                 return p, status
         except OSError:
             time.sleep(0.1)
@@ -152,11 +156,24 @@ def bpf_prog_stats() -> dict[int, tuple[str, int, int]]:
 
 
 def stop(agent: subprocess.Popen) -> float:
-    """SIGINT, then seconds until the agent exited."""
+    """SIGINT, then seconds until the agent exited; then wait (not counted) until the
+    kernel released its BPF programs."""
     t0 = time.monotonic()
     agent.send_signal(signal.SIGINT)
     agent.wait(60)
-    return time.monotonic() - t0
+    took = time.monotonic() - t0
+    wait_programs_gone(getattr(agent, "prog_ids", set()))
+    return took
+
+
+def wait_programs_gone(ids: set[int], timeout: float = 30) -> None:
+    """The kernel releases an exited agent's uprobes and programs seconds later (deferred
+    to RCU grace periods, ≈ 3 s here), and until then they still run on every TLS call: a
+    bare round right after an agent round measured 63–98k req/s for its first 2–4 s where
+    an untouched nginx gave ≈ 110k. So the next round starts when they are gone."""
+    deadline = time.monotonic() + timeout
+    while ids & set(bpf_prog_stats()) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def breakdown(port: int, d: Path, level: str, seconds: int, store: str, workers: int) -> None:

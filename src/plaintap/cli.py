@@ -136,10 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", default=_env("workers", "1"), metavar="N",
                      help="threads that parse connections, sharded by connection, outside the GIL "
                           f"(1 to {MAX_WORKERS}; default 1: the agent's main thread does it)")
-    run.add_argument("--yield-ms", default=_env("yield_ms", "5"), metavar="MS",
+    run.add_argument("--yield-ms", default=_env("yield_ms", "0"), metavar="MS",
                      help="each turn of the capture loop runs at idle priority for up to MS milliseconds, so the "
                           "agent uses CPU the workload leaves idle before taking any from it (0 to 100; "
-                          "default 5; 0: always normal priority)")
+                          "default 0: always normal priority; measured no faster on 2 cores, and it delays "
+                          "exec handling, see README)")
     run.add_argument("--shutdown-timeout", default=_env("shutdown_timeout", "10"), metavar="SECONDS",
                      help="at SIGINT/SIGTERM, deliver what the sinks hold for at most this long (default 10)")
     run.add_argument("--spool-dir", default=_env("spool_dir", "/var/lib/plaintap/spool"), metavar="DIR",

@@ -128,7 +128,7 @@ class RunOptions:
     spool_size: int = 1 << 30                  # --spool-size (0: no spool)
     retry_window: float = 60.0                 # --retry-window: outage retried without a spool before dropping
     workers: int = 1                           # --workers: connection-parsing threads (native/src/shard.rs)
-    yield_ms: float = 5.0                      # --yield-ms: loop turns at idle priority (native/src/cpu_yield.rs)
+    yield_ms: float = 0.0                      # --yield-ms: loop turns at idle priority (native/src/cpu_yield.rs)
 
 
 def data_plane_budget(memory_limit: int) -> int:
