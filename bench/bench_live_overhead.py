@@ -18,7 +18,10 @@ The ratios are taken within each round (bare, agent and kernel-only seconds apar
 their median printed: this VM's speed drifts by ±20 % over minutes, so ratios of medians
 taken minutes apart measure the drift as much as the agent. After an agent exits, the next
 measurement waits until the kernel has released its programs (≈ 3 s later: until then
-they still run; see wait_programs_gone). Then a breakdown: BPF program hits and run time
+they still run; see wait_programs_gone). A fourth measurement per round runs an agent whose
+data records are consumed unread (PLAINTAP_BENCH_DISCARD_DATA=1, a measurement mode): the
+kernel's side with every record written to the ring and a consumer that costs nothing, so
+the agent's own share of the cost is agent / free consumer. Then a breakdown: BPF program hits and run time
 per request (kernel.bpf_stats).
 
 On these 2-core machines wrk, nginx and the agent share the CPUs, so the throughput ratio
@@ -112,7 +115,7 @@ def nginx_cpu(master: int) -> float:
 
 
 def start_agent(d: Path, level: str, store: str = "disabled", workers: int = 1,
-                warm_up: bool = False) -> tuple[subprocess.Popen, int]:
+                warm_up: bool = False, discard: bool = False) -> tuple[subprocess.Popen, int]:
     cfg = d / "bench.yaml"
     cfg.write_text(f"""
 version: 2
@@ -123,7 +126,9 @@ tap: {{direction: all, ignore_loopback: false, http: {{stack: bench}}}}
     status = free_port()
     p = subprocess.Popen([str(PLAINTAP), "--config", str(cfg), "--httpd-listen", f"127.0.0.1:{status}",
                           "--log-level", "warn", "--allow-multiple", "--workers", str(workers)],
-                         stdout=subprocess.DEVNULL, env={**os.environ, "PLAINTAP_UPROBE_WARM": "1" if warm_up else "0"})
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if discard else None,
+                         env={**os.environ, "PLAINTAP_UPROBE_WARM": "1" if warm_up else "0",
+                              "PLAINTAP_BENCH_DISCARD_DATA": "1" if discard else "0"})
     before = set(bpf_prog_stats())
     for _ in range(300):
         try:
@@ -208,6 +213,8 @@ def main() -> None:
                     help="event store: disabled (records built, not written) or stdout (JSON lines to /dev/null)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-program BPF round")
     ap.add_argument("--workers", default="1", help="--workers counts to measure, e.g. 1,2 (default 1)")
+    ap.add_argument("--no-consumer-round", action="store_true",
+                    help="skip the round with a consumer that discards the data records unread")
     ap.add_argument("--warm-up", action="store_true",
                     help="keep the uprobe warm-up on: the agent runs it for 30 s after its start and after each exec "
                          "(native/src/uprobe_warm.rs); each round starts a new agent, so without this flag the rounds "
@@ -218,7 +225,7 @@ def main() -> None:
         raise SystemExit("run as root (the agent loads eBPF programs)")
     d = Path(tempfile.mkdtemp(prefix="plaintap-bench-"))
     nginx, port = start_nginx(d)
-    bare, lost, stops = [], 0.0, []
+    bare, lost, stops, consumer = [], 0.0, [], []
     agent_runs, cpu_per_k, nginx_per_k, seen, kernel_only = ({w: [] for w in counts} for _ in range(5))
     load_before = open("/proc/loadavg").read().split()[:3]
     try:
@@ -248,6 +255,15 @@ def main() -> None:
                 line += (f", with agent (--workers {w}) {res['rps']:.0f} req/s, kernel-only {kernel_only[w][-1]:.0f}"
                          f" (ratios {res['rps'] / bare[-1]['rps']:.2f} of bare, {res['rps'] / kernel_only[w][-1]:.2f}"
                          f" of kernel-only)")
+            if not args.no_consumer_round:
+                # the kernel's side with a consumer that costs nothing: every record written
+                # to the ring, the data records consumed unread (PLAINTAP_BENCH_DISCARD_DATA)
+                agent, status = start_agent(d, args.level, args.store, counts[0], args.warm_up, discard=True)
+                try:
+                    consumer.append(wrk(port, args.seconds)["rps"])
+                finally:
+                    stop(agent)
+                line += f", free consumer {consumer[-1]:.0f} ({consumer[-1] / bare[-1]['rps']:.2f} of bare)"
             print(line, flush=True)
         if not args.no_breakdown:
             breakdown(port, d, args.level, args.seconds, args.store, counts[0])
@@ -268,6 +284,13 @@ def main() -> None:
               f" req/s   kernel-only {med(kernel_only[w]):9.0f} req/s (medians)")
         vs_bare = [a["rps"] / b["rps"] for a, b in zip(runs, bare)]
         vs_kernel = [a["rps"] / k for a, k in zip(runs, kernel_only[w])]
+        if consumer:
+            vs_free = [a["rps"] / c for a, c in zip(runs, consumer)]
+            print(f"  free consumer {med(consumer):9.0f} req/s: {med(c / b['rps'] for c, b in zip(consumer, bare)):.2f} of"
+                  f" bare, {med(c / k for c, k in zip(consumer, kernel_only[counts[0]])):.2f} of kernel-only"
+                  f" (the kernel's side with every record written and none parsed)")
+            print(f"  agent / free consumer {med(vs_free):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_free)};"
+                  " what the agent's own work costs the load)")
         print(f"  agent / bare        {med(vs_bare):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_bare)}; target 0.6)")
         print(f"  agent / kernel-only {med(vs_kernel):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_kernel)};"
               " target 0.9)")

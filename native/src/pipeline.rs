@@ -114,6 +114,9 @@ pub struct DataPlane {
     /// Position in the control ring up to which exec records were looked for ahead of
     /// their turn (see `execs_ahead`).
     execs_seen_pos: u64,
+    /// Measurement only (bench_live_overhead's consumer round): data-ring records are
+    /// consumed unread, so the kernel's side is measured with a consumer that costs nothing.
+    discard_data: bool,
 }
 
 /// The longest batch wait while control records are waiting (see `drain`).
@@ -180,6 +183,7 @@ impl DataPlane {
             native_summaries: 0,
             discard: false,
             yielder: None,
+            discard_data: false,
             execs_seen_pos: 0,
         })
     }
@@ -321,6 +325,11 @@ impl DataPlane {
             }
             let r = &rings[i].ring;
             if let Some((rec, step)) = r.peek() {
+                if self.discard_data && i > 0 {
+                    r.consume(step); // the control ring (index 0) is still handled
+                    n += 1;
+                    continue;
+                }
                 if let Some(y) = self.yielder.as_ref().filter(|_| is_exec(rec)) {
                     y.leave(); // TLS discovery races the new program: no yielding now
                 }
@@ -581,6 +590,12 @@ impl DataPlane {
             self.yielder = cpu_yield::Yielder::start(Duration::from_micros(grace_us), control_fd);
         }
         self.yielder.is_some()
+    }
+
+    /// Measurement only: consume the data rings' records (all rings but the first, the
+    /// control ring) without reading them (see `discard_data`).
+    fn set_discard_data(&mut self, on: bool) {
+        self.discard_data = on;
     }
 
     /// Turns that lasted the whole grace (normal priority restored by the watcher).

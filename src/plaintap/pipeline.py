@@ -578,6 +578,11 @@ class Agent:
                 log.warning("config: %s", warning)
             if startup_line(self.cfg):
                 log.info("%s", startup_line(self.cfg))
+            if os.environ.get("PLAINTAP_BENCH_DISCARD_DATA") == "1":
+                # bench_live_overhead's consumer round: the kernel's side with a free consumer
+                self.pipeline.core.set_discard_data(True)
+                log.warning("PLAINTAP_BENCH_DISCARD_DATA=1: data records are discarded unread (a measurement "
+                            "mode: nothing is captured)")
             control_fd = self.kernel.ring_maps()[0][1]      # control first: exec, open, close, exit
             if self.opts.yield_ms and not self.pipeline.core.set_yield(int(self.opts.yield_ms * 1000), control_fd):
                 log.info("--yield-ms: off (this process may not return from idle priority: it lacks "
