@@ -82,3 +82,20 @@ def test_the_capture_loop_yields_the_cpu_and_misses_nothing(start_agent, hello_s
         assert seen == {SCHED_OTHER}
     else:
         assert SCHED_IDLE in seen, f"policies seen: {seen}"
+
+
+def test_the_benchmarks_free_consumer_mode_parses_nothing(start_agent, hello_server, monkeypatch):
+    """PLAINTAP_BENCH_DISCARD_DATA=1 (bench_live_overhead's free-consumer round): connections
+    are still tracked from the control ring, but no data record is parsed, and it says so."""
+    monkeypatch.setenv("PLAINTAP_BENCH_DISCARD_DATA", "1")
+    agent = start_agent(capture_config("summary", objects="disabled"), dump_streams=False)
+    out = subprocess.run([sys.executable, "-c", CLIENT, str(hello_server), "20", "discard"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "done", out.stderr
+    time.sleep(0.5)
+    agent.stop()
+    assert "data records are discarded unread" in agent.stderr()
+    assert captured(agent, "discard") == set()
+    conns = [r for r in agent.records if r["attributes"].get("event.type") == "connection"
+             and r["attributes"].get("server.port") == hello_server]
+    assert conns, "connections are still tracked"
