@@ -122,6 +122,11 @@ pub struct DataPlane {
 /// The longest batch wait while control records are waiting (see `drain`).
 const SHORT_BATCH_US: u64 = 2_000;
 
+/// Which of `rings` is the control ring (by the loader's name), if any.
+fn control_ring(rings: &[PyRef<'_, PyRing>]) -> Option<usize> {
+    rings.iter().position(|r| r.name == CONTROL_RING)
+}
+
 fn is_exec(rec: &[u8]) -> bool {
     rec.len() >= 4 && rec[..4] == decode::EV_PROC_EXEC.to_le_bytes()
 }
@@ -285,8 +290,8 @@ impl DataPlane {
                 // Only data waiting: gather it for up to batch_wait_us, but wake at once for a
                 // control record (an exec, an open or close, a DNS datagram), which other
                 // work races. Control records already waiting: at most SHORT_BATCH_US.
-                let control = &rings[0].ring; // the control ring comes first
-                if rings.len() > 1 && control.backlog() == 0 {
+                let control = control_ring(&rings).map(|c| &rings[c].ring);
+                if let Some(control) = control.filter(|c| c.backlog() == 0) {
                     let ms = batch_wait_us.div_ceil(1000).min(i32::MAX as u64) as i32;
                     let fd = control.fd();
                     py.allow_threads(|| ring::wait(&[fd], ms));
@@ -299,6 +304,7 @@ impl DataPlane {
         if let Some(y) = &self.yielder {
             y.enter(); // this turn at idle priority, for up to the grace
         }
+        let control = control_ring(&rings);
         let watermark = ring::monotonic_ns();
         let start = Instant::now();
         let mut n = 0;
@@ -325,8 +331,8 @@ impl DataPlane {
             }
             let r = &rings[i].ring;
             if let Some((rec, step)) = r.peek() {
-                if self.discard_data && i > 0 {
-                    r.consume(step); // the control ring (index 0) is still handled
+                if self.discard_data && control != Some(i) {
+                    r.consume(step); // the control ring is still handled
                     n += 1;
                     continue;
                 }
@@ -592,8 +598,8 @@ impl DataPlane {
         self.yielder.is_some()
     }
 
-    /// Measurement only: consume the data rings' records (all rings but the first, the
-    /// control ring) without reading them (see `discard_data`).
+    /// Measurement only: consume the data rings' records (every ring but the control ring)
+    /// without reading them (see `discard_data`).
     fn set_discard_data(&mut self, on: bool) {
         self.discard_data = on;
     }
@@ -799,7 +805,7 @@ impl DataPlane {
     /// records (a backlog of payload, a slice). The exec itself is handled in its turn
     /// as usual. Returns how many were announced.
     fn execs_ahead(&mut self, py: Python<'_>, rings: &[PyRef<'_, PyRing>]) -> usize {
-        let Some(r) = rings.iter().find(|r| r.name == CONTROL_RING) else {
+        let Some(r) = control_ring(rings).map(|c| &rings[c]) else {
             return 0;
         };
         let mut execs: Vec<(u32, u64)> = Vec::new();

@@ -583,7 +583,7 @@ class Agent:
                 self.pipeline.core.set_discard_data(True)
                 log.warning("PLAINTAP_BENCH_DISCARD_DATA=1: data records are discarded unread (a measurement "
                             "mode: nothing is captured)")
-            control_fd = self.kernel.ring_maps()[0][1]      # control first: exec, open, close, exit
+            control_fd = next(fd for name, fd, _ in self.kernel.ring_maps() if name == abi.CONTROL_RING)
             if self.opts.yield_ms and not self.pipeline.core.set_yield(int(self.opts.yield_ms * 1000), control_fd):
                 log.info("--yield-ms: off (this process may not return from idle priority: it lacks "
                          "CAP_SYS_NICE); the capture loop runs at normal priority")
