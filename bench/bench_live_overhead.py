@@ -21,8 +21,8 @@ measurement waits until the kernel has released its programs (≈ 3 s later: unt
 they still run; see wait_programs_gone). A fourth measurement per round runs an agent whose
 data records are consumed unread (PLAINTAP_BENCH_DISCARD_DATA=1, a measurement mode): the
 kernel's side with every record written to the ring and a consumer that costs nothing, so
-the agent's own share of the cost is agent / free consumer. Then a breakdown: BPF program hits and run time
-per request (kernel.bpf_stats).
+the agent's own share of the cost is agent / free consumer. Then a breakdown: BPF program
+hits and run time per request (kernel.bpf_stats).
 
 On these 2-core machines wrk, nginx and the agent share the CPUs, so the throughput ratio
 also contains the CPU the agent takes from the load: that is the real cost on a busy host.
@@ -272,28 +272,28 @@ def main() -> None:
         nginx.wait(10)
         shutil.rmtree(d, ignore_errors=True)
     med = statistics.median
+    bare_rps = [b["rps"] for b in bare]
     print(f"\nTLS load: wrk -c10 against nginx, 1 KiB responses, {args.rounds} alternating rounds × {args.seconds}s,"
           f" http_capture level {args.level}, event store {args.store},"
           f" uprobe warm-up {'on (as in the 30 s after start or an exec)' if args.warm_up else 'off (steady state)'}")
     print(f"load average before {' '.join(load_before)}, after {' '.join(open('/proc/loadavg').read().split()[:3])}"
           f" (2 cores; above ~2 other work shares the CPUs)")
+    if consumer:
+        print(f"free consumer (--workers {counts[0]} agent, data records unread) {med(consumer):.0f} req/s:"
+              f" {med(c / b['rps'] for c, b in zip(consumer, bare)):.2f} of bare,"
+              f" {med(c / k for c, k in zip(consumer, kernel_only[counts[0]])):.2f} of kernel-only"
+              " (the kernel's side with every record written and none parsed)")
     for w in counts:
         runs = agent_runs[w]
         print(f"--workers {w}:")
         print(f"  throughput   bare {med(b['rps'] for b in bare):9.0f} req/s   agent {med(a['rps'] for a in runs):9.0f}"
               f" req/s   kernel-only {med(kernel_only[w]):9.0f} req/s (medians)")
-        vs_bare = [a["rps"] / b["rps"] for a, b in zip(runs, bare)]
-        vs_kernel = [a["rps"] / k for a, k in zip(runs, kernel_only[w])]
+        ratios = [("agent / bare       ", bare_rps, "target 0.6"), ("agent / kernel-only", kernel_only[w], "target 0.9")]
         if consumer:
-            vs_free = [a["rps"] / c for a, c in zip(runs, consumer)]
-            print(f"  free consumer {med(consumer):9.0f} req/s: {med(c / b['rps'] for c, b in zip(consumer, bare)):.2f} of"
-                  f" bare, {med(c / k for c, k in zip(consumer, kernel_only[counts[0]])):.2f} of kernel-only"
-                  f" (the kernel's side with every record written and none parsed)")
-            print(f"  agent / free consumer {med(vs_free):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_free)};"
-                  " what the agent's own work costs the load)")
-        print(f"  agent / bare        {med(vs_bare):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_bare)}; target 0.6)")
-        print(f"  agent / kernel-only {med(vs_kernel):.2f}   (per round: {' '.join(f'{r:.2f}' for r in vs_kernel)};"
-              " target 0.9)")
+            ratios.append(("agent / free consumer", consumer, "what the agent's own work costs the load"))
+        for name, base, why in ratios:
+            per_round = [a["rps"] / x for a, x in zip(runs, base)]
+            print(f"  {name} {med(per_round):.2f}   (per round: {' '.join(f'{r:.2f}' for r in per_round)}; {why})")
         for p in ("p50", "p99"):
             print(f"  latency {p}  bare {med(b[p] for b in bare):8.2f} ms    agent {med(a[p] for a in runs):8.2f} ms"
                   f"    ratio {med(a[p] for a in runs) / med(b[p] for b in bare):.2f}")
