@@ -52,6 +52,15 @@ struct {
 	__uint(max_entries, 4 * 1024 * 1024); /* user space may resize before load */
 } control SEC(".maps");
 
+/* Exec wake-ups: one ev_header (EV_PROC_EXEC, pid, ts) per traced exec, read by the
+ * agent's TLS thread alone, so a new program's hooks need neither the capture loop nor
+ * its GIL. Best effort: the control ring's exec stays authoritative (a full ring here
+ * only delays hooking until the capture loop reaches that exec). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} exec_wake SEC(".maps");
+
 /* A plain hash, not an LRU: an LRU evicts tracked connections silently; a full hash
  * refuses new ones, and each refusal is counted (CNT_CONN_TABLE_FULL). Sized by user
  * space before load (--max-connections). */
@@ -1385,6 +1394,7 @@ int proc_exec(struct trace_event_raw_sched_process_exec *ctx)
 		al = 0;
 	ev->args_len = al;
 	control_out(ev, sizeof(*ev));
+	bpf_ringbuf_output(&exec_wake, &ev->h, sizeof(ev->h), 0);
 	return 0;
 }
 

@@ -17,6 +17,7 @@ pub mod conn;
 pub mod cpu_yield;
 pub mod decode;
 pub mod dns;
+pub mod exec_lane;
 pub mod gilshare;
 pub mod grpc;
 pub mod hpack;
@@ -52,6 +53,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::PyStream>()?;
     m.add_class::<conn::ConnInfo>()?;
     m.add_class::<uprobe_warm::UprobeWarmer>()?;
+    m.add_class::<exec_lane::ExecLane>()?;
     m.add_function(wrap_pyfunction!(gilshare::wait_readable, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::gil_urgent, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::gil_urgent_count, m)?)?;

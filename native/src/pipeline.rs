@@ -71,6 +71,12 @@ impl PyRing {
         &self.name
     }
 
+    /// The map's fd, readable (poll) while records wait.
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.ring.fd()
+    }
+
     /// Records waiting, copied out (for tests and tools; the agent drains with DataPlane.drain).
     #[pyo3(signature = (max_records = 1 << 20))]
     fn read<'py>(&self, py: Python<'py>, max_records: usize) -> PyResult<Bound<'py, PyList>> {

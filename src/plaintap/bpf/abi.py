@@ -57,6 +57,8 @@ GAP_REASONS = {1: "ringbuf_full", 2: "chunk_budget", 3: "sendfile", 4: "read_fau
 # Ring-buffer maps (events.h): `events` carries EV_DATA and EV_GAP, `control` every other type.
 DATA_RING = "events"
 CONTROL_RING = "control"
+# Exec wake-ups: an ev_header (EV_PROC_EXEC) per traced exec, for the TLS thread alone.
+EXEC_WAKE_RING = "exec_wake"
 CONTROL_TYPES = frozenset({EV_CONN_OPEN, EV_CONN_CLOSE, EV_PROC_EXEC, EV_PROC_EXIT, EV_SOCK_STATE, EV_DGRAM})
 
 # Why the kernel untracked a connection (ev_conn_close.reason, CLOSE_* in events.h).

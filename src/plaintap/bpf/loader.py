@@ -401,6 +401,15 @@ class KernelCapture:
             raise BpfError("no ring buffer map in the BPF object (rebuild with `make -C bpf`)")
         return out
 
+    def exec_wake_map(self) -> tuple[int, int] | None:
+        """(fd, data size) of the exec wake-up ring (abi.EXEC_WAKE_RING), read by the TLS
+        thread so a new program is hooked without waiting for the capture loop; None
+        with a BPF object built before it existed."""
+        m = lib.bpf_object__find_map_by_name(self._obj, abi.EXEC_WAKE_RING.encode()) if self._obj else None
+        if not m:
+            return None
+        return lib.bpf_map__fd(m), lib.bpf_map__max_entries(m)
+
     def attach_uprobe(self, prog_name: str, binary: str, offset: int, retprobe: bool = False,
                       cookie: int = 0, pid: int = -1, hold_gil: bool = False) -> int:
         """Attach a uprobe program at a file offset of `binary` (all processes mapping
@@ -461,6 +470,20 @@ class KernelCapture:
         link = FdLink(fd)
         self._links.append(link)
         return [link]
+
+    def program_fd(self, prog_name: str) -> int:
+        """The fd of loaded program `prog_name` (for the native exec lane's attaches)."""
+        prog = lib.bpf_object__find_program_by_name(self._obj, prog_name.encode()) if self._obj else None
+        if not prog:
+            raise BpfError(f"BPF program {prog_name} not found")
+        return lib.bpf_program__fd(prog)
+
+    def adopt_links(self, fds: list[int]) -> list[int]:
+        """Links made outside this object (the exec lane's uprobe_multi link fds): from now
+        on detached, and closed at stop, like its own."""
+        links = [FdLink(fd) for fd in fds]
+        self._links += links
+        return links
 
     def detach(self, link: int) -> None:
         """Destroy one link attach_uprobe(s) returned (a Go binary no longer in use).

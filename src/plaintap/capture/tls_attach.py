@@ -53,12 +53,14 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import json
 import logging
 import math
 import os
 import re
 import shutil
 import stat
+import struct
 import sys
 import threading
 import time
@@ -70,10 +72,11 @@ from .. import metrics
 from .._core import gil_urgent as _gil_urgent
 from .._core import gil_wait_stats as _gil_wait_stats
 from .._core import wait_readable as _wait_readable
+from ..bpf.abi import EV_PROC_EXEC
 from ..bpf.libbpf import BpfError
 from .analysis import AnalysisService
 from .safeopen import OpenRefused, open_host_file, open_path_in_root, reopen_for_reading
-from .tls_cache import ContentCache, content_key
+from .tls_cache import ContentCache, content_key, result_offsets
 from .tls_targets import (
     FAMILIES, AnalysisError, GoTlsTarget, MappedFile, OpenedFile, OpenSSLTarget, TlsTarget, _all_pids, _is_node,
     _layer_identity,
@@ -133,6 +136,14 @@ WARM_PERIOD_US = 2000
 INLINE_SCANS_PER_S, INLINE_SCANS_BURST = 50, 10
 INLINE_WAIT_S = 0.003      # for the TLS thread to finish its step (a rescan, an attach)
 MAX_SAME_CONTENT_WAITERS = 64
+# The native exec lane (native/src/exec_lane.rs) hooks copies of known Go binaries at their
+# exec: plans for at most LANE_PLANS contents (each holds a Go slot), the most recently used.
+# PLAINTAP_EXEC_LANE=0 turns it off (every exec then goes the Python way).
+LANE_PLANS = 32
+EXEC_LANE = os.environ.get("PLAINTAP_EXEC_LANE", "1") != "0"
+# Exec wake-up ring records (ev_header: type, pid, ts) taken per TLS thread turn.
+EXEC_WAKE = struct.Struct("<IIQ")
+EXEC_WAKE_BATCH = 1024
 # The drain yields the GIL to this thread while it works (PLAINTAP_GIL_SHARE=0: not, for
 # measurements).
 GIL_SHARE = os.environ.get("PLAINTAP_GIL_SHARE", "1") != "0"
@@ -171,7 +182,8 @@ class UidBudget:
 class _Hooked:
     target: TlsTarget
     links: list = field(default_factory=list)
-    slot: int = -1          # Go offsets slot
+    slot: int = -1          # Go offsets slot (owned)
+    plan_slot: int = -1     # Go offsets slot of the exec lane's plan it was hooked by (not owned)
     fd: int = -1            # Go: kept open to notice the file's deletion (st_nlink 0)
 
 
@@ -293,6 +305,9 @@ class TlsAttacher:
         # an exec's first scan when the TLS thread is idle (see on_exec).
         self._work = threading.Lock()
         self._inline = (float(INLINE_SCANS_BURST), 0)   # token bucket (tokens, last ns) of those
+        self._lane = None                                # native exec lane (see LANE_PLANS)
+        self._plans: OrderedDict[str, tuple[int, dict]] = OrderedDict()   # content key -> (slot, result)
+        self._orphan_slots: set[int] = set()           # evicted plans' slots still used by hooks
 
     # ---- lifecycle ----
 
@@ -306,6 +321,7 @@ class TlsAttacher:
         kept = self.content.load(validate_result)
         if kept:
             log.info("TLS analysis cache: %d files known from earlier runs (%s)", kept, self.content.path)
+        self._start_lane()
         for path in system_tls_paths(self.families):
             try:
                 fd, st = open_host_file(path)
@@ -344,10 +360,157 @@ class TlsAttacher:
             self._warmed_ns = now_ns
             self._warmer.warm_for(WARM_AFTER_EXEC_MS)
 
+    # ---- the exec lane ----
+
+    def _start_lane(self) -> None:
+        """Start the native exec lane (uprobe_multi kernels) and give it plans for the Go
+        binaries the analysis cache knows, most recently used first."""
+        wake_map = getattr(self.kernel, "exec_wake_map", None)
+        if (not EXEC_LANE or "gotls" not in self.families or wake_map is None
+                or not getattr(self.kernel, "uprobe_multi", False)):
+            return
+        found = wake_map()
+        if found is None:
+            return
+        try:
+            from .._core import ExecLane
+            self._lane = ExecLane(found[0], found[1], self._wake)
+        except (ImportError, OSError) as e:
+            log.warning("exec lane unavailable (%s): copies of known Go programs are hooked by the scan", e)
+            return
+        for key, _sites, result in self.content.recent(LANE_PLANS * 4):
+            if len(self._plans) >= LANE_PLANS:
+                break
+            self._plan(key, result)
+
+    def _plan(self, ckey: str | None, result: dict) -> None:
+        """Give the exec lane a plan for Go content `ckey` (analysis `result`, in the
+        content cache): its own Go slot and the links _attach_go would make."""
+        if self._lane is None or ckey is None or not result.get("go"):
+            return
+        if ckey in self._plans:
+            self._plans.move_to_end(ckey)
+            return
+        entry = self.content.entry(ckey)
+        t = target_from_result(result, self.families, path="", ident=(0, 0), pid_seen=0, maps_path="")
+        if entry is None or not isinstance(t, GoTlsTarget) or _go_unusable(t) is not None:
+            return
+        while len(self._plans) >= LANE_PLANS or (not self._free_slots and self._plans):
+            self._drop_plan(next(iter(self._plans)))
+        if not self._free_slots:
+            return
+        slot = self._free_slots.pop()
+        try:
+            fo = t.fd_offsets
+            self.kernel.set_go_offsets(slot, fo["conn_data"], fo["fd_ptr"], fo["sysfd"])
+            links = [(self.kernel.program_fd(prog), offs, cookies, False) for prog, offs, cookies in _go_links(t, slot)]
+            self._lane.add_plan(ckey, entry[0], json.dumps(result.get("exec_ranges"), separators=(",", ":")).encode(),
+                                result_offsets(result), links)
+        except (BpfError, ValueError, KeyError) as e:
+            log.debug("no exec-lane plan for %s: %s", ckey, e)
+            self._free_slots.append(slot)
+            return
+        self._plans[ckey] = (slot, result)
+        self._update_gauges()
+
+    def _drop_plan(self, ckey: str) -> None:
+        slot, _ = self._plans.pop(ckey)
+        self._lane.remove_plan(ckey)
+        if any(h.plan_slot == slot for h in self.attached.values()):
+            self._orphan_slots.add(slot)      # freed when its last hook goes (_detach)
+        else:
+            self._free_slots.append(slot)
+
+    def _take_lane(self) -> None:
+        """Execs from the exec lane: note each (its scans), adopt the hooks it made."""
+        now = None
+        for pid, ts, hooked, note in self._lane.take():
+            if self._note_exec(pid, ts):
+                now = now or time.monotonic_ns()
+            if note:
+                log.info("pid %d: %s", pid, note)
+            if hooked is not None:
+                try:
+                    self._adopt(pid, *hooked)
+                except Exception:    # never lose the links: undo them, the scan hooks the file
+                    log.exception("adopting the exec lane's hooks for pid %d failed", pid)
+                    dev, ino, fd, links = hooked[:4]
+                    for link in links:
+                        os.close(link)
+                    os.close(fd)
+                    self._lane.release(dev, ino, True)
+        if now is not None:
+            self._warm(now)
+
+    def _adopt(self, pid: int, dev: int, ino: int, fd: int, links: list[int], ckey: str, took_ns: int) -> None:
+        """Book the hooks the exec lane attached to `pid`'s executable (opened as `fd`)."""
+        plan = self._plans.get(ckey)
+        ident = (dev, ino)
+        if plan is None or ident in self.attached:   # its plan went meanwhile (rare): undo
+            for link in links:
+                os.close(link)
+            os.close(fd)
+            self._lane.release(dev, ino, True)
+            return
+        slot, result = plan
+        try:
+            name = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            name = f"/proc/self/fd/{fd}"
+        t = target_from_result(result, self.families, path=f"/proc/self/fd/{fd}", ident=ident, pid_seen=pid,
+                               maps_path=name)
+        hooked = _Hooked(t, links=self.kernel.adopt_links(links), plan_slot=slot, fd=fd)
+        self.attached[ident] = hooked
+        st = os.fstat(fd)
+        self._remember(ident, ident, st)
+        self._results[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = result
+        self._last_seen[ident] = self._now_ns
+        metrics.tls_analysis_cache_hits.inc()
+        metrics.tls_exec_to_hooked.observe(took_ns / 1e9)
+        self._update_gauges()
+        n = len(t.read_returns) + 2
+        log.info("TLS hooks attached: %s %s (%d probes in %d links, opened as /proc/%d/exe, seen in pid %d, hooked at "
+                 "its exec by the exec lane, analysis cached, %.1f ms after its exec)", t.family, name, n, len(links),
+                 pid, pid, took_ns / 1e6)
+
+    def _open_exec_wake(self):
+        """The exec wake-up ring (abi.EXEC_WAKE_RING), mapped on the calling thread (the
+        reader is bound to it); None when the kernel object has none or it cannot be
+        mapped (execs then come from the capture loop alone)."""
+        wake_map = getattr(self.kernel, "exec_wake_map", None)
+        found = wake_map() if wake_map is not None else None
+        if found is None:
+            return None
+        try:
+            from .._core import Ring
+            return Ring(found[0], found[1], "exec_wake")
+        except (ImportError, OSError) as e:
+            log.warning("exec wake-ups unavailable (%s): a new program is hooked when the capture loop reaches "
+                        "its exec", e)
+            return None
+
+    def _take_exec_wakes(self, ring) -> None:
+        """Register the execs waiting in the exec wake-up ring (see on_exec); their first
+        scans are then due at once on this thread."""
+        now = None
+        for rec in ring.read(EXEC_WAKE_BATCH):
+            if len(rec) < EXEC_WAKE.size:
+                continue
+            typ, pid, ts = EXEC_WAKE.unpack_from(rec)
+            if typ == EV_PROC_EXEC and self._note_exec(pid, ts):
+                now = now or time.monotonic_ns()
+        if now is not None:
+            self._warm(now)
+
     def _run(self) -> None:
         """The TLS thread: exec scans, analysis replies, rescans (see the module doc)."""
+        wakes = self._open_exec_wake() if self._lane is None else None
         while not self._thread_stop:
             try:
+                if self._lane is not None:
+                    self._take_lane()
+                elif wakes is not None:
+                    self._take_exec_wakes(wakes)
                 with self._work:
                     self.tick(time.monotonic_ns(), _on_thread=True)
                 self.content.save()
@@ -361,9 +524,12 @@ class TlsAttacher:
             try:
                 # Native wait: from its wake-up until it waits again this thread is marked
                 # urgent, and the capture loop's drain hands it the GIL within ~a
-                # millisecond instead of after its slice (gilshare.rs).
-                _wait_readable([self._wake, *(s.fileno() for s in self.analysis.sockets())],
-                               math.ceil(timeout * 1000), GIL_SHARE)
+                # millisecond instead of after its slice (gilshare.rs). The exec wake-up
+                # ring wakes it at each exec, whatever the capture loop is doing.
+                fds = [self._wake, *(s.fileno() for s in self.analysis.sockets())]
+                if wakes is not None:
+                    fds.append(wakes.fd)
+                _wait_readable(fds, math.ceil(timeout * 1000), GIL_SHARE)
                 os.eventfd_read(self._wake)
             except BlockingIOError:
                 pass
@@ -383,6 +549,11 @@ class TlsAttacher:
             self._thread_stop = True
             os.eventfd_write(self._wake, 1)
             self._thread.join(5)
+        if self._lane is not None:
+            self._lane.stop()
+            execs, hooked, no_plan, mismatched, failed = self._lane.stats()
+            log.info("exec lane: %d execs, %d hooked at their exec (%d with no plan, %d whose bytes differed, %d attach "
+                     "failures)", execs, hooked, no_plan, mismatched, failed)
         self.content.save(force=True)
         self.analysis.close()
         wakes, wait_ns, max_ns = _gil_wait_stats()
@@ -400,24 +571,30 @@ class TlsAttacher:
                 os.close(h.fd)
                 h.fd = -1
 
-    def on_exec(self, pid: int, now_ns: int) -> None:
-        """Process `pid` exec'd at kernel time `now_ns`: scan it now and a few times
-        later. Thread-safe (the capture loop calls it); the first scan runs here when the
-        TLS thread is idle (bounded, see INLINE_SCANS_PER_S), else on the TLS thread."""
-        if not self.families:
-            return
+    def _note_exec(self, pid: int, now_ns: int) -> bool:
+        """Schedule `pid`'s scans for its exec at kernel time `now_ns`; False when that
+        exec was noted already (the wake-up ring, the look-ahead and the capture loop
+        each report it) or too many pids wait."""
         with self._lock:
             if self._exec_ts.get(pid) == now_ns:
-                return           # seen already (announced ahead of its turn, see DataPlane.drain)
+                return False
             if pid not in self._due and len(self._due) >= MAX_DUE_PIDS:
                 metrics.tls_scans_dropped.inc()
-                return
+                return False
             self._due[pid] = [now_ns + d for d in EXEC_RESCANS_NS]
             self._fresh.add(pid)
             self._exec_ts[pid] = now_ns
             self._exec_ts.move_to_end(pid)
             while len(self._exec_ts) > EXEC_TS_CAPACITY:
                 self._exec_ts.popitem(last=False)
+        return True
+
+    def on_exec(self, pid: int, now_ns: int) -> None:
+        """Process `pid` exec'd at kernel time `now_ns`: scan it now and a few times
+        later. Thread-safe (the capture loop calls it); the first scan runs here when the
+        TLS thread is idle (bounded, see INLINE_SCANS_PER_S), else on the TLS thread."""
+        if not self.families or not self._note_exec(pid, now_ns):
+            return
         now = time.monotonic_ns()
         self._warm(now)
         # The exec's first scan at once, on this (the capture) thread, when the TLS thread
@@ -642,6 +819,7 @@ class TlsAttacher:
                 metrics.tls_analysis_cache_hits.inc()
                 self._results[key] = result
                 self._apply(pid, mf, opened, exe_ino, result)
+                self._plan(ckey, result)
                 return
             waiters = self._same_content.get(ckey)
             if waiters is not None and len(waiters) < MAX_SAME_CONTENT_WAITERS:
@@ -720,6 +898,7 @@ class TlsAttacher:
         if ckey is not None:
             self.content.store(ckey, opened.fd, opened.st.st_size, result)
         self._apply(pid, mf, opened, exe_ino, result)
+        self._plan(ckey, result)
 
     def _apply(self, pid: int, mf: MappedFile, opened: OpenedFile, exe_ino: int | None, result: dict) -> None:
         """Attach what `result` says through opened.fd; closes it (Go keeps it)."""
@@ -756,6 +935,8 @@ class TlsAttacher:
 
     def _attach(self, t: TlsTarget, opened: OpenedFile) -> bool:
         """Attach `t` through its /proc/self/fd path. True when opened.fd is kept."""
+        if self._lane is not None and not self._lane.claim(*t.key):
+            return False          # the exec lane hooked it: its hooks arrive through _take_lane
         hooked = _Hooked(t)
         started = time.monotonic()
         try:
@@ -844,23 +1025,17 @@ class TlsAttacher:
         return n
 
     def _attach_go(self, t: GoTlsTarget, hooked: _Hooked) -> int:
-        if not t.regabi:
-            raise BpfError(f"{t.go_version} uses the stack ABI; only Go >= 1.17 (register ABI) is supported")
+        why = _go_unusable(t)
+        if why is not None:
+            raise BpfError(why)
         fo = t.fd_offsets
-        if not all(k in fo for k in ("conn_data", "fd_ptr", "sysfd")):
-            raise BpfError(f"no socket offsets known for {t.go_version}")
-        if not t.read_returns:
-            raise BpfError("no RET instructions found in crypto/tls.(*Conn).Read")
         if not self._free_slots:
             self._recycle_go_slots(force=True)
         if not self._free_slots:
             raise BpfError(f"too many distinct Go binaries in use at once ({GO_SLOTS})")
         slot = hooked.slot = self._free_slots.pop()
         self.kernel.set_go_offsets(slot, fo["conn_data"], fo["fd_ptr"], fo["sysfd"])
-        n = self._uprobes(hooked, "go_write_enter", t, [t.write_entry], [slot])
-        n += self._uprobes(hooked, "go_read_enter", t, [t.read_entry], [slot])
-        n += self._uprobes(hooked, "go_read_return", t, list(t.read_returns), [slot] * len(t.read_returns))
-        return n
+        return sum(self._uprobes(hooked, prog, t, offs, cookies) for prog, offs, cookies in _go_links(t, slot))
 
     # ---- Go slot recycling ----
 
@@ -894,6 +1069,11 @@ class TlsAttacher:
         if h.slot >= 0:
             self._free_slots.append(h.slot)
         del self.attached[ident]
+        if self._lane is not None:
+            self._lane.release(ident[0], ident[1], h.plan_slot >= 0)
+        if h.plan_slot in self._orphan_slots and not any(o.plan_slot == h.plan_slot for o in self.attached.values()):
+            self._orphan_slots.discard(h.plan_slot)
+            self._free_slots.append(h.plan_slot)
         self._last_seen.pop(ident, None)
         for mkey in [k for k, v in self._known.items() if v == ident]:
             del self._known[mkey]
@@ -904,6 +1084,23 @@ class TlsAttacher:
     def _update_gauges(self) -> None:
         metrics.tls_go_slots_used.set(GO_SLOTS - len(self._free_slots))
         metrics.tls_hooked_files.set(sum(1 for h in self.attached.values() if h.links))
+
+
+def _go_unusable(t: GoTlsTarget) -> str | None:
+    """Why Go binary `t` cannot be hooked, or None."""
+    if not t.regabi:
+        return f"{t.go_version} uses the stack ABI; only Go >= 1.17 (register ABI) is supported"
+    if not all(k in t.fd_offsets for k in ("conn_data", "fd_ptr", "sysfd")):
+        return f"no socket offsets known for {t.go_version}"
+    if not t.read_returns:
+        return "no RET instructions found in crypto/tls.(*Conn).Read"
+    return None
+
+
+def _go_links(t: GoTlsTarget, slot: int) -> list[tuple[str, list[int], list[int]]]:
+    """(program, offsets, cookies) of a Go binary's hooks; the cookie is its offsets slot."""
+    return [("go_write_enter", [t.write_entry], [slot]), ("go_read_enter", [t.read_entry], [slot]),
+            ("go_read_return", list(t.read_returns), [slot] * len(t.read_returns))]
 
 
 NS_GET_MNTNS_ID = 0x8008B705    # _IOR(0xb7, 5, __u64), Linux >= 6.12

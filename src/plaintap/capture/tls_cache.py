@@ -185,6 +185,17 @@ class ContentCache:
                 self._items.popitem(last=False)
             self._dirty = True
 
+    def entry(self, key: str) -> tuple[str, dict] | None:
+        """(site digest, result) stored under `key`, or None."""
+        with self._lock:
+            return self._items.get(key)
+
+    def recent(self, n: int) -> list[tuple[str, str, dict]]:
+        """Up to `n` (key, site digest, result), most recently used first."""
+        with self._lock:
+            items = list(self._items.items())[-n:]
+        return [(k, sites, result) for k, (sites, result) in reversed(items)]
+
     # ---- persistence ----
 
     def load(self, validate) -> int:

@@ -1,0 +1,722 @@
+//! The exec lane: a new program whose content the agent has hooked before (a copy of a
+//! Go binary, the same binary after a restart) gets its TLS hooks at its exec, from a
+//! native thread of its own: no GIL, no capture loop, no Python on the way.
+//!
+//! A Go client on loopback makes its first TLS write 2.5–5 ms after its exec; the Python
+//! path (capture loop or TLS thread, GIL, /proc scan, cache check, attach) takes 1–3 ms
+//! and more whenever the agent is busy. This thread waits on the exec wake-up ring (one
+//! ev_header per traced exec, bpf/capture.bpf.c `exec_wake`), and for each exec:
+//!
+//! 1. opens `/proc/<pid>/exe` once (the very file the kernel exec'd: no name lookup
+//!    anybody controls) and requires a regular file;
+//! 2. reads its content key (size + linker build ID note, bounded reads, the same string
+//!    as tls_cache.content_key) and looks up a *plan* the agent registered for that key:
+//!    what to attach (program fds, file offsets, cookies) and the digest the file must
+//!    have (tls_cache.site_digest: sha256 over the program header table, the executable
+//!    ranges and 16 bytes at every hooked offset), checked here on this file;
+//! 3. claims the file's (dev, inode) — the same claim the Python side takes before it
+//!    attaches anything, so a file is never hooked twice — and attaches one uprobe_multi
+//!    link per plan entry through `/proc/self/fd/N`.
+//!
+//! Every exec is then handed to the TLS thread (`take`, its eventfd written) with the
+//! opened file and links when it was hooked here; the TLS thread adopts them (bookkeeping,
+//! log, metrics) and still runs the exec's scans for libraries. Anything unusual — no
+//! plan, a digest mismatch, an attach error, the live-hook bound — leaves the exec to the
+//! Python path, unchanged. The traced process is never stopped or slowed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::ring;
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
+const EV_PROC_EXEC: u32 = 5;
+const PT_NOTE: u32 = 4;
+const MAX_PHNUM: usize = 256;
+const MAX_NOTE_BYTES: u64 = 64 << 10;
+const MAX_BUILD_ID: usize = 256;
+const SITE_BYTES: usize = 16;
+/// Hooks made here and not yet released by the agent (each holds an fd and its links).
+const MAX_LIVE: usize = 512;
+/// Execs waiting for the TLS thread; past this, execs that were not hooked here are
+/// dropped (the capture loop reports every exec too), hooked ones are always kept.
+const MAX_QUEUED: usize = 4096;
+const MAX_PLANS: usize = 256;
+const MAX_LINKS_PER_PLAN: usize = 8;
+const MAX_OFFSETS: usize = 256;
+const LANE_NICE: libc::c_int = -10;
+
+struct LinkSpec {
+    prog_fd: i32,
+    offsets: Vec<u64>,
+    cookies: Vec<u64>,
+    retprobe: bool,
+}
+
+struct Plan {
+    digest: String,
+    ranges_json: Vec<u8>,
+    sites: Vec<u64>,
+    links: Vec<LinkSpec>,
+}
+
+/// One exec handed to the TLS thread.
+struct Done {
+    pid: u32,
+    ts: u64,
+    /// (dev, ino, fd, link fds, content key, ns from exec to hooked) when hooked here
+    hooked: Option<(u64, u64, i32, Vec<i32>, String, u64)>,
+    /// why a file with a plan was left to the Python path (for its log)
+    note: Option<String>,
+}
+
+#[derive(Default)]
+struct Counts {
+    execs: AtomicU64,
+    hooked: AtomicU64,
+    no_plan: AtomicU64,
+    mismatched: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Shared {
+    plans: Mutex<HashMap<String, Arc<Plan>>>,
+    claimed: Mutex<HashSet<(u64, u64)>>,
+    live: Mutex<usize>,
+    done: Mutex<VecDeque<Done>>,
+    stop: AtomicBool,
+    stop_fd: i32,
+    wake_fd: i32,
+    counts: Counts,
+}
+
+fn pread_exact(fd: i32, n: usize, off: u64) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    // SAFETY: buf is valid for n bytes of writes during the call.
+    let r = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), n, off as libc::off_t) };
+    (r >= 0 && r as usize == n).then_some(buf)
+}
+
+fn pread_some(fd: i32, n: usize, off: u64) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    // SAFETY: as above.
+    let r = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), n, off as libc::off_t) };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
+
+/// An ELF file's program header table: (little-endian, 64-bit, raw table, entry size, count).
+struct Phdrs {
+    le: bool,
+    is64: bool,
+    table: Vec<u8>,
+    entsize: usize,
+    count: usize,
+}
+
+fn rd_u16(b: &[u8], at: usize, le: bool) -> u64 {
+    let a = [b[at], b[at + 1]];
+    (if le {
+        u16::from_le_bytes(a)
+    } else {
+        u16::from_be_bytes(a)
+    }) as u64
+}
+fn rd_u32(b: &[u8], at: usize, le: bool) -> u64 {
+    let a: [u8; 4] = b[at..at + 4].try_into().unwrap();
+    (if le {
+        u32::from_le_bytes(a)
+    } else {
+        u32::from_be_bytes(a)
+    }) as u64
+}
+fn rd_u64(b: &[u8], at: usize, le: bool) -> u64 {
+    let a: [u8; 8] = b[at..at + 8].try_into().unwrap();
+    if le {
+        u64::from_le_bytes(a)
+    } else {
+        u64::from_be_bytes(a)
+    }
+}
+
+/// As tls_cache._program_headers.
+fn program_headers(fd: i32, size: u64) -> Option<Phdrs> {
+    if size < 64 {
+        return None;
+    }
+    let id = pread_exact(fd, 64, 0)?;
+    if &id[..4] != b"\x7fELF" || !(1..=2).contains(&id[4]) || !(1..=2).contains(&id[5]) {
+        return None;
+    }
+    let le = id[5] == 1;
+    let is64 = id[4] == 2;
+    let (phoff, phentsize, phnum, want) = if is64 {
+        (
+            rd_u64(&id, 32, le),
+            rd_u16(&id, 54, le),
+            rd_u16(&id, 56, le),
+            56,
+        )
+    } else {
+        (
+            rd_u32(&id, 28, le),
+            rd_u16(&id, 42, le),
+            rd_u16(&id, 44, le),
+            32,
+        )
+    };
+    if phentsize != want || phnum == 0 || phnum as usize > MAX_PHNUM {
+        return None;
+    }
+    let len = phentsize * phnum;
+    if phoff.checked_add(len)? > size {
+        return None;
+    }
+    let table = pread_exact(fd, len as usize, phoff)?;
+    Some(Phdrs {
+        le,
+        is64,
+        table,
+        entsize: phentsize as usize,
+        count: phnum as usize,
+    })
+}
+
+/// As tls_cache.content_key: "<size>:<gnu|go>:<hex build id>".
+fn content_key(fd: i32, size: u64, ph: &Phdrs) -> Option<String> {
+    let le = ph.le;
+    for i in 0..ph.count {
+        let e = &ph.table[i * ph.entsize..(i + 1) * ph.entsize];
+        if rd_u32(e, 0, le) != PT_NOTE as u64 {
+            continue;
+        }
+        let (off, filesz) = if ph.is64 {
+            (rd_u64(e, 8, le), rd_u64(e, 32, le))
+        } else {
+            (rd_u32(e, 4, le), rd_u32(e, 16, le))
+        };
+        if filesz > MAX_NOTE_BYTES || off.checked_add(filesz).is_none_or(|end| end > size) {
+            continue;
+        }
+        let notes = pread_exact(fd, filesz as usize, off)?;
+        let mut pos = 0usize;
+        while pos + 12 <= notes.len() {
+            let namesz = rd_u32(&notes, pos, le) as usize;
+            let descsz = rd_u32(&notes, pos + 4, le) as usize;
+            let ntype = rd_u32(&notes, pos + 8, le);
+            let name_at = pos + 12;
+            let desc_at = name_at + ((namesz + 3) & !3);
+            let end = desc_at + ((descsz + 3) & !3);
+            if end > notes.len() || descsz > MAX_BUILD_ID {
+                break;
+            }
+            let mut name = &notes[name_at..name_at + namesz];
+            while let [rest @ .., 0] = name {
+                name = rest;
+            }
+            let desc = &notes[desc_at..desc_at + descsz];
+            let kind = match (name, ntype) {
+                (b"GNU", 3) => "gnu",
+                (b"Go", 4) => "go",
+                _ => "",
+            };
+            if !kind.is_empty() && !desc.is_empty() {
+                let mut key = format!("{size}:{kind}:");
+                for b in desc {
+                    let _ = write!(key, "{b:02x}");
+                }
+                return Some(key);
+            }
+            pos = end;
+        }
+    }
+    None
+}
+
+/// As tls_cache.site_digest.
+fn site_digest(fd: i32, ph: &Phdrs, plan: &Plan) -> Option<String> {
+    let mut h = Sha256::new();
+    h.update(&ph.table);
+    h.update(&plan.ranges_json);
+    for &off in &plan.sites {
+        h.update(off.to_le_bytes());
+        h.update(pread_some(fd, SITE_BYTES, off)?);
+    }
+    let mut hex = String::with_capacity(64);
+    for b in h.finalize() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    Some(hex)
+}
+
+fn link_create(spec: &LinkSpec, path: &CString) -> Result<i32, i32> {
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&(spec.prog_fd as u32).to_le_bytes());
+    attr[8..12].copy_from_slice(&BPF_TRACE_UPROBE_MULTI.to_le_bytes());
+    attr[16..24].copy_from_slice(&(path.as_ptr() as u64).to_le_bytes());
+    attr[24..32].copy_from_slice(&(spec.offsets.as_ptr() as u64).to_le_bytes());
+    attr[40..48].copy_from_slice(&(spec.cookies.as_ptr() as u64).to_le_bytes());
+    attr[48..52].copy_from_slice(&(spec.offsets.len() as u32).to_le_bytes());
+    let flags = if spec.retprobe {
+        BPF_F_UPROBE_MULTI_RETURN
+    } else {
+        0
+    };
+    attr[52..56].copy_from_slice(&flags.to_le_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_LINK_CREATE; path, offsets and cookies
+    // outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if r >= 0 {
+        Ok(r as i32)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+fn close(fd: i32) {
+    // SAFETY: fd is one this module opened and still owns.
+    unsafe { libc::close(fd) };
+}
+
+impl Shared {
+    /// Try to hook `pid`'s executable from a plan; never blocks on anything but the
+    /// file's own reads and the attach calls.
+    fn hook(&self, pid: u32, ts: u64) -> Done {
+        let mut done = Done {
+            pid,
+            ts,
+            hooked: None,
+            note: None,
+        };
+        if self.plans.lock().unwrap().is_empty() || *self.live.lock().unwrap() >= MAX_LIVE {
+            return done;
+        }
+        let Ok(path) = CString::new(format!("/proc/{pid}/exe")) else {
+            return done;
+        };
+        // SAFETY: path is a valid C string.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return done;
+        }
+        // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is open, st is valid for writes.
+        if unsafe { libc::fstat(fd, &mut st) } != 0
+            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st.st_size <= 0
+        {
+            close(fd);
+            return done;
+        }
+        let (dev, ino, size) = (st.st_dev, st.st_ino, st.st_size as u64);
+        let plan = program_headers(fd, size).and_then(|ph| {
+            let key = content_key(fd, size, &ph)?;
+            let plan = self.plans.lock().unwrap().get(&key).cloned()?;
+            Some((ph, key, plan))
+        });
+        let Some((ph, key, plan)) = plan else {
+            self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
+            close(fd);
+            return done;
+        };
+        if !self.claimed.lock().unwrap().insert((dev, ino)) {
+            close(fd); // hooked already, or the Python path has it
+            return done;
+        }
+        if site_digest(fd, &ph, &plan).as_deref() != Some(plan.digest.as_str()) {
+            self.counts.mismatched.fetch_add(1, Ordering::Relaxed);
+            self.claimed.lock().unwrap().remove(&(dev, ino));
+            close(fd);
+            return done;
+        }
+        let Ok(via) = CString::new(format!("/proc/self/fd/{fd}")) else {
+            self.claimed.lock().unwrap().remove(&(dev, ino));
+            close(fd);
+            return done;
+        };
+        let mut links = Vec::with_capacity(plan.links.len());
+        for spec in &plan.links {
+            match link_create(spec, &via) {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    for l in links {
+                        close(l);
+                    }
+                    self.claimed.lock().unwrap().remove(&(dev, ino));
+                    close(fd);
+                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    done.note = Some(format!(
+                        "attaching at its exec failed ({}); hooked by the scan instead",
+                        std::io::Error::from_raw_os_error(e)
+                    ));
+                    return done;
+                }
+            }
+        }
+        *self.live.lock().unwrap() += 1;
+        self.counts.hooked.fetch_add(1, Ordering::Relaxed);
+        let took = ring::monotonic_ns().saturating_sub(ts);
+        done.hooked = Some((dev, ino, fd, links, key, took));
+        done
+    }
+
+    fn push(&self, d: Done) {
+        let mut q = self.done.lock().unwrap();
+        if q.len() >= MAX_QUEUED && d.hooked.is_none() {
+            return;
+        }
+        q.push_back(d);
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to an eventfd.
+        unsafe { libc::write(self.wake_fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+fn run(sh: Arc<Shared>, ring: ring::Ring) {
+    // Best effort (needs CAP_SYS_NICE): a woken lane preempts what runs on its CPU, so the
+    // hooks beat the program's first TLS call on a busy machine too. It only runs per exec,
+    // for a bounded amount of work.
+    // SAFETY: plain system calls on this thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, LANE_NICE);
+    }
+    while !sh.stop.load(Ordering::Relaxed) {
+        ring::wait(&[ring.fd(), sh.stop_fd], 1000);
+        let mut any = false;
+        while let Some((rec, step)) = ring.peek() {
+            let parsed = (rec.len() >= 16).then(|| {
+                (
+                    u32::from_le_bytes(rec[0..4].try_into().unwrap()),
+                    u32::from_le_bytes(rec[4..8].try_into().unwrap()),
+                    u64::from_le_bytes(rec[8..16].try_into().unwrap()),
+                )
+            });
+            ring.consume(step);
+            if let Some((EV_PROC_EXEC, pid, ts)) = parsed {
+                sh.counts.execs.fetch_add(1, Ordering::Relaxed);
+                let d = sh.hook(pid, ts);
+                let hooked = d.hooked.is_some();
+                sh.push(d);
+                any = true;
+                if hooked {
+                    sh.wake(); // at once: the TLS thread logs it and runs the exec's scans
+                    any = false;
+                }
+            }
+        }
+        if any {
+            sh.wake();
+        }
+    }
+}
+
+fn os_err(what: &str) -> PyErr {
+    PyOSError::new_err(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+/// The exec lane (see the module doc). Python side: capture/tls_attach.py.
+#[pyclass(module = "plaintap._core")]
+pub struct ExecLane {
+    sh: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[pymethods]
+impl ExecLane {
+    /// Map exec wake-up ring `ring_fd` (data area `ring_size` bytes) and start the lane's
+    /// thread; it writes eventfd `wake_fd` (the TLS thread's, kept open by the caller
+    /// until `stop`) when execs wait in `take`.
+    #[new]
+    fn new(ring_fd: i32, ring_size: usize, wake_fd: i32) -> PyResult<Self> {
+        let ring = ring::Ring::open(ring_fd, ring_size)
+            .map_err(|e| PyOSError::new_err(format!("cannot map the exec wake-up ring: {e}")))?;
+        // SAFETY: plain eventfd creation.
+        let stop_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if stop_fd < 0 {
+            return Err(os_err("eventfd"));
+        }
+        let sh = Arc::new(Shared {
+            plans: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashSet::new()),
+            live: Mutex::new(0),
+            done: Mutex::new(VecDeque::new()),
+            stop: AtomicBool::new(false),
+            stop_fd,
+            wake_fd,
+            counts: Counts::default(),
+        });
+        let s2 = sh.clone();
+        let thread = std::thread::Builder::new()
+            .name("exec-lane".into())
+            .spawn(move || run(s2, ring))
+            .map_err(|e| PyOSError::new_err(format!("cannot start the exec lane: {e}")))?;
+        Ok(ExecLane {
+            sh,
+            thread: Some(thread),
+        })
+    }
+
+    /// Register what to attach for files of content key `key`: `links` is a list of
+    /// (program fd, offsets, cookies, retprobe); `digest` the file's site digest computed
+    /// over `ranges_json` and `sites` (tls_cache.site_digest). Replaces an earlier plan.
+    fn add_plan(
+        &self,
+        key: String,
+        digest: String,
+        ranges_json: Vec<u8>,
+        sites: Vec<u64>,
+        links: Vec<(i32, Vec<u64>, Vec<u64>, bool)>,
+    ) -> PyResult<()> {
+        if links.is_empty()
+            || links.len() > MAX_LINKS_PER_PLAN
+            || sites.len() > MAX_OFFSETS
+            || links
+                .iter()
+                .any(|l| l.1.is_empty() || l.1.len() != l.2.len() || l.1.len() > MAX_OFFSETS)
+        {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "unusable exec-lane plan",
+            ));
+        }
+        let plan = Plan {
+            digest,
+            ranges_json,
+            sites,
+            links: links
+                .into_iter()
+                .map(|(prog_fd, offsets, cookies, retprobe)| LinkSpec {
+                    prog_fd,
+                    offsets,
+                    cookies,
+                    retprobe,
+                })
+                .collect(),
+        };
+        let mut plans = self.sh.plans.lock().unwrap();
+        if plans.len() >= MAX_PLANS && !plans.contains_key(&key) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "too many exec-lane plans",
+            ));
+        }
+        plans.insert(key, Arc::new(plan));
+        Ok(())
+    }
+
+    fn remove_plan(&self, key: &str) {
+        self.sh.plans.lock().unwrap().remove(key);
+    }
+
+    #[getter]
+    fn plans(&self) -> usize {
+        self.sh.plans.lock().unwrap().len()
+    }
+
+    /// Claim file (dev, ino) for hooking; False when it is claimed already (by the lane:
+    /// its hooks come through `take`).
+    fn claim(&self, dev: u64, ino: u64) -> bool {
+        self.sh.claimed.lock().unwrap().insert((dev, ino))
+    }
+
+    /// The file's hooks are gone (detached): it may be claimed again. `lane_hooked`: it
+    /// was hooked by the lane (frees a place under the live-hook bound).
+    #[pyo3(signature = (dev, ino, lane_hooked = false))]
+    fn release(&self, dev: u64, ino: u64, lane_hooked: bool) {
+        self.sh.claimed.lock().unwrap().remove(&(dev, ino));
+        if lane_hooked {
+            let mut live = self.sh.live.lock().unwrap();
+            *live = live.saturating_sub(1);
+        }
+    }
+
+    /// The execs seen since the last call: (pid, exec ts, hooked, note) where hooked is
+    /// (dev, ino, fd, link fds, content key, ns from exec to hooked) or None. The caller
+    /// owns the fds it receives.
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &self,
+    ) -> Vec<(
+        u32,
+        u64,
+        Option<(u64, u64, i32, Vec<i32>, String, u64)>,
+        Option<String>,
+    )> {
+        let mut q = self.sh.done.lock().unwrap();
+        q.drain(..)
+            .map(|d| (d.pid, d.ts, d.hooked, d.note))
+            .collect()
+    }
+
+    /// (execs seen, hooked here, no plan for the file, digest mismatches, attach failures)
+    fn stats(&self) -> (u64, u64, u64, u64, u64) {
+        let c = &self.sh.counts;
+        (
+            c.execs.load(Ordering::Relaxed),
+            c.hooked.load(Ordering::Relaxed),
+            c.no_plan.load(Ordering::Relaxed),
+            c.mismatched.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stop the thread; hooks it made and that were not taken are undone.
+    fn stop(&mut self, py: Python<'_>) {
+        self.sh.stop.store(true, Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
+        unsafe { libc::write(self.sh.stop_fd, (&one as *const u64).cast(), 8) };
+        if let Some(t) = self.thread.take() {
+            py.allow_threads(|| {
+                let _ = t.join();
+            });
+        }
+        for d in self.sh.done.lock().unwrap().drain(..) {
+            if let Some((_, _, fd, links, _, _)) = d.hooked {
+                for l in links {
+                    close(l);
+                }
+                close(fd);
+            }
+        }
+    }
+}
+
+impl Drop for ExecLane {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.sh.stop.store(true, Ordering::Relaxed);
+            let one: u64 = 1;
+            // SAFETY: as in stop.
+            unsafe { libc::write(self.sh.stop_fd, (&one as *const u64).cast(), 8) };
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+        close(self.sh.stop_fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn elf_with_note(name: &[u8], ntype: u32, desc: &[u8]) -> Vec<u8> {
+        // ELF64 LE header, one PT_NOTE program header, the note right after.
+        let mut f = vec![0u8; 64];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let mut note = Vec::new();
+        note.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        note.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        note.extend_from_slice(&ntype.to_le_bytes());
+        note.extend_from_slice(name);
+        note.resize(note.len().div_ceil(4) * 4, 0);
+        note.extend_from_slice(desc);
+        note.resize(note.len().div_ceil(4) * 4, 0);
+        let mut ph = vec![0u8; 56];
+        ph[0..4].copy_from_slice(&PT_NOTE.to_le_bytes());
+        ph[8..16].copy_from_slice(&120u64.to_le_bytes());
+        ph[32..40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        f.extend_from_slice(&ph);
+        f.extend_from_slice(&note);
+        f.resize(4096, 0xcc);
+        f
+    }
+
+    fn file_with(bytes: &[u8]) -> (std::fs::File, i32) {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("exec-lane-test-{}-{n}", std::process::id()));
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(bytes).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        use std::os::fd::AsRawFd;
+        let fd = f.as_raw_fd();
+        (f, fd)
+    }
+
+    #[test]
+    fn content_key_reads_go_and_gnu_build_ids() {
+        let bytes = elf_with_note(b"Go\0", 4, b"abc/def");
+        let (_f, fd) = file_with(&bytes);
+        let ph = program_headers(fd, bytes.len() as u64).unwrap();
+        assert_eq!(
+            content_key(fd, bytes.len() as u64, &ph).unwrap(),
+            format!("{}:go:{}", bytes.len(), "6162632f646566")
+        );
+        let bytes = elf_with_note(b"GNU\0", 3, &[0xde, 0xad, 0xbe, 0xef]);
+        let (_g, fd) = file_with(&bytes);
+        let ph = program_headers(fd, bytes.len() as u64).unwrap();
+        assert_eq!(
+            content_key(fd, bytes.len() as u64, &ph).unwrap(),
+            "4096:gnu:deadbeef"
+        );
+    }
+
+    #[test]
+    fn damaged_headers_give_no_key() {
+        let mut bytes = elf_with_note(b"Go\0", 4, b"x");
+        bytes[56] = 0; // e_phnum 0
+        let (_f, fd) = file_with(&bytes);
+        assert!(program_headers(fd, bytes.len() as u64).is_none());
+        let mut bytes = elf_with_note(b"Go\0", 4, b"x");
+        bytes[64 + 32..64 + 40].copy_from_slice(&(1u64 << 40).to_le_bytes()); // note past the end
+        let (_g, fd) = file_with(&bytes);
+        let ph = program_headers(fd, bytes.len() as u64).unwrap();
+        assert!(content_key(fd, bytes.len() as u64, &ph).is_none());
+        let (_h, fd) =
+            file_with(b"not an ELF file at all, but long enough to read 64 bytes from it..");
+        assert!(program_headers(fd, 66).is_none());
+    }
+
+    #[test]
+    fn site_digest_covers_the_hooked_bytes() {
+        let bytes = elf_with_note(b"Go\0", 4, b"id");
+        let (_f, fd) = file_with(&bytes);
+        let ph = program_headers(fd, bytes.len() as u64).unwrap();
+        let plan = |sites: Vec<u64>| Plan {
+            digest: String::new(),
+            ranges_json: b"[[0,4096]]".to_vec(),
+            sites,
+            links: vec![],
+        };
+        let a = site_digest(fd, &ph, &plan(vec![1000, 2000])).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, site_digest(fd, &ph, &plan(vec![1000, 2000])).unwrap());
+        assert_ne!(a, site_digest(fd, &ph, &plan(vec![1000, 2001])).unwrap());
+        let mut other = bytes.clone();
+        other[2005] ^= 1;
+        let (_g, fd2) = file_with(&other);
+        assert_ne!(a, site_digest(fd2, &ph, &plan(vec![1000, 2000])).unwrap());
+    }
+}
