@@ -23,7 +23,8 @@ while the data plane is busy (its drain holds the GIL that TLS discovery needs; 
 agent's line on how long the TLS thread waited for the GIL is printed at the end).
 --cases picks cases (comma-separated). BENCH_GOCACHE reuses a Go build cache.
 
-Printed per case: p50, p99 and max in ms, and runs where no attach was seen within 5 s.
+Printed per case: p50, p99 and max in ms, runs where no attach was seen within 5 s, and
+how many were hooked at their exec by the native exec lane (known Go content).
 Target: p99 ≤ 20 ms. Figures are printed, never asserted: a benchmark, not a test.
 Only loopback is used: the clients connect to a local port that never answers and give
 up after 0.5 s (so each lives long enough to be scanned).
@@ -289,7 +290,7 @@ def main() -> None:
             for name, run in cases.items():
                 if name not in args.cases.split(","):
                     continue
-                values, missed = [], 0
+                values, missed, lane = [], 0, 0
                 parts: dict[str, list[float]] = {k: [] for k in PARTS}
                 for i in range(args.runs):
                     seen_before = agent.log_path.read_text(errors="replace").count("TLS hooks attached")
@@ -313,13 +314,14 @@ def main() -> None:
                         missed += 1
                     else:
                         values.append(ms)
+                        lane += "by the exec lane" in agent.last_msg
                         for k, rx in PARTS.items():
                             m = rx.search(agent.last_msg)
                             if m:
                                 parts[k].append(float(m.group(1)))
                 results[name] = (values, missed)
                 detail = "  ".join(f"{k} p50 {statistics.median(v):.1f}/max {max(v):.1f}" for k, v in parts.items() if v)
-                print(summary(name, values, missed), f"[{detail}]", flush=True)
+                print(summary(name, values, missed), f"[{detail}]", f"exec lane {lane}/{len(values)}", flush=True)
         finally:
             if load is not None:
                 for p in load:

@@ -30,6 +30,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -55,6 +56,7 @@ const MAX_PLANS: usize = 256;
 const MAX_LINKS_PER_PLAN: usize = 8;
 const MAX_OFFSETS: usize = 256;
 const LANE_NICE: libc::c_int = -10;
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 struct LinkSpec {
     prog_fd: i32,
@@ -590,8 +592,16 @@ impl ExecLane {
         // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
         unsafe { libc::write(self.sh.stop_fd, (&one as *const u64).cast(), 8) };
         if let Some(t) = self.thread.take() {
+            // A read of a file on a stalled filesystem (FUSE) could hold the thread: wait
+            // for it at most STOP_WAIT, then leave it (the agent is exiting).
             py.allow_threads(|| {
-                let _ = t.join();
+                let t0 = Instant::now();
+                while !t.is_finished() && t0.elapsed() < STOP_WAIT {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if t.is_finished() {
+                    let _ = t.join();
+                }
             });
         }
         for d in self.sh.done.lock().unwrap().drain(..) {
@@ -607,16 +617,18 @@ impl ExecLane {
 
 impl Drop for ExecLane {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.sh.stop.store(true, Ordering::Relaxed);
-            let one: u64 = 1;
-            // SAFETY: as in stop.
-            unsafe { libc::write(self.sh.stop_fd, (&one as *const u64).cast(), 8) };
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
-        close(self.sh.stop_fd);
+        // Not joined here: the thread sees the stop at once and ends; the last of it and
+        // this object to go closes the stop eventfd (Shared's drop).
+        self.sh.stop.store(true, Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: as in stop; the eventfd lives as long as Shared.
+        unsafe { libc::write(self.sh.stop_fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        close(self.stop_fd);
     }
 }
 

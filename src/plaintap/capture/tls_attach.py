@@ -910,6 +910,10 @@ class TlsAttacher:
             if t is None or opened.ident in self.attached:
                 self._remember((mf.dev, mf.ino), opened.ident if t is not None else None, opened.st)
                 return
+            if self._lane is not None and not self._lane.claim(*opened.ident):
+                # The exec lane is hooking it: adopted through _take_lane. Not remembered,
+                # so should the lane give up, a rescan of the exec hooks it here.
+                return
             keep = self._attach(t, opened)
             self._remember((mf.dev, mf.ino), opened.ident, opened.st)
         finally:
@@ -935,8 +939,6 @@ class TlsAttacher:
 
     def _attach(self, t: TlsTarget, opened: OpenedFile) -> bool:
         """Attach `t` through its /proc/self/fd path. True when opened.fd is kept."""
-        if self._lane is not None and not self._lane.claim(*t.key):
-            return False          # the exec lane hooked it: its hooks arrive through _take_lane
         hooked = _Hooked(t)
         started = time.monotonic()
         try:

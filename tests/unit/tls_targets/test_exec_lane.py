@@ -1,0 +1,156 @@
+"""The exec lane's bookkeeping on the Python side (capture/tls_attach.py): plans and their
+Go slots, claims shared with the Python attach path, adopting the lane's hooks. The lane
+itself (native/src/exec_lane.rs) is replaced by a recording stand-in; the e2e test
+test_go_net_http_started_after_agent runs the real one on the kernel."""
+from __future__ import annotations
+
+import os
+import struct
+
+from plaintap.capture import tls_attach
+from plaintap.capture.tls_attach import GO_SLOTS, LANE_PLANS, TlsAttacher
+
+from .test_hardening import MultiKernel, NoAnalysis, go_result, opened
+
+
+class LaneKernel(MultiKernel):
+    uprobe_multi = True
+
+    def program_fd(self, name):
+        return {"go_write_enter": 101, "go_read_enter": 102, "go_read_return": 103}[name]
+
+    def adopt_links(self, fds):
+        for fd in fds:
+            self.links[fd] = ("adopted", fd)
+        return list(fds)
+
+    def detach(self, link):
+        del self.links[link]
+        if isinstance(link, int) and link >= 1000:   # a real fd the test made for an adopted link
+            os.close(link)
+
+
+class FakeLane:
+    def __init__(self):
+        self.plans = {}
+        self.claimed = set()
+        self.released = []
+        self.queue = []
+
+    def add_plan(self, key, digest, ranges_json, sites, links):
+        self.plans[key] = (digest, ranges_json, sites, links)
+
+    def remove_plan(self, key):
+        del self.plans[key]
+
+    def claim(self, dev, ino):
+        if (dev, ino) in self.claimed:
+            return False
+        self.claimed.add((dev, ino))
+        return True
+
+    def release(self, dev, ino, lane_hooked=False):
+        self.claimed.discard((dev, ino))
+        self.released.append(((dev, ino), lane_hooked))
+
+    def take(self):
+        out, self.queue = self.queue, []
+        return out
+
+    def stop(self):
+        pass
+
+    def stats(self):
+        return (0, 0, 0, 0, 0)
+
+
+def elf(path, size=4096):
+    """A minimal ELF64 file (header + one PT_LOAD): enough for the content cache's digest."""
+    head = bytearray(64)
+    head[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<QHH", head, 32, 64, 0, 0)
+    struct.pack_into("<HH", head, 54, 56, 1)
+    ph = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, size, size, 4096)
+    path.write_bytes(bytes(head) + ph + bytes(size - 64 - len(ph)))
+
+
+def attacher():
+    att = TlsAttacher(LaneKernel(), ("gotls",), analysis=NoAnalysis())
+    att._lane = FakeLane()
+    return att
+
+
+def learn(att, path, key):
+    """The agent attached Go file `path` from analysis: cached under `key`, and planned."""
+    elf(path)
+    of, mf = opened(path)
+    result = go_result(4096)
+    att.content.store(key, of.fd, 4096, result)
+    att._apply(1, mf, of, None, result)
+    att._plan(key, result)
+    return of
+
+
+def test_a_plan_mirrors_the_python_attach_with_its_own_slot(tmp_path):
+    att = attacher()
+    of = learn(att, tmp_path / "go", "4096:go:aa")
+    own = att.attached[of.ident].slot
+    slot, _ = att._plans["4096:go:aa"]
+    assert slot != own and slot not in att._free_slots and own not in att._free_slots
+    digest, ranges, sites, links = att._lane.plans["4096:go:aa"]
+    assert digest == att.content.entry("4096:go:aa")[0]
+    assert ranges == b"[[0,4096]]" and sites == [16, 32, 48, 64, 80]
+    assert links == [(101, [32], [slot], False), (102, [16], [slot], False), (103, [48, 64], [slot, slot], False)]
+    assert att.kernel.slots[slot] == att.kernel.slots[own]
+    assert of.ident in att._lane.claimed          # the Python attach claimed the file
+    att.close()
+
+
+def test_a_file_the_lane_claimed_is_not_attached_again_by_python(tmp_path):
+    att = attacher()
+    p = tmp_path / "go"
+    elf(p)
+    of, mf = opened(p)
+    att._lane.claimed.add(of.ident)
+    att._apply(1, mf, of, None, go_result(4096))
+    assert of.ident not in att.attached and not att.kernel.links
+    att.close()
+
+
+def test_adopted_hooks_are_booked_and_released_when_detached(tmp_path):
+    att = attacher()
+    learn(att, tmp_path / "go", "4096:go:aa")
+    copy = tmp_path / "copy"
+    elf(copy)
+    fd = os.open(copy, os.O_RDONLY)
+    st = os.fstat(fd)
+    links = [os.dup2(fd, 1000 + i) for i in range(3)]     # stand-ins for the lane's link fds
+    att._lane.claimed.add((st.st_dev, st.st_ino))
+    att._lane.queue.append((os.getpid(), 123, (st.st_dev, st.st_ino, fd, links, "4096:go:aa", 400_000),
+                            None))
+    att._take_lane()
+    h = att.attached[(st.st_dev, st.st_ino)]
+    slot, _ = att._plans["4096:go:aa"]
+    assert h.plan_slot == slot and h.slot == -1 and h.fd == fd and h.links == links
+    assert att._exec_ts[os.getpid()] == 123        # its scans are due as for any exec
+    att._detach((st.st_dev, st.st_ino), h)
+    assert ((st.st_dev, st.st_ino), True) in att._lane.released
+    assert slot not in att._free_slots             # still the plan's
+    att.close()
+
+
+def test_evicted_plans_free_their_slots_unless_a_hook_still_uses_them(tmp_path):
+    att = attacher()
+    learn(att, tmp_path / "go0", "4096:go:00")
+    slot0, _ = att._plans["4096:go:00"]
+    # a hook adopted through plan 0
+    att.attached[(1, 2)] = tls_attach._Hooked(att.attached[next(iter(att.attached))].target, plan_slot=slot0)
+    for i in range(1, LANE_PLANS + 1):
+        learn(att, tmp_path / f"go{i}", f"4096:go:{i:02x}")
+    assert len(att._plans) == LANE_PLANS and "4096:go:00" not in att._plans
+    assert slot0 in att._orphan_slots and slot0 not in att._free_slots
+    att._detach((1, 2), att.attached[(1, 2)])
+    assert slot0 in att._free_slots and not att._orphan_slots
+    used = GO_SLOTS - len(att._free_slots)
+    assert used == LANE_PLANS + (LANE_PLANS + 1)     # the plans' slots + each attached file's own
+    att.close()
