@@ -57,6 +57,9 @@ const MAX_LINKS_PER_PLAN: usize = 8;
 const MAX_OFFSETS: usize = 256;
 const LANE_NICE: libc::c_int = -10;
 const STOP_WAIT: Duration = Duration::from_secs(2);
+const ANALYSES_BURST: f64 = 20.0;
+const ANALYSES_PER_S: f64 = 20.0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 
 struct LinkSpec {
     prog_fd: i32,
@@ -72,12 +75,18 @@ struct Plan {
     links: Vec<LinkSpec>,
 }
 
+/// A never-seen Go binary analysed here: (Go version, executable ranges, Read entry,
+/// Write entry, Read RETs, Write RETs, the Go offsets slot it was given).
+pub type Analysis = (String, Vec<(u64, u64)>, u64, u64, Vec<u64>, Vec<u64>, u32);
+/// What the TLS thread adopts: (dev, ino, fd, link fds, content key, ns from exec to
+/// hooked, the analysis when there was no plan).
+pub type Hooked = (u64, u64, i32, Vec<i32>, String, u64, Option<Analysis>);
+
 /// One exec handed to the TLS thread.
 struct Done {
     pid: u32,
     ts: u64,
-    /// (dev, ino, fd, link fds, content key, ns from exec to hooked) when hooked here
-    hooked: Option<(u64, u64, i32, Vec<i32>, String, u64)>,
+    hooked: Option<Hooked>,
     /// why a file with a plan was left to the Python path (for its log)
     note: Option<String>,
 }
@@ -89,6 +98,20 @@ struct Counts {
     no_plan: AtomicU64,
     mismatched: AtomicU64,
     failed: AtomicU64,
+    analysed: AtomicU64,
+}
+
+/// What the lane needs to hook a Go binary it analyses itself (no plan yet).
+struct GoHooks {
+    offsets_map_fd: i32,
+    /// program fds: Write entry, Read entry, Read RETs
+    progs: (i32, i32, i32),
+    /// Go 1.x minor -> (conn_data, fd_ptr, sysfd), from the agent's measured table
+    layouts: HashMap<u32, (u32, u32, u32)>,
+    /// Go offsets slots the agent handed over for such binaries
+    slots: Mutex<Vec<u32>>,
+    /// analyses allowed now (token bucket: ANALYSES_BURST, ANALYSES_PER_S)
+    bucket: Mutex<(f64, Instant)>,
 }
 
 struct Shared {
@@ -100,6 +123,7 @@ struct Shared {
     stop_fd: i32,
     wake_fd: i32,
     counts: Counts,
+    go: Option<GoHooks>,
 }
 
 fn pread_exact(fd: i32, n: usize, off: u64) -> Option<Vec<u8>> {
@@ -295,6 +319,23 @@ fn link_create(spec: &LinkSpec, path: &CString) -> Result<i32, i32> {
     }
 }
 
+fn map_update(map_fd: i32, key: u32, val: &[u8; 16]) -> bool {
+    let mut attr = [0u8; 32];
+    attr[0..4].copy_from_slice(&(map_fd as u32).to_le_bytes());
+    attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_le_bytes());
+    attr[16..24].copy_from_slice(&(val.as_ptr() as u64).to_le_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_MAP_UPDATE_ELEM; key and val outlive it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    r == 0
+}
+
 fn close(fd: i32) {
     // SAFETY: fd is one this module opened and still owns.
     unsafe { libc::close(fd) };
@@ -310,7 +351,13 @@ impl Shared {
             hooked: None,
             note: None,
         };
-        if self.plans.lock().unwrap().is_empty() || *self.live.lock().unwrap() >= MAX_LIVE {
+        let can_analyse = self
+            .go
+            .as_ref()
+            .is_some_and(|g| !g.slots.lock().unwrap().is_empty());
+        if (!can_analyse && self.plans.lock().unwrap().is_empty())
+            || *self.live.lock().unwrap() >= MAX_LIVE
+        {
             return done;
         }
         let Ok(path) = CString::new(format!("/proc/{pid}/exe")) else {
@@ -332,12 +379,12 @@ impl Shared {
             return done;
         }
         let (dev, ino, size) = (st.st_dev, st.st_ino, st.st_size as u64);
-        let plan = program_headers(fd, size).and_then(|ph| {
+        let found = program_headers(fd, size).and_then(|ph| {
             let key = content_key(fd, size, &ph)?;
-            let plan = self.plans.lock().unwrap().get(&key).cloned()?;
+            let plan = self.plans.lock().unwrap().get(&key).cloned();
             Some((ph, key, plan))
         });
-        let Some((ph, key, plan)) = plan else {
+        let Some((ph, key, plan)) = found else {
             self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
             close(fd);
             return done;
@@ -346,12 +393,30 @@ impl Shared {
             close(fd); // hooked already, or the Python path has it
             return done;
         }
-        if site_digest(fd, &ph, &plan).as_deref() != Some(plan.digest.as_str()) {
-            self.counts.mismatched.fetch_add(1, Ordering::Relaxed);
-            self.claimed.lock().unwrap().remove(&(dev, ino));
-            close(fd);
-            return done;
-        }
+        let mut analysis = None;
+        let plan = match plan {
+            Some(plan) => {
+                if site_digest(fd, &ph, &plan).as_deref() != Some(plan.digest.as_str()) {
+                    self.counts.mismatched.fetch_add(1, Ordering::Relaxed);
+                    self.claimed.lock().unwrap().remove(&(dev, ino));
+                    close(fd);
+                    return done;
+                }
+                plan
+            }
+            None => match self.analyse(fd, size, &key) {
+                Some((plan, a)) => {
+                    analysis = Some(a);
+                    Arc::new(plan)
+                }
+                None => {
+                    self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
+                    self.claimed.lock().unwrap().remove(&(dev, ino));
+                    close(fd);
+                    return done;
+                }
+            },
+        };
         let Ok(via) = CString::new(format!("/proc/self/fd/{fd}")) else {
             self.claimed.lock().unwrap().remove(&(dev, ino));
             close(fd);
@@ -364,6 +429,9 @@ impl Shared {
                 Err(e) => {
                     for l in links {
                         close(l);
+                    }
+                    if let (Some(a), Some(go)) = (&analysis, self.go.as_ref()) {
+                        go.slots.lock().unwrap().push(a.6);
                     }
                     self.claimed.lock().unwrap().remove(&(dev, ino));
                     close(fd);
@@ -379,8 +447,78 @@ impl Shared {
         *self.live.lock().unwrap() += 1;
         self.counts.hooked.fetch_add(1, Ordering::Relaxed);
         let took = ring::monotonic_ns().saturating_sub(ts);
-        done.hooked = Some((dev, ino, fd, links, key, took));
+        done.hooked = Some((dev, ino, fd, links, key, took, analysis));
         done
+    }
+
+    /// A plan for a Go binary nobody planned for: analysed here (goelf), given one of the
+    /// agent's spare slots with its struct offsets written. None: not the common case, no
+    /// layout known for its version, no spare slot, or over the analysis budget.
+    fn analyse(&self, fd: i32, size: u64, key: &str) -> Option<(Plan, Analysis)> {
+        let go = self.go.as_ref()?;
+        if !key.contains(":go:") || go.slots.lock().unwrap().is_empty() {
+            return None; // not a Go binary by its build ID, or no slot to give it
+        }
+        {
+            let mut b = go.bucket.lock().unwrap();
+            let now = Instant::now();
+            b.0 =
+                (b.0 + now.duration_since(b.1).as_secs_f64() * ANALYSES_PER_S).min(ANALYSES_BURST);
+            b.1 = now;
+            if b.0 < 1.0 {
+                return None;
+            }
+            b.0 -= 1.0;
+        }
+        let t = crate::goelf::analyze(fd, size)?;
+        let &(conn_data, fd_ptr, sysfd) = go.layouts.get(&t.minor)?;
+        let slot = go.slots.lock().unwrap().pop()?;
+        let mut val = [0u8; 16];
+        val[0..4].copy_from_slice(&conn_data.to_le_bytes());
+        val[4..8].copy_from_slice(&fd_ptr.to_le_bytes());
+        val[8..12].copy_from_slice(&sysfd.to_le_bytes());
+        if !map_update(go.offsets_map_fd, slot, &val) {
+            go.slots.lock().unwrap().push(slot);
+            return None;
+        }
+        self.counts.analysed.fetch_add(1, Ordering::Relaxed);
+        let s = slot as u64;
+        let links = vec![
+            LinkSpec {
+                prog_fd: go.progs.0,
+                offsets: vec![t.write_entry],
+                cookies: vec![s],
+                retprobe: false,
+            },
+            LinkSpec {
+                prog_fd: go.progs.1,
+                offsets: vec![t.read_entry],
+                cookies: vec![s],
+                retprobe: false,
+            },
+            LinkSpec {
+                prog_fd: go.progs.2,
+                offsets: t.read_returns.clone(),
+                cookies: vec![s; t.read_returns.len()],
+                retprobe: false,
+            },
+        ];
+        let plan = Plan {
+            digest: String::new(),
+            ranges_json: Vec::new(),
+            sites: Vec::new(),
+            links,
+        };
+        let a = (
+            t.go_version,
+            t.exec_ranges,
+            t.read_entry,
+            t.write_entry,
+            t.read_returns,
+            t.write_returns,
+            slot,
+        );
+        Some((plan, a))
     }
 
     fn push(&self, d: Done) {
@@ -441,6 +579,29 @@ fn os_err(what: &str) -> PyErr {
     PyOSError::new_err(format!("{what}: {}", std::io::Error::last_os_error()))
 }
 
+/// The lane's own analysis of Go binary `fd` (goelf::analyze), for tests that hold it
+/// against the worker's: (Go version, executable ranges, Read entry, Write entry, Read
+/// RETs, Write RETs), or None when it leaves the file to the worker.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn go_analyze(fd: i32) -> Option<(String, Vec<(u64, u64)>, u64, u64, Vec<u64>, Vec<u64>)> {
+    // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for writes.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_size <= 0 {
+        return None;
+    }
+    let t = crate::goelf::analyze(fd, st.st_size as u64)?;
+    Some((
+        t.go_version,
+        t.exec_ranges,
+        t.read_entry,
+        t.write_entry,
+        t.read_returns,
+        t.write_returns,
+    ))
+}
+
 /// The exec lane (see the module doc). Python side: capture/tls_attach.py.
 #[pyclass(module = "plaintap._core")]
 pub struct ExecLane {
@@ -453,8 +614,19 @@ impl ExecLane {
     /// Map exec wake-up ring `ring_fd` (data area `ring_size` bytes) and start the lane's
     /// thread; it writes eventfd `wake_fd` (the TLS thread's, kept open by the caller
     /// until `stop`) when execs wait in `take`.
+    ///
+    /// `go`: (go_offsets map fd, (Write entry, Read entry, Read RET) program fds, [(Go 1.x
+    /// minor, conn_data, fd_ptr, sysfd)]) lets the lane analyse and hook never-seen Go
+    /// binaries too, with slots given by `give_slots`; None: plans only.
     #[new]
-    fn new(ring_fd: i32, ring_size: usize, wake_fd: i32) -> PyResult<Self> {
+    #[pyo3(signature = (ring_fd, ring_size, wake_fd, go = None))]
+    #[allow(clippy::type_complexity)]
+    fn new(
+        ring_fd: i32,
+        ring_size: usize,
+        wake_fd: i32,
+        go: Option<(i32, (i32, i32, i32), Vec<(u32, u32, u32, u32)>)>,
+    ) -> PyResult<Self> {
         let ring = ring::Ring::open(ring_fd, ring_size)
             .map_err(|e| PyOSError::new_err(format!("cannot map the exec wake-up ring: {e}")))?;
         // SAFETY: plain eventfd creation.
@@ -471,6 +643,16 @@ impl ExecLane {
             stop_fd,
             wake_fd,
             counts: Counts::default(),
+            go: go.map(|(offsets_map_fd, progs, layouts)| GoHooks {
+                offsets_map_fd,
+                progs,
+                layouts: layouts
+                    .into_iter()
+                    .map(|(m, a, b, c)| (m, (a, b, c)))
+                    .collect(),
+                slots: Mutex::new(Vec::new()),
+                bucket: Mutex::new((ANALYSES_BURST, Instant::now())),
+            }),
         });
         let s2 = sh.clone();
         let thread = std::thread::Builder::new()
@@ -529,6 +711,31 @@ impl ExecLane {
         Ok(())
     }
 
+    /// Hand Go offsets slots to the lane, for binaries it analyses itself; the slot of
+    /// each such binary comes back with its hooks (`take`), owned by the caller again.
+    fn give_slots(&self, slots: Vec<u32>) {
+        if let Some(go) = &self.sh.go {
+            go.slots.lock().unwrap().extend(slots);
+        }
+    }
+
+    /// Slots given and not used yet.
+    #[getter]
+    fn spare_slots(&self) -> usize {
+        self.sh
+            .go
+            .as_ref()
+            .map_or(0, |g| g.slots.lock().unwrap().len())
+    }
+
+    /// Take the spare slots back (at stop).
+    fn take_slots(&self) -> Vec<u32> {
+        self.sh
+            .go
+            .as_ref()
+            .map_or_else(Vec::new, |g| std::mem::take(&mut *g.slots.lock().unwrap()))
+    }
+
     fn remove_plan(&self, key: &str) {
         self.sh.plans.lock().unwrap().remove(key);
     }
@@ -556,29 +763,25 @@ impl ExecLane {
     }
 
     /// The execs seen since the last call: (pid, exec ts, hooked, note) where hooked is
-    /// (dev, ino, fd, link fds, content key, ns from exec to hooked) or None. The caller
-    /// owns the fds it receives.
-    #[allow(clippy::type_complexity)]
-    fn take(
-        &self,
-    ) -> Vec<(
-        u32,
-        u64,
-        Option<(u64, u64, i32, Vec<i32>, String, u64)>,
-        Option<String>,
-    )> {
+    /// (dev, ino, fd, link fds, content key, ns from exec to hooked, analysis) or None,
+    /// analysis being (Go version, executable ranges, Read entry, Write entry, Read RETs,
+    /// Write RETs, slot) for a binary analysed here. The caller owns the fds and slots it
+    /// receives.
+    fn take(&self) -> Vec<(u32, u64, Option<Hooked>, Option<String>)> {
         let mut q = self.sh.done.lock().unwrap();
         q.drain(..)
             .map(|d| (d.pid, d.ts, d.hooked, d.note))
             .collect()
     }
 
-    /// (execs seen, hooked here, no plan for the file, digest mismatches, attach failures)
-    fn stats(&self) -> (u64, u64, u64, u64, u64) {
+    /// (execs seen, hooked here, of those analysed here, no plan for the file, digest
+    /// mismatches, attach failures)
+    fn stats(&self) -> (u64, u64, u64, u64, u64, u64) {
         let c = &self.sh.counts;
         (
             c.execs.load(Ordering::Relaxed),
             c.hooked.load(Ordering::Relaxed),
+            c.analysed.load(Ordering::Relaxed),
             c.no_plan.load(Ordering::Relaxed),
             c.mismatched.load(Ordering::Relaxed),
             c.failed.load(Ordering::Relaxed),
@@ -605,7 +808,7 @@ impl ExecLane {
             });
         }
         for d in self.sh.done.lock().unwrap().drain(..) {
-            if let Some((_, _, fd, links, _, _)) = d.hooked {
+            if let Some((_, _, fd, links, _, _, _)) = d.hooked {
                 for l in links {
                     close(l);
                 }

@@ -19,6 +19,7 @@ pub mod decode;
 pub mod dns;
 pub mod exec_lane;
 pub mod gilshare;
+pub mod goelf;
 pub mod grpc;
 pub mod hpack;
 pub mod http1;
@@ -54,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<conn::ConnInfo>()?;
     m.add_class::<uprobe_warm::UprobeWarmer>()?;
     m.add_class::<exec_lane::ExecLane>()?;
+    m.add_function(wrap_pyfunction!(exec_lane::go_analyze, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::wait_readable, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::gil_urgent, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::gil_urgent_count, m)?)?;

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ALL_LOOPBACK, HELPERS, ROOT, need
-from test_tls import assert_no_losses, check_exchange, nginx, run_go_once_hooked  # noqa: F401 (fixture)
+from test_tls import assert_no_losses, check_exchange, nginx, run_client  # noqa: F401 (fixture)
 
 from plaintap.capture import gotls
 from plaintap.capture.elfsyms import ElfImage
@@ -77,13 +77,34 @@ def test_table_offsets_are_what_dwarf_says_for_every_toolchain(builds):
 
 
 def test_stripped_builds_of_every_toolchain_are_captured(start_agent, nginx, tmp_path, builds):  # noqa: F811
+    # Each build is content the agent never saw, started with no delay: the exec lane
+    # analyses it at its exec (goelf.rs) and hooks it before its first TLS call.
     agent = start_agent(ALL_LOOPBACK)
     runs = []
     for name, (_normal, stripped) in builds.items():
-        runs.append((stripped, *run_go_once_hooked(agent, nginx, tmp_path, stripped)))
+        runs.append((stripped, *run_client("go", nginx, tmp_path, go_client=stripped)))
     assert_no_losses(agent)
     refused = agent.metric("plaintap_tls_refusals_total", 'reason="unknown_go_layout"')
     agent.stop()
     assert refused == 0
     for exe, pid, token, body in runs:
         check_exchange(agent, nginx, pid, token, body, str(exe))
+    assert agent.stderr().count("analysed at its exec by the exec lane") == len(runs), agent.stderr()[-3000:]
+
+
+def test_the_exec_lanes_analysis_is_the_workers_for_every_toolchain(builds):
+    from plaintap import _core
+    from plaintap.capture.tls_targets import analyze_image
+
+    for name, pair in builds.items():
+        for exe in pair:
+            with ElfImage(str(exe)) as elf:
+                r = analyze_image(elf)
+            g = r["go"]
+            fd = os.open(exe, os.O_RDONLY)
+            try:
+                native = _core.go_analyze(fd)
+            finally:
+                os.close(fd)
+            assert native == (g["go_version"], [tuple(x) for x in r["exec_ranges"]], g["read_entry"],
+                              g["write_entry"], g["read_returns"], g["write_returns"]), exe

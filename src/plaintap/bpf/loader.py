@@ -478,6 +478,10 @@ class KernelCapture:
             raise BpfError(f"BPF program {prog_name} not found")
         return lib.bpf_program__fd(prog)
 
+    def go_offsets_map_fd(self) -> int:
+        """The fd of go_offsets_map (the exec lane writes the slots it was given)."""
+        return self._map_fd("go_offsets_map")
+
     def adopt_links(self, fds: list[int]) -> list[int]:
         """Links made outside this object (the exec lane's uprobe_multi link fds): from now
         on detached, and closed at stop, like its own."""

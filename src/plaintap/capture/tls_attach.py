@@ -74,6 +74,7 @@ from .._core import gil_wait_stats as _gil_wait_stats
 from .._core import wait_readable as _wait_readable
 from ..bpf.abi import EV_PROC_EXEC
 from ..bpf.libbpf import BpfError
+from . import gotls
 from .analysis import AnalysisService
 from .safeopen import OpenRefused, open_host_file, open_path_in_root, reopen_for_reading
 from .tls_cache import ContentCache, content_key, result_offsets
@@ -140,6 +141,8 @@ MAX_SAME_CONTENT_WAITERS = 64
 # exec: plans for at most LANE_PLANS contents (each holds a Go slot), the most recently used.
 # PLAINTAP_EXEC_LANE=0 turns it off (every exec then goes the Python way).
 LANE_PLANS = 32
+# Go slots kept with the lane for never-seen Go binaries it analyses itself (goelf.rs).
+LANE_SPARE_SLOTS = 4
 EXEC_LANE = os.environ.get("PLAINTAP_EXEC_LANE", "1") != "0"
 # Exec wake-up ring records (ev_header: type, pid, ts) taken per TLS thread turn.
 EXEC_WAKE = struct.Struct("<IIQ")
@@ -373,11 +376,19 @@ class TlsAttacher:
         if found is None:
             return
         try:
+            go = (self.kernel.go_offsets_map_fd(),
+                  tuple(self.kernel.program_fd(p) for p in ("go_write_enter", "go_read_enter", "go_read_return")),
+                  _lane_layouts())
+        except (AttributeError, BpfError) as e:
+            log.debug("exec lane: no Go analysis of its own (%s)", e)
+            go = None
+        try:
             from .._core import ExecLane
-            self._lane = ExecLane(found[0], found[1], self._wake)
+            self._lane = ExecLane(found[0], found[1], self._wake, go)
         except (ImportError, OSError) as e:
             log.warning("exec lane unavailable (%s): copies of known Go programs are hooked by the scan", e)
             return
+        self._top_up_lane_slots()
         for key, _sites, result in self.content.recent(LANE_PLANS * 4):
             if len(self._plans) >= LANE_PLANS:
                 break
@@ -439,39 +450,79 @@ class TlsAttacher:
                         os.close(link)
                     os.close(fd)
                     self._lane.release(dev, ino, True)
+                    if hooked[6] is not None:
+                        self._free_slots.append(hooked[6][6])
+        self._top_up_lane_slots()
         if now is not None:
             self._warm(now)
 
-    def _adopt(self, pid: int, dev: int, ino: int, fd: int, links: list[int], ckey: str, took_ns: int) -> None:
-        """Book the hooks the exec lane attached to `pid`'s executable (opened as `fd`)."""
-        plan = self._plans.get(ckey)
+    def _adopt(self, pid: int, dev: int, ino: int, fd: int, links: list[int], ckey: str, took_ns: int,
+               analysis: tuple | None = None) -> None:
+        """Book the hooks the exec lane attached to `pid`'s executable (opened as `fd`):
+        from a plan (a copy of known content), or from its own `analysis` of a Go binary
+        nobody had seen (then cached and planned here like the worker's result)."""
         ident = (dev, ino)
-        if plan is None or ident in self.attached:   # its plan went meanwhile (rare): undo
+        plan = self._plans.get(ckey)
+        slot = analysis[6] if analysis is not None else -1
+        result = None
+        if analysis is not None:
+            result = _lane_result(analysis)
+            try:
+                result = validate_result(result, os.fstat(fd).st_size) if result is not None else None
+            except AnalysisError as e:
+                log.warning("exec lane analysis of pid %d's program rejected: %s", pid, e)
+                result = None
+        elif plan is not None:
+            result = plan[1]
+        if result is None or ident in self.attached:   # its plan went meanwhile (rare): undo
             for link in links:
                 os.close(link)
             os.close(fd)
             self._lane.release(dev, ino, True)
+            if slot >= 0:
+                self._free_slots.append(slot)
             return
-        slot, result = plan
         try:
             name = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             name = f"/proc/self/fd/{fd}"
         t = target_from_result(result, self.families, path=f"/proc/self/fd/{fd}", ident=ident, pid_seen=pid,
                                maps_path=name)
-        hooked = _Hooked(t, links=self.kernel.adopt_links(links), plan_slot=slot, fd=fd)
+        if analysis is not None:
+            hooked = _Hooked(t, links=self.kernel.adopt_links(links), slot=slot, fd=fd)
+        else:
+            hooked = _Hooked(t, links=self.kernel.adopt_links(links), plan_slot=plan[0], fd=fd)
         self.attached[ident] = hooked
         st = os.fstat(fd)
         self._remember(ident, ident, st)
         self._results[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = result
         self._last_seen[ident] = self._now_ns
-        metrics.tls_analysis_cache_hits.inc()
         metrics.tls_exec_to_hooked.observe(took_ns / 1e9)
+        if analysis is not None:
+            self.content.store(ckey, fd, st.st_size, result)
+            self._plan(ckey, result)        # its copies from now on
+            how = "analysed at its exec by the exec lane"
+        else:
+            metrics.tls_analysis_cache_hits.inc()
+            how = "hooked at its exec by the exec lane, analysis cached"
         self._update_gauges()
         n = len(t.read_returns) + 2
-        log.info("TLS hooks attached: %s %s (%d probes in %d links, opened as /proc/%d/exe, seen in pid %d, hooked at "
-                 "its exec by the exec lane, analysis cached, %.1f ms after its exec)", t.family, name, n, len(links),
-                 pid, pid, took_ns / 1e6)
+        log.info("TLS hooks attached: %s %s (%d probes in %d links, opened as /proc/%d/exe, seen in pid %d, %s, "
+                 "%.1f ms after its exec)", t.family, name, n, len(links), pid, pid, how, took_ns / 1e6)
+
+    def _top_up_lane_slots(self) -> None:
+        """Keep LANE_SPARE_SLOTS Go slots with the lane for binaries it analyses itself,
+        while a quarter of all slots is still free."""
+        if self._lane is None:
+            return
+        want = LANE_SPARE_SLOTS - self._lane.spare_slots
+        give = []
+        while want > 0 and len(self._free_slots) > GO_SLOTS // 4:
+            give.append(self._free_slots.pop())
+            want -= 1
+        if give:
+            self._lane.give_slots(give)
+            self._update_gauges()
 
     def _open_exec_wake(self):
         """The exec wake-up ring (abi.EXEC_WAKE_RING), mapped on the calling thread (the
@@ -551,9 +602,11 @@ class TlsAttacher:
             self._thread.join(5)
         if self._lane is not None:
             self._lane.stop()
-            execs, hooked, no_plan, mismatched, failed = self._lane.stats()
-            log.info("exec lane: %d execs, %d hooked at their exec (%d with no plan, %d whose bytes differed, %d attach "
-                     "failures)", execs, hooked, no_plan, mismatched, failed)
+            self._free_slots += self._lane.take_slots()
+            execs, hooked, analysed, no_plan, mismatched, failed = self._lane.stats()
+            log.info("exec lane: %d execs, %d hooked at their exec (%d of them analysed there; %d left to the scan "
+                     "with no plan, %d whose bytes differed, %d attach failures)", execs, hooked, analysed, no_plan,
+                     mismatched, failed)
         self.content.save(force=True)
         self.analysis.close()
         wakes, wait_ns, max_ns = _gil_wait_stats()
@@ -1097,6 +1150,33 @@ def _go_unusable(t: GoTlsTarget) -> str | None:
     if not t.read_returns:
         return "no RET instructions found in crypto/tls.(*Conn).Read"
     return None
+
+
+def _lane_layouts() -> list[tuple[int, int, int, int]]:
+    """(Go 1.x minor, conn_data, fd_ptr, sysfd) for every release line the offsets table
+    knows (gotls._table_entry): the lane hooks those it analyses itself; others, like
+    binaries whose layout only their DWARF gives, go to the worker."""
+    out = []
+    for minor in range(17, 100):
+        entry = gotls._table_entry((1, minor))
+        if entry is not None:
+            fo = gotls._with_derived(*entry)
+            out.append((minor, fo["conn_data"], fo["fd_ptr"], fo["sysfd"]))
+    return out
+
+
+def _lane_result(analysis: tuple) -> dict | None:
+    """The worker-shaped analysis result (tls_targets.analyze_image) of the lane's own
+    analysis of a Go binary; None when its version has no table entry."""
+    version, ranges, read_entry, write_entry, read_returns, write_returns, _slot = analysis
+    parsed = gotls.parse_go_version(version)
+    entry = gotls._table_entry(parsed[:2]) if parsed else None
+    if entry is None:
+        return None
+    return {"exec_ranges": [list(r) for r in ranges], "openssl": None, "go_error": None,
+            "go": {"go_version": version, "regabi": gotls.uses_register_abi(parsed, gotls.EM_X86_64),
+                   "read_entry": read_entry, "write_entry": write_entry, "read_returns": list(read_returns),
+                   "write_returns": list(write_returns), "fd_offsets": gotls._with_derived(*entry)}}
 
 
 def _go_links(t: GoTlsTarget, slot: int) -> list[tuple[str, list[int], list[int]]]:

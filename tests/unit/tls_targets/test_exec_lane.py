@@ -57,11 +57,19 @@ class FakeLane:
         out, self.queue = self.queue, []
         return out
 
+    spare_slots = 0
+
+    def give_slots(self, slots):
+        self.spare_slots += len(slots)
+
+    def take_slots(self):
+        return []
+
     def stop(self):
         pass
 
     def stats(self):
-        return (0, 0, 0, 0, 0)
+        return (0, 0, 0, 0, 0, 0)
 
 
 def elf(path, size=4096):
@@ -126,7 +134,7 @@ def test_adopted_hooks_are_booked_and_released_when_detached(tmp_path):
     st = os.fstat(fd)
     links = [os.dup2(fd, 1000 + i) for i in range(3)]     # stand-ins for the lane's link fds
     att._lane.claimed.add((st.st_dev, st.st_ino))
-    att._lane.queue.append((os.getpid(), 123, (st.st_dev, st.st_ino, fd, links, "4096:go:aa", 400_000),
+    att._lane.queue.append((os.getpid(), 123, (st.st_dev, st.st_ino, fd, links, "4096:go:aa", 400_000, None),
                             None))
     att._take_lane()
     h = att.attached[(st.st_dev, st.st_ino)]
@@ -154,3 +162,49 @@ def test_evicted_plans_free_their_slots_unless_a_hook_still_uses_them(tmp_path):
     used = GO_SLOTS - len(att._free_slots)
     assert used == LANE_PLANS + (LANE_PLANS + 1)     # the plans' slots + each attached file's own
     att.close()
+
+
+def worker_facts(path):
+    """The worker's analysis of `path`, as the lane's go_analyze returns it."""
+    from plaintap.capture.elfsyms import ElfImage
+    from plaintap.capture.tls_targets import analyze_image
+
+    with ElfImage(str(path)) as elf:
+        r = analyze_image(elf)
+    g = r["go"]
+    if g is None:
+        return None
+    return (g["go_version"], [tuple(x) for x in r["exec_ranges"]], g["read_entry"], g["write_entry"],
+            g["read_returns"], g["write_returns"])
+
+
+def test_the_lanes_own_go_analysis_is_the_workers(go_builds, tmp_path):
+    from plaintap import _core
+
+    for name in ("normal", "stripped", "pie"):
+        fd = os.open(go_builds[name], os.O_RDONLY)
+        try:
+            native = _core.go_analyze(fd)
+        finally:
+            os.close(fd)
+        assert native is not None, name
+        assert native == worker_facts(go_builds[name]), name
+    # a Go program without crypto/tls, and files that are no Go binary: left to the worker
+    for path in (go_builds["plain"], "/bin/true", "/usr/lib/x86_64-linux-gnu/libssl.so.3"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert _core.go_analyze(fd) is None, path
+        finally:
+            os.close(fd)
+    # damaged copies: never a wrong answer (None, or exactly the worker's on what is left)
+    data = bytearray(go_builds["stripped"].read_bytes())
+    for cut in (64, 4096, len(data) // 3, len(data) - 1000):
+        p = tmp_path / f"cut{cut}"
+        p.write_bytes(bytes(data[:cut]))
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            native = _core.go_analyze(fd)
+        finally:
+            os.close(fd)
+        assert native is None or native == worker_facts(p), cut
+        assert cut > len(data) // 3 or native is None, cut
