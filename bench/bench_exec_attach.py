@@ -118,7 +118,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 ATTACHED = re.compile(r"TLS hooks attached: \S+ (\S+) .* ([0-9.]+) ms after its exec\)")
 # where the time went: exec -> first scan, analysis (absent: cache hit), the attach calls
 PARTS = {"scan": re.compile(r"scanned ([0-9.]+) ms after its exec"), "analysis": re.compile(r"analysed in ([0-9.]+) ms"), "worker": re.compile(r"([0-9.]+) in the worker"),
-         "attach": re.compile(r"([0-9.]+) ms to attach")}
+         "attach": re.compile(r"([0-9.]+) ms to attach"),
+         "lane-seen": re.compile(r"exec lane.*, seen ([0-9.]+) ms after its exec"),
+         "lane-analysis": re.compile(r"analysed at its exec by the exec lane in ([0-9.]+) ms")}
 
 
 def free_port() -> int:

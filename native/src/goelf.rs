@@ -10,6 +10,8 @@
 //! file goes the Python way, which knows every layout. Every read is a bounded pread of
 //! the given descriptor; nothing here trusts a size or offset it did not check.
 
+use std::cell::RefCell;
+
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
 const EM_X86_64: u16 = 62;
@@ -28,6 +30,14 @@ const PCLN_GO118: u32 = 0xFFFF_FFF0;
 const PCLN_GO120: u32 = 0xFFFF_FFF1;
 const TLS_READ: &[u8] = b"crypto/tls.(*Conn).Read";
 const TLS_WRITE: &[u8] = b"crypto/tls.(*Conn).Write";
+const STRTAB_CHUNK: u64 = 256 << 10;
+const WARM_TABLE_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// Read buffers kept per thread (the lane's): a new program's analysis reuses memory
+    /// already faulted in instead of touching megabytes of fresh pages each time.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
 
 /// What the lane needs to hook one Go binary (file offsets), and what the agent caches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +52,15 @@ pub struct GoTls {
 }
 
 fn pread(fd: i32, n: u64, off: u64) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; usize::try_from(n).ok()?];
+    let mut buf = Vec::new();
+    pread_into(fd, &mut buf, n, off)?;
+    Some(buf)
+}
+
+/// Read exactly `n` bytes at `off` into `buf` (its memory reused).
+fn pread_into(fd: i32, buf: &mut Vec<u8>, n: u64, off: u64) -> Option<()> {
+    buf.clear();
+    buf.resize(usize::try_from(n).ok()?, 0);
     let mut got = 0usize;
     while got < buf.len() {
         // SAFETY: the destination lies inside buf.
@@ -59,7 +77,7 @@ fn pread(fd: i32, n: u64, off: u64) -> Option<Vec<u8>> {
         }
         got += r as usize;
     }
-    Some(buf)
+    Some(())
 }
 
 fn u16le(b: &[u8], at: usize) -> Option<u64> {
@@ -164,11 +182,32 @@ impl Elf {
             .find(|s| s.name == name && s.typ != SHT_NOBITS)
     }
 
-    fn read_section(&self, s: &Sec, max: u64) -> Option<Vec<u8>> {
+    fn read_section_into(&self, s: &Sec, max: u64, buf: &mut Vec<u8>) -> Option<()> {
         if s.size > max || s.offset.checked_add(s.size)? > self.size {
             return None;
         }
-        pread(self.fd, s.size, s.offset)
+        pread_into(self.fd, buf, s.size, s.offset)
+    }
+
+    /// Whether section `s` contains any of `needles` (each shorter than 64 bytes), read in
+    /// chunks into `buf`.
+    fn section_has(&self, s: &Sec, max: u64, needles: &[&[u8]], buf: &mut Vec<u8>) -> Option<bool> {
+        if s.size > max || s.offset.checked_add(s.size)? > self.size {
+            return None;
+        }
+        let mut at = 0u64;
+        while at < s.size {
+            let n = STRTAB_CHUNK.min(s.size - at);
+            pread_into(self.fd, buf, n, s.offset + at)?;
+            if needles.iter().any(|nd| contains(buf, nd)) {
+                return Some(true);
+            }
+            if at + n >= s.size {
+                break;
+            }
+            at += n - 64; // overlap: a name across the chunk boundary is still seen
+        }
+        Some(false)
     }
 
     /// As ElfImage.vaddr_to_offset: only file-backed bytes of a PT_LOAD segment.
@@ -256,16 +295,17 @@ fn return_sites(elf: &Elf, entry: u64, end: u64) -> Option<Vec<u64>> {
 
 /// Entry and end (virtual addresses) of the functions named `want` in .gopclntab
 /// (go1.18+ layouts).
-fn pclntab_functions(elf: &Elf, want: &[&[u8]]) -> Option<Vec<(u64, u64)>> {
+fn pclntab_functions(elf: &Elf, want: &[&[u8]], buf: &mut Vec<u8>) -> Option<Vec<(u64, u64)>> {
     let sec = elf
         .section(b".gopclntab")
         .or_else(|| elf.section(b".data.rel.ro.gopclntab"))?;
-    let buf = elf.read_section(sec, MAX_PCLNTAB)?;
-    let magic = u32le(&buf, 0)? as u32;
+    elf.read_section_into(sec, MAX_PCLNTAB, buf)?;
+    let buf = &buf[..];
+    let magic = u32le(buf, 0)? as u32;
     if (magic != PCLN_GO118 && magic != PCLN_GO120) || *buf.get(7)? != 8 {
         return None;
     }
-    let word = |i: usize| u64le(&buf, 8 + i * 8);
+    let word = |i: usize| u64le(buf, 8 + i * 8);
     let nfunc = word(0)?;
     let mut text_start = word(2)?;
     let (funcname_off, pcln_off) = (word(3)?, word(7)?);
@@ -283,7 +323,7 @@ fn pclntab_functions(elf: &Elf, want: &[&[u8]]) -> Option<Vec<(u64, u64)>> {
     }
     let mut out: Vec<Option<(u64, u64)>> = vec![None; want.len()];
     for i in 0..n {
-        let funcoff = u32le(&buf, tab + i * 8 + 4)? as usize;
+        let funcoff = u32le(buf, tab + i * 8 + 4)? as usize;
         let Some(nameoff) = tab
             .checked_add(funcoff)
             .and_then(|f| buf.get(f + 4..f + 8))
@@ -296,8 +336,8 @@ fn pclntab_functions(elf: &Elf, want: &[&[u8]]) -> Option<Vec<(u64, u64)>> {
         };
         for (k, w) in want.iter().enumerate() {
             if out[k].is_none() && name.starts_with(w) && name.get(w.len()) == Some(&0) {
-                let entry = text_start + u32le(&buf, tab + i * 8)?;
-                let end = text_start + u32le(&buf, tab + (i + 1) * 8)?;
+                let entry = text_start + u32le(buf, tab + i * 8)?;
+                let end = text_start + u32le(buf, tab + (i + 1) * 8)?;
                 if entry >= end {
                     return None;
                 }
@@ -311,15 +351,38 @@ fn pclntab_functions(elf: &Elf, want: &[&[u8]]) -> Option<Vec<(u64, u64)>> {
     out.into_iter().collect()
 }
 
+/// Prepare the calling thread (the lane's, at its start) so that its first analysis costs
+/// what later ones do: its read buffers faulted in (WARM_TABLE_BYTES: the function table
+/// of a ~15 MB binary) and the decoder used once.
+pub fn warm_up() {
+    SCRATCH.with(|cell| {
+        if let Ok(mut bufs) = cell.try_borrow_mut() {
+            bufs.0.resize(WARM_TABLE_BYTES, 0);
+            bufs.1.resize(STRTAB_CHUNK as usize, 0);
+        }
+    });
+    let mut d = Decoder::with_ip(64, &[0xc3], 0, DecoderOptions::NONE);
+    let _ = d.decode().mnemonic();
+}
+
 /// The crypto/tls hooks of Go binary `fd` (`size` bytes), or None (not the common case:
 /// the worker analyses it).
 pub fn analyze(fd: i32, size: u64) -> Option<GoTls> {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (a, b) = &mut *bufs;
+            analyze_with(fd, size, a, b)
+        }
+        Err(_) => analyze_with(fd, size, &mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+fn analyze_with(fd: i32, size: u64, table: &mut Vec<u8>, chunk: &mut Vec<u8>) -> Option<GoTls> {
     let elf = Elf::open(fd, size)?;
     // A file naming any OpenSSL entry point may hold an OpenSSL target too: the worker's.
     for name in [&b".dynstr"[..], b".strtab"] {
         if let Some(s) = elf.section(name) {
-            let strs = elf.read_section(s, MAX_STRTAB)?;
-            if contains(&strs, b"SSL_read") || contains(&strs, b"SSL_write") {
+            if elf.section_has(s, MAX_STRTAB, &[b"SSL_read", b"SSL_write"], chunk)? {
                 return None;
             }
         }
@@ -336,7 +399,7 @@ pub fn analyze(fd: i32, size: u64) -> Option<GoTls> {
     if minor < 17 {
         return None; // stack ABI: refused by the agent, with its reason, the worker's way
     }
-    let f = pclntab_functions(&elf, &[TLS_READ, TLS_WRITE])?;
+    let f = pclntab_functions(&elf, &[TLS_READ, TLS_WRITE], table)?;
     let ((r0, r1), (w0, w1)) = (f[0], f[1]);
     let ranges: Vec<(u64, u64)> = elf
         .segs

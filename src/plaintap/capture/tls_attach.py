@@ -456,8 +456,8 @@ class TlsAttacher:
         if now is not None:
             self._warm(now)
 
-    def _adopt(self, pid: int, dev: int, ino: int, fd: int, links: list[int], ckey: str, took_ns: int,
-               analysis: tuple | None = None) -> None:
+    def _adopt(self, pid: int, dev: int, ino: int, fd: int, links: list[int], ckey: str,
+               timing: tuple[int, int, int, int], analysis: tuple | None = None) -> None:
         """Book the hooks the exec lane attached to `pid`'s executable (opened as `fd`):
         from a plan (a copy of known content), or from its own `analysis` of a Go binary
         nobody had seen (then cached and planned here like the worker's result)."""
@@ -497,14 +497,16 @@ class TlsAttacher:
         self._remember(ident, ident, st)
         self._results[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = result
         self._last_seen[ident] = self._now_ns
+        took_ns, seen_ns, work_ns, attach_ns = timing
         metrics.tls_exec_to_hooked.observe(took_ns / 1e9)
         if analysis is not None:
             self.content.store(ckey, fd, st.st_size, result)
             self._plan(ckey, result)        # its copies from now on
-            how = "analysed at its exec by the exec lane"
+            how = f"analysed at its exec by the exec lane in {work_ns / 1e6:.1f} ms"
         else:
             metrics.tls_analysis_cache_hits.inc()
             how = "hooked at its exec by the exec lane, analysis cached"
+        how += f", seen {seen_ns / 1e6:.1f} ms after its exec, {attach_ns / 1e6:.1f} ms to attach"
         self._update_gauges()
         n = len(t.read_returns) + 2
         log.info("TLS hooks attached: %s %s (%d probes in %d links, opened as /proc/%d/exe, seen in pid %d, %s, "
@@ -603,10 +605,10 @@ class TlsAttacher:
         if self._lane is not None:
             self._lane.stop()
             self._free_slots += self._lane.take_slots()
-            execs, hooked, analysed, no_plan, mismatched, failed = self._lane.stats()
+            execs, hooked, analysed, no_plan, mismatched, failed, demoted = self._lane.stats()
             log.info("exec lane: %d execs, %d hooked at their exec (%d of them analysed there; %d left to the scan "
-                     "with no plan, %d whose bytes differed, %d attach failures)", execs, hooked, analysed, no_plan,
-                     mismatched, failed)
+                     "with no plan, %d whose bytes differed, %d attach failures; %d times over its real-time budget)",
+                     execs, hooked, analysed, no_plan, mismatched, failed, demoted)
         self.content.save(force=True)
         self.analysis.close()
         wakes, wait_ns, max_ns = _gil_wait_stats()

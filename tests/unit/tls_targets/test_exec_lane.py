@@ -69,7 +69,7 @@ class FakeLane:
         pass
 
     def stats(self):
-        return (0, 0, 0, 0, 0, 0)
+        return (0, 0, 0, 0, 0, 0, 0)
 
 
 def elf(path, size=4096):
@@ -134,7 +134,7 @@ def test_adopted_hooks_are_booked_and_released_when_detached(tmp_path):
     st = os.fstat(fd)
     links = [os.dup2(fd, 1000 + i) for i in range(3)]     # stand-ins for the lane's link fds
     att._lane.claimed.add((st.st_dev, st.st_ino))
-    att._lane.queue.append((os.getpid(), 123, (st.st_dev, st.st_ino, fd, links, "4096:go:aa", 400_000, None),
+    att._lane.queue.append((os.getpid(), 123, (st.st_dev, st.st_ino, fd, links, "4096:go:aa", (400_000, 100_000, 100_000, 200_000), None),
                             None))
     att._take_lane()
     h = att.attached[(st.st_dev, st.st_ino)]
