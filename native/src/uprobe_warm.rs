@@ -169,8 +169,6 @@ pub struct UprobeWarmer {
     memfd: i32,
     map: usize,
     dispatcher: Option<thread::JoinHandle<()>>,
-    /// the child that maps the trap page (0: none, the page is mapped here)
-    keeper: libc::pid_t,
 }
 
 fn os_err(what: &str) -> PyErr {
@@ -236,17 +234,6 @@ impl UprobeWarmer {
                 libc::close(prog_fd);
                 return Err(e);
             }
-            // The page is mapped by a keeper child, not by the agent: a touch takes the
-            // write lock of the mapping process's mm, and were that the agent's, any of
-            // its page faults (the exec lane's included) could wait behind a touch thread
-            // preempted inside it (measured: the lane stalled ~5 ms now and then).
-            let keeper = spawn_keeper();
-            let pid = if keeper > 0 {
-                libc::munmap(map, PAGE);
-                keeper as u32
-            } else {
-                libc::getpid() as u32
-            };
             let shared = Arc::new(Shared {
                 stop: AtomicBool::new(false),
                 until: Mutex::new(None),
@@ -262,16 +249,15 @@ impl UprobeWarmer {
                 last_errno: AtomicI32::new(0),
                 prog_fd,
                 path: CString::new(format!("/proc/self/fd/{memfd}")).unwrap(),
-                pid,
+                pid: libc::getpid() as u32,
                 period: Duration::from_micros(period_us.max(100)),
                 max_workers: max_workers.clamp(1, 1024),
             });
             Ok(UprobeWarmer {
                 shared,
                 memfd,
-                map: if keeper > 0 { 0 } else { map as usize },
+                map: map as usize,
                 dispatcher: None,
-                keeper,
             })
         }
     }
@@ -325,47 +311,6 @@ impl UprobeWarmer {
                 thread::sleep(Duration::from_millis(5));
             }
         });
-        self.reap_keeper();
-    }
-}
-
-impl UprobeWarmer {
-    fn reap_keeper(&mut self) {
-        if self.keeper > 0 {
-            // SAFETY: our own child; SIGKILL then reap it.
-            unsafe {
-                libc::kill(self.keeper, libc::SIGKILL);
-                libc::waitpid(self.keeper, std::ptr::null_mut(), 0);
-            }
-            self.keeper = 0;
-        }
-    }
-}
-
-/// Fork the child that keeps the trap page mapped (inherited from this process) and does
-/// nothing else; its pid, or -1. The child makes only async-signal-safe system calls.
-fn spawn_keeper() -> libc::pid_t {
-    // SAFETY: after fork the child only calls async-signal-safe functions and _exit.
-    unsafe {
-        let parent = libc::getpid();
-        let child = libc::fork();
-        if child == 0 {
-            for sig in 1..32 {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                libc::_exit(0);
-            }
-            libc::prctl(libc::PR_SET_NAME, c"plaintap-warm".as_ptr());
-            loop {
-                libc::pause();
-            }
-        }
-        child
     }
 }
 
@@ -377,16 +322,13 @@ impl Drop for UprobeWarmer {
         if let Some(h) = self.dispatcher.take() {
             let _ = h.join();
         }
-        self.reap_keeper();
         // Workers may still be inside a touch using prog_fd and the path: they hold the
         // Arc, so the program fd is closed only here if none is left; otherwise it is
         // left to the process's exit (a handful of fds, once).
         if Arc::strong_count(&self.shared) == 1 {
             // SAFETY: fds and the mapping were created in `new` and are used by nobody now.
             unsafe {
-                if self.map != 0 {
-                    libc::munmap(self.map as *mut libc::c_void, PAGE);
-                }
+                libc::munmap(self.map as *mut libc::c_void, PAGE);
                 libc::close(self.memfd);
                 libc::close(self.shared.prog_fd);
             }

@@ -208,3 +208,50 @@ def test_the_lanes_own_go_analysis_is_the_workers(go_builds, tmp_path):
             os.close(fd)
         assert native is None or native == worker_facts(p), cut
         assert cut > len(data) // 3 or native is None, cut
+
+
+def test_a_binary_the_lane_analysed_is_cached_planned_and_owns_its_slot(tmp_path):
+    att = attacher()
+    p = tmp_path / "new"
+    elf(p)
+    fd = os.open(p, os.O_RDONLY)
+    st = os.fstat(fd)
+    links = [os.dup2(fd, 1010 + i) for i in range(3)]
+    slot = att._free_slots.pop()                      # handed to the lane earlier
+    analysis = ("go1.22.10", [(0, 4096)], 16, 32, [48, 64], [80], slot)
+    att._lane.claimed.add((st.st_dev, st.st_ino))
+    att._lane.queue.append((os.getpid(), 7, (st.st_dev, st.st_ino, fd, links, "4096:go:bb",
+                                             (900_000, 50_000, 600_000, 250_000), analysis), None))
+    att._take_lane()
+    h = att.attached[(st.st_dev, st.st_ino)]
+    assert h.slot == slot and h.plan_slot == -1 and h.links == links
+    sites, result = att.content.entry("4096:go:bb")
+    assert result["go"]["read_returns"] == [48, 64] and result["go"]["fd_offsets"]["sysfd"] == 16
+    assert "4096:go:bb" in att._plans and att._lane.plans["4096:go:bb"][0] == sites   # copies from now on
+    att._detach((st.st_dev, st.st_ino), h)
+    assert slot in att._free_slots
+    att.close()
+
+
+def test_a_lane_analysis_of_an_unknown_release_is_undone(tmp_path):
+    att = attacher()
+    p = tmp_path / "odd"
+    elf(p)
+    fd = os.open(p, os.O_RDONLY)
+    st = os.fstat(fd)
+    links = [os.dup2(fd, 1020)]
+    att._lane.spare_slots = tls_attach.LANE_SPARE_SLOTS       # no top-up in between
+    slot = att._free_slots.pop()
+    free = len(att._free_slots)
+    att._lane.queue.append((os.getpid(), 8, (st.st_dev, st.st_ino, fd, links, "4096:go:cc", (1, 1, 1, 1),
+                                             ("go1.99.1", [(0, 4096)], 16, 32, [48], [80], slot)), None))
+    att._take_lane()
+    assert (st.st_dev, st.st_ino) not in att.attached
+    assert ((st.st_dev, st.st_ino), True) in att._lane.released and len(att._free_slots) == free + 1 and slot in att._free_slots
+    for f in (fd, 1020):
+        try:
+            os.fstat(f)
+            raise AssertionError(f"fd {f} left open")
+        except OSError:
+            pass
+    att.close()
