@@ -38,9 +38,6 @@ use sha2::{Digest, Sha256};
 
 use crate::ring;
 
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_TRACE_UPROBE_MULTI: u32 = 48;
-const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
 const EV_PROC_EXEC: u32 = 5;
 const PT_NOTE: u32 = 4;
 const MAX_PHNUM: usize = 256;
@@ -163,29 +160,24 @@ struct Phdrs {
     count: usize,
 }
 
-fn rd_u16(b: &[u8], at: usize, le: bool) -> u64 {
-    let a = [b[at], b[at + 1]];
-    (if le {
-        u16::from_le_bytes(a)
+/// The `n`-byte unsigned integer at `at` (little- or big-endian).
+fn rd(b: &[u8], at: usize, n: usize, le: bool) -> u64 {
+    let bytes = &b[at..at + n];
+    let fold = |v: u64, &x: &u8| (v << 8) | x as u64;
+    if le {
+        bytes.iter().rev().fold(0, fold)
     } else {
-        u16::from_be_bytes(a)
-    }) as u64
+        bytes.iter().fold(0, fold)
+    }
+}
+fn rd_u16(b: &[u8], at: usize, le: bool) -> u64 {
+    rd(b, at, 2, le)
 }
 fn rd_u32(b: &[u8], at: usize, le: bool) -> u64 {
-    let a: [u8; 4] = b[at..at + 4].try_into().unwrap();
-    (if le {
-        u32::from_le_bytes(a)
-    } else {
-        u32::from_be_bytes(a)
-    }) as u64
+    rd(b, at, 4, le)
 }
 fn rd_u64(b: &[u8], at: usize, le: bool) -> u64 {
-    let a: [u8; 8] = b[at..at + 8].try_into().unwrap();
-    if le {
-        u64::from_le_bytes(a)
-    } else {
-        u64::from_be_bytes(a)
-    }
+    rd(b, at, 8, le)
 }
 
 /// As tls_cache._program_headers.
@@ -299,34 +291,14 @@ fn site_digest(fd: i32, ph: &Phdrs, plan: &Plan) -> Option<String> {
 }
 
 fn link_create(spec: &LinkSpec, path: &CString) -> Result<i32, i32> {
-    let mut attr = [0u8; 64];
-    attr[0..4].copy_from_slice(&(spec.prog_fd as u32).to_le_bytes());
-    attr[8..12].copy_from_slice(&BPF_TRACE_UPROBE_MULTI.to_le_bytes());
-    attr[16..24].copy_from_slice(&(path.as_ptr() as u64).to_le_bytes());
-    attr[24..32].copy_from_slice(&(spec.offsets.as_ptr() as u64).to_le_bytes());
-    attr[40..48].copy_from_slice(&(spec.cookies.as_ptr() as u64).to_le_bytes());
-    attr[48..52].copy_from_slice(&(spec.offsets.len() as u32).to_le_bytes());
-    let flags = if spec.retprobe {
-        BPF_F_UPROBE_MULTI_RETURN
-    } else {
-        0
-    };
-    attr[52..56].copy_from_slice(&flags.to_le_bytes());
-    // SAFETY: attr is a valid bpf_attr for BPF_LINK_CREATE; path, offsets and cookies
-    // outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_ptr(),
-            attr.len() as u32,
-        )
-    };
-    if r >= 0 {
-        Ok(r as i32)
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
+    crate::uprobe_warm::uprobe_multi_link(
+        spec.prog_fd,
+        path,
+        &spec.offsets,
+        &spec.cookies,
+        spec.retprobe,
+        0,
+    )
 }
 
 fn map_update(map_fd: i32, key: u32, val: &[u8; 16]) -> bool {

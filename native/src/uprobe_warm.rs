@@ -27,7 +27,7 @@
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -64,37 +64,57 @@ struct Shared {
 
 impl Shared {
     fn touch(&self) {
-        let off: u64 = 0;
-        let cookie: u64 = 0;
-        let mut attr = [0u8; 64];
-        attr[0..4].copy_from_slice(&(self.prog_fd as u32).to_le_bytes());
-        attr[8..12].copy_from_slice(&BPF_TRACE_UPROBE_MULTI.to_le_bytes());
-        attr[16..24].copy_from_slice(&(self.path.as_ptr() as u64).to_le_bytes());
-        attr[24..32].copy_from_slice(&(&off as *const u64 as u64).to_le_bytes());
-        attr[40..48].copy_from_slice(&(&cookie as *const u64 as u64).to_le_bytes());
-        attr[48..52].copy_from_slice(&1u32.to_le_bytes());
-        attr[56..60].copy_from_slice(&self.pid.to_le_bytes());
-        // SAFETY: attr is a valid bpf_attr for BPF_LINK_CREATE; every pointer in it
-        // (path, offset, cookie) outlives the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_LINK_CREATE,
-                attr.as_ptr(),
-                attr.len() as u32,
-            )
-        };
+        let r = uprobe_multi_link(self.prog_fd, &self.path, &[0], &[0], false, self.pid);
         self.touches.fetch_add(1, Ordering::Relaxed);
-        if r >= 0 {
-            // SAFETY: r is a link fd this call just created and nobody else knows.
-            unsafe { libc::close(r as i32) };
-        } else {
-            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            if e != ENOTSUPP {
+        match r {
+            // SAFETY: a link fd this call just created and nobody else knows.
+            Ok(fd) => unsafe {
+                libc::close(fd);
+            },
+            Err(e) if e != ENOTSUPP => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 self.last_errno.store(e, Ordering::Relaxed);
             }
+            Err(_) => {}
         }
+    }
+}
+
+/// bpf(BPF_LINK_CREATE) of a uprobe_multi link: program `prog_fd` at each of `offsets`
+/// (with `cookies`) in file `path` (every process when `pid` is 0; a return probe with
+/// `retprobe`). The link fd, or the errno. Shared by the warm-up touches and the exec lane.
+pub fn uprobe_multi_link(
+    prog_fd: i32,
+    path: &CStr,
+    offsets: &[u64],
+    cookies: &[u64],
+    retprobe: bool,
+    pid: u32,
+) -> Result<i32, i32> {
+    let n = offsets.len().min(cookies.len()) as u32;
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&(prog_fd as u32).to_le_bytes());
+    attr[8..12].copy_from_slice(&BPF_TRACE_UPROBE_MULTI.to_le_bytes());
+    attr[16..24].copy_from_slice(&(path.as_ptr() as u64).to_le_bytes());
+    attr[24..32].copy_from_slice(&(offsets.as_ptr() as u64).to_le_bytes());
+    attr[40..48].copy_from_slice(&(cookies.as_ptr() as u64).to_le_bytes());
+    attr[48..52].copy_from_slice(&n.to_le_bytes());
+    attr[52..56].copy_from_slice(&u32::from(retprobe).to_le_bytes()); // BPF_F_UPROBE_MULTI_RETURN
+    attr[56..60].copy_from_slice(&pid.to_le_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_LINK_CREATE; path, offsets and cookies
+    // outlive the call, and the kernel reads at most n of each.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if r >= 0 {
+        Ok(r as i32)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
 }
 

@@ -88,6 +88,13 @@ def attacher():
     return att
 
 
+def lane_hooked(path, n_links: int, first_fd: int):
+    """A file as the lane hands it over: (fd, its stat, stand-ins for its link fds)."""
+    elf(path)
+    fd = os.open(path, os.O_RDONLY)
+    return fd, os.fstat(fd), [os.dup2(fd, first_fd + i) for i in range(n_links)]
+
+
 def learn(att, path, key):
     """The agent attached Go file `path` from analysis: cached under `key`, and planned."""
     elf(path)
@@ -128,11 +135,7 @@ def test_a_file_the_lane_claimed_is_not_attached_again_by_python(tmp_path):
 def test_adopted_hooks_are_booked_and_released_when_detached(tmp_path):
     att = attacher()
     learn(att, tmp_path / "go", "4096:go:aa")
-    copy = tmp_path / "copy"
-    elf(copy)
-    fd = os.open(copy, os.O_RDONLY)
-    st = os.fstat(fd)
-    links = [os.dup2(fd, 1000 + i) for i in range(3)]     # stand-ins for the lane's link fds
+    fd, st, links = lane_hooked(tmp_path / "copy", 3, 1000)
     att._lane.claimed.add((st.st_dev, st.st_ino))
     att._lane.queue.append((os.getpid(), 123, (st.st_dev, st.st_ino, fd, links, "4096:go:aa", (400_000, 100_000, 100_000, 200_000), None),
                             None))
@@ -212,11 +215,7 @@ def test_the_lanes_own_go_analysis_is_the_workers(go_builds, tmp_path):
 
 def test_a_binary_the_lane_analysed_is_cached_planned_and_owns_its_slot(tmp_path):
     att = attacher()
-    p = tmp_path / "new"
-    elf(p)
-    fd = os.open(p, os.O_RDONLY)
-    st = os.fstat(fd)
-    links = [os.dup2(fd, 1010 + i) for i in range(3)]
+    fd, st, links = lane_hooked(tmp_path / "new", 3, 1010)
     slot = att._free_slots.pop()                      # handed to the lane earlier
     analysis = ("go1.22.10", [(0, 4096)], 16, 32, [48, 64], [80], slot)
     att._lane.claimed.add((st.st_dev, st.st_ino))
@@ -235,11 +234,7 @@ def test_a_binary_the_lane_analysed_is_cached_planned_and_owns_its_slot(tmp_path
 
 def test_a_lane_analysis_of_an_unknown_release_is_undone(tmp_path):
     att = attacher()
-    p = tmp_path / "odd"
-    elf(p)
-    fd = os.open(p, os.O_RDONLY)
-    st = os.fstat(fd)
-    links = [os.dup2(fd, 1020)]
+    fd, st, links = lane_hooked(tmp_path / "odd", 1, 1020)
     att._lane.spare_slots = tls_attach.LANE_SPARE_SLOTS       # no top-up in between
     slot = att._free_slots.pop()
     free = len(att._free_slots)
