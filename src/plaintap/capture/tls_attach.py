@@ -452,15 +452,11 @@ class TlsAttacher:
             if hooked is not None:
                 try:
                     self._adopt(pid, *hooked)
-                except Exception:    # never lose the links: undo them, the scan hooks the file
+                except Exception:    # never leak the links: undo them, the scan hooks the file
                     log.exception("adopting the exec lane's hooks for pid %d failed", pid)
                     dev, ino, fd, links = hooked[:4]
-                    for link in links:
-                        os.close(link)
-                    os.close(fd)
-                    self._lane.release(dev, ino, True)
-                    if hooked[6] is not None:
-                        self._free_slots.append(hooked[6][6])
+                    if (dev, ino) not in self.attached:     # booked already: detached like any hook
+                        self._undo_lane_hook(dev, ino, fd, links, hooked[6][6] if hooked[6] is not None else -1)
         self._top_up_lane_slots()
         if now is not None:
             self._warm(now)
@@ -484,12 +480,7 @@ class TlsAttacher:
         elif plan is not None:
             result = plan[1]
         if result is None or ident in self.attached:   # its plan went meanwhile (rare): undo
-            for link in links:
-                os.close(link)
-            os.close(fd)
-            self._lane.release(dev, ino, True)
-            if slot >= 0:
-                self._free_slots.append(slot)
+            self._undo_lane_hook(dev, ino, fd, links, slot)
             return
         try:
             name = os.readlink(f"/proc/{pid}/exe")
@@ -520,6 +511,16 @@ class TlsAttacher:
         n = len(t.read_returns) + 2
         log.info("TLS hooks attached: %s %s (%d probes in %d links, opened as /proc/%d/exe, seen in pid %d, %s, "
                  "%.1f ms after its exec)", t.family, name, n, len(links), pid, pid, how, took_ns / 1e6)
+
+    def _undo_lane_hook(self, dev: int, ino: int, fd: int, links: list[int], slot: int) -> None:
+        """Close hooks the lane made that are not booked, release the file's claim and take
+        back the slot it was given (-1: none)."""
+        for link in links:
+            os.close(link)
+        os.close(fd)
+        self._lane.release(dev, ino, True)
+        if slot >= 0:
+            self._free_slots.append(slot)
 
     def _top_up_lane_slots(self) -> None:
         """Keep LANE_SPARE_SLOTS Go slots with the lane for binaries it analyses itself,
