@@ -285,6 +285,8 @@ def _parse_yield_ms(text: str) -> float:
 
 
 def _run(args) -> int:
+    from .instance import prepare_process
+    prepare_process()   # first, while this process has one thread
     from .config import default_config, load_config, parse_size
     from .pipeline import Agent, RunOptions, install_signal_handlers, parse_tags
 

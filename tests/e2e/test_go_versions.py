@@ -59,7 +59,6 @@ def builds(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     for name, go in found.items():
         d = tmp_path_factory.mktemp(f"go-{name}")
         out[name] = (build(go, d, stripped=False), build(go, d, stripped=True))
-    os.sync()   # written out before they run (see test_tls.test_go_net_http_started_after_agent)
     return out
 
 

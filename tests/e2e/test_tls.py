@@ -195,6 +195,16 @@ def test_node_https(start_agent, nginx, tmp_path):
     check_exchange(agent, nginx, pid, token, body, os.path.realpath(NODE))
 
 
+def _status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":"))
+
+
+def _fd_soft_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as f:
+        return next(int(ln.split()[3]) for ln in f if ln.startswith("Max open files"))
+
+
 def test_go_net_http_started_after_agent(start_agent, nginx, tmp_path, go_client):
     # Issue 11 item 7: fresh copies of a Go client (each a new inode, never hooked
     # before), each started after the agent with no delay: every first request is
@@ -211,16 +221,18 @@ def test_go_net_http_started_after_agent(start_agent, nginx, tmp_path, go_client
             exe.parent.mkdir()
             shutil.copy2(go_client, exe)
             exes.append(exe)
-        # Written out first: the first read of a file written a millisecond before its exec
-        # sometimes waits ~5 ms in the filesystem (ext4 here), longer than the client takes
-        # to make its first TLS call; a program is rarely run that fresh (README, exec lane).
-        os.sync()
         return [(exe, *run_client("go", nginx, tmp_path, go_client=exe)) for exe in exes]
 
     for phase, (first, n) in enumerate(((0, 3), (3, 3))):  # copy0 never seen; then copies
         agent = start_agent(ALL_LOOPBACK)
         if phase:
             assert "TLS analysis cache: " in agent.stderr(), agent.stderr()[-3000:]
+        # Set before its threads (instance.prepare_process), each once measured stalling the
+        # lane past a copy's first TLS write: its fd table was grown (a doubling later waits
+        # out an RCU grace period, 5-11 ms) and huge pages are off (a fault compacting memory
+        # for a 2 MiB page of the allocator's, 4.9 ms).
+        assert _status(agent.pid, "FDSize") >= min(16384, _fd_soft_limit(agent.pid))
+        assert _status(agent.pid, "THP_enabled") == 0
         runs = copies(agent, first, n)
         assert_no_losses(agent)
         hits = agent.metric("plaintap_tls_analysis_cache_hits_total")
@@ -229,7 +241,9 @@ def test_go_net_http_started_after_agent(start_agent, nginx, tmp_path, go_client
             check_exchange(agent, nginx, pid, token, body, str(exe))
         log = agent.stderr()
         analysed = log.count("analysed at its exec by the exec lane")
-        assert analysed == (0 if phase else 1), log[-3000:]
+        # phase 0: copy0 at least (a copy run before the agent has planned that analysis
+        # is analysed again, as fast); phase 1: none, all from the disk cache
+        assert (analysed == 0) if phase else (1 <= analysed <= n), log[-3000:]
         assert hits >= n - analysed and log.count("analysis cached") >= n - analysed, log[-3000:]
 
 
