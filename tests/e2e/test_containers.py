@@ -176,3 +176,53 @@ def test_new_containers_https_through_their_own_libssl_is_plaintext(start_agent,
         recv = (agent.dump / f"{c['connection.id']}.tls.recv").read_bytes()
         head, _, body = recv.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and body == nginx.file
+
+
+@pytest.mark.parametrize("content", ["same", "new"])
+def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start_agent, tools, tmp_path, content):
+    """Issue 11 item 7: an image made after the agent's layer survey (here built while it
+    runs) whose layer carries its own libssl file: a copy of the base image's (content
+    the agent analysed, "same"), or a build never seen ("new": bytes appended). Its first
+    container's first program, curl with no wait, makes its first request through that
+    file: hooked at the exec's survey of the container's root, before curl's first TLS
+    write. Each of three containers is checked byte for byte."""
+    from conftest import ALL_LOOPBACK
+    from tlsenv import SNI, Nginx
+
+    ensure_curl_image()
+    lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    change = (f"head -c 200 /dev/urandom >> {lib}" if content == "new"
+              else f"cp -p {lib} {lib}.tmp && mv {lib}.tmp {lib}")
+    tag = f"localhost/plaintap-test-curl-{content}:{os.urandom(4).hex()}"
+    nginx = Nginx(tmp_path / "nginx")
+    try:
+        agent = start_agent(ALL_LOOPBACK)
+        podman("build", "-q", "--pull=never", "--network", "none", "-t", tag, "-f", "-", ".",
+               input=f"FROM {CURL_IMAGE}\nRUN {change}\n", cwd=str(tmp_path), timeout=300)
+        tokens = []
+        for _ in range(3):
+            token = os.urandom(6).hex()
+            out = podman("run", "--rm", "--network", "host", tag, "curl", "-sk", "--http1.1", "--resolve",
+                         f"{SNI}:{nginx.port}:127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}",
+                         f"https://{SNI}:{nginx.port}/file.bin?run={token}").stdout
+            assert out == "200"
+            tokens.append(token)
+        agent.stop()
+    finally:
+        nginx.stop()
+        podman("rmi", "-f", tag, check=False)
+    log = agent.stderr()
+    for i, token in enumerate(tokens):
+        found = []
+        for c in agent.connections(**{"server.port": nginx.port, "process.executable.name": "curl"}):
+            sent = agent.dump / f"{c['connection.id']}.tls.send"
+            if c["connection.finalized"] and sent.exists() and \
+                    sent.read_bytes().startswith(f"GET /file.bin?run={token} HTTP/1.1\r\n".encode()):
+                found.append(c)
+        assert len(found) == 1, f"request {i} not captured as plaintext: {log[-3000:]}"
+        recv = (agent.dump / f"{found[0]['connection.id']}.tls.recv").read_bytes()
+        head, _, body = recv.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == nginx.file
+    attached = [ln for ln in log.splitlines() if "TLS hooks attached: openssl" in ln and "libssl.so.3" in ln
+                and "after its exec" in ln]
+    assert attached, log[-3000:]
