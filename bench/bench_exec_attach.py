@@ -14,8 +14,10 @@ never hooked (each a new inode), and reads from the agent's log the time from th
                analysed from scratch in the worker
   libssl-copy  a new mount namespace whose libssl.so.3 is a fresh copy of the system's
                (bind-mounted over it, as a container carries its own copy), running curl:
-               found by the survey of the new root at its first exec
-  libssl-new   the same with random bytes appended to the copy (new content)
+               content the agent knows, hooked by the exec lane at curl's exec before the
+               loader maps it (curl's DT_NEEDED walked in its root)
+  libssl-new   the same with random bytes appended to the copy (new content): found by the
+               survey of the new root at its exec, analysed in the worker
 
 With --load, wrk drives nginx over TLS on loopback (1 KiB responses) all the while, and
 the agent captures it (loopback on, http_capture summary, stores disabled): exec → hooked
@@ -24,7 +26,7 @@ agent's line on how long the TLS thread waited for the GIL is printed at the end
 --cases picks cases (comma-separated). BENCH_GOCACHE reuses a Go build cache.
 
 Printed per case: p50, p99 and max in ms, runs where no attach was seen within 5 s, and
-how many were hooked at their exec by the native exec lane (known Go content).
+how many were hooked at their exec by the native exec lane (known content).
 Target: p99 ≤ 20 ms. Figures are printed, never asserted: a benchmark, not a test.
 Only loopback is used: the clients connect to a local port that never answers and give
 up after 0.5 s (so each lives long enough to be scanned).

@@ -36,6 +36,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::needed;
 use crate::ring;
 
 const EV_PROC_EXEC: u32 = 5;
@@ -50,6 +51,8 @@ const MAX_LIVE: usize = 512;
 /// dropped (the capture loop reports every exec too), hooked ones are always kept.
 const MAX_QUEUED: usize = 4096;
 const MAX_PLANS: usize = 256;
+/// Overlay views of libraries whose layer file is known (one per container and library).
+const MAX_LAYER_IDS: usize = 1024;
 const MAX_LINKS_PER_PLAN: usize = 8;
 const MAX_OFFSETS: usize = 256;
 const LANE_NICE: libc::c_int = -10;
@@ -72,6 +75,8 @@ struct LinkSpec {
 }
 
 struct Plan {
+    /// a shared library (libssl): looked for among the DT_NEEDED of every exec
+    library: bool,
     digest: String,
     ranges_json: Vec<u8>,
     sites: Vec<u64>,
@@ -88,13 +93,16 @@ pub type Timing = (u64, u64, u64, u64);
 /// when there was no plan).
 pub type Hooked = (u64, u64, i32, Vec<i32>, String, Timing, Option<Analysis>);
 
-/// One exec handed to the TLS thread.
+/// One exec handed to the TLS thread, or one library hooked at an exec.
 struct Done {
     pid: u32,
     ts: u64,
     hooked: Option<Hooked>,
     /// why a file with a plan was left to the Python path (for its log)
     note: Option<String>,
+    /// a library the exec's program will load (its path in the program's root), hooked
+    /// before the loader maps it; None: the exec itself
+    lib: Option<String>,
 }
 
 #[derive(Default)]
@@ -106,6 +114,7 @@ struct Counts {
     failed: AtomicU64,
     analysed: AtomicU64,
     demoted: AtomicU64,
+    libs_hooked: AtomicU64,
 }
 
 /// What the lane needs to hook a Go binary it analyses itself (no plan yet).
@@ -123,6 +132,10 @@ struct GoHooks {
 
 struct Shared {
     plans: Mutex<HashMap<String, Arc<Plan>>>,
+    /// plans for libraries: execs' DT_NEEDED are walked only while there are some
+    lib_plans: AtomicU64,
+    /// overlay view (dev, ino) of a library -> its layer file's (needed::layer_identity)
+    layer_ids: Mutex<HashMap<(u64, u64), (u64, u64)>>,
     claimed: Mutex<HashSet<(u64, u64)>>,
     live: Mutex<usize>,
     done: Mutex<VecDeque<Done>>,
@@ -133,7 +146,7 @@ struct Shared {
     go: Option<GoHooks>,
 }
 
-fn pread_exact(fd: i32, n: usize, off: u64) -> Option<Vec<u8>> {
+pub(crate) fn pread_exact(fd: i32, n: usize, off: u64) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; n];
     // SAFETY: buf is valid for n bytes of writes during the call.
     let r = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), n, off as libc::off_t) };
@@ -152,12 +165,12 @@ fn pread_some(fd: i32, n: usize, off: u64) -> Option<Vec<u8>> {
 }
 
 /// An ELF file's program header table: (little-endian, 64-bit, raw table, entry size, count).
-struct Phdrs {
-    le: bool,
-    is64: bool,
-    table: Vec<u8>,
-    entsize: usize,
-    count: usize,
+pub(crate) struct Phdrs {
+    pub(crate) le: bool,
+    pub(crate) is64: bool,
+    pub(crate) table: Vec<u8>,
+    pub(crate) entsize: usize,
+    pub(crate) count: usize,
 }
 
 /// The `n`-byte unsigned integer at `at` (little- or big-endian).
@@ -173,15 +186,15 @@ fn rd(b: &[u8], at: usize, n: usize, le: bool) -> u64 {
 fn rd_u16(b: &[u8], at: usize, le: bool) -> u64 {
     rd(b, at, 2, le)
 }
-fn rd_u32(b: &[u8], at: usize, le: bool) -> u64 {
+pub(crate) fn rd_u32(b: &[u8], at: usize, le: bool) -> u64 {
     rd(b, at, 4, le)
 }
-fn rd_u64(b: &[u8], at: usize, le: bool) -> u64 {
+pub(crate) fn rd_u64(b: &[u8], at: usize, le: bool) -> u64 {
     rd(b, at, 8, le)
 }
 
 /// As tls_cache._program_headers.
-fn program_headers(fd: i32, size: u64) -> Option<Phdrs> {
+pub(crate) fn program_headers(fd: i32, size: u64) -> Option<Phdrs> {
     if size < 64 {
         return None;
     }
@@ -318,22 +331,29 @@ fn map_update(map_fd: i32, key: u32, val: &[u8; 16]) -> bool {
     r == 0
 }
 
+/// Names of the libraries plans are made for (openssl family: libssl.so.3, .so.1.1, …).
+fn is_tls_library(name: &str) -> bool {
+    name.starts_with("libssl.so")
+}
+
 fn close(fd: i32) {
     // SAFETY: fd is one this module opened and still owns.
     unsafe { libc::close(fd) };
 }
 
 impl Shared {
-    /// Try to hook `pid`'s executable from a plan; never blocks on anything but the
-    /// file's own reads and the attach calls.
-    fn hook(&self, pid: u32, ts: u64) -> Done {
+    /// Try to hook `pid`'s executable from a plan (or the lane's own Go analysis), then the
+    /// TLS libraries it will load that have plans (needed.rs); never blocks on anything but
+    /// the files' own reads and the attach calls. The exec's entry comes first.
+    fn on_exec(&self, pid: u32, ts: u64) -> Vec<Done> {
         let seen = ring::monotonic_ns();
-        let mut done = Done {
+        let mut out = vec![Done {
             pid,
             ts,
             hooked: None,
             note: None,
-        };
+            lib: None,
+        }];
         let can_analyse = self
             .go
             .as_ref()
@@ -341,15 +361,15 @@ impl Shared {
         if (!can_analyse && self.plans.lock().unwrap().is_empty())
             || *self.live.lock().unwrap() >= MAX_LIVE
         {
-            return done;
+            return out;
         }
         let Ok(path) = CString::new(format!("/proc/{pid}/exe")) else {
-            return done;
+            return out;
         };
         // SAFETY: path is a valid C string.
         let fd = unsafe { libc::open(path.as_ptr(), LANE_OPEN_FLAGS) };
         if fd < 0 {
-            return done;
+            return out;
         }
         // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -359,31 +379,128 @@ impl Shared {
             || st.st_size <= 0
         {
             close(fd);
-            return done;
+            return out;
         }
-        let (dev, ino, size) = (st.st_dev, st.st_ino, st.st_size as u64);
-        let found = program_headers(fd, size).and_then(|ph| {
+        let size = st.st_size as u64;
+        let ph = program_headers(fd, size);
+        let wants_libs = self.lib_plans.load(Ordering::Relaxed) > 0;
+        let dynamic = ph
+            .as_ref()
+            .filter(|_| wants_libs)
+            .and_then(|ph| needed::dynamic(fd, size, ph));
+        let (hooked, note) = self.hook_file(fd, (st.st_dev, st.st_ino), size, ph, ts, seen, true);
+        out[0].hooked = hooked;
+        out[0].note = note;
+        if let Some(d) = dynamic.filter(|d| !d.needed.is_empty()) {
+            out.extend(self.hook_libraries(pid, ts, seen, &d));
+        }
+        out
+    }
+
+    /// The libraries with plans among what `pid`'s program will load (`exe`: its
+    /// dynamic section), each hooked through its own fd before the loader maps it.
+    fn hook_libraries(&self, pid: u32, ts: u64, seen: u64, exe: &needed::Dynamic) -> Vec<Done> {
+        let Ok(root_path) = CString::new(format!("/proc/{pid}/root")) else {
+            return Vec::new();
+        };
+        // SAFETY: a valid C string; O_PATH opens nothing but the directory reference.
+        let root = unsafe {
+            libc::open(
+                root_path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if root < 0 {
+            return Vec::new();
+        }
+        let found = needed::libraries(root, exe, is_tls_library, program_headers);
+        close(root);
+        let mut out = Vec::new();
+        for f in found {
+            let identity = if needed::on_overlay(f.fd) {
+                let view = (f.st.st_dev, f.st.st_ino);
+                let known = self.layer_ids.lock().unwrap().get(&view).copied();
+                known.or_else(|| {
+                    let id = needed::layer_identity(pid, &f.path, &f.st)?;
+                    let mut ids = self.layer_ids.lock().unwrap();
+                    if ids.len() >= MAX_LAYER_IDS {
+                        ids.clear();
+                    }
+                    ids.insert(view, id);
+                    Some(id)
+                })
+            } else {
+                Some((f.st.st_dev, f.st.st_ino))
+            };
+            let Some(identity) = identity else {
+                close(f.fd); // an overlay whose layer file is not found: the scan's
+                continue;
+            };
+            let size = f.st.st_size as u64;
+            let ph = program_headers(f.fd, size);
+            let (hooked, note) = self.hook_file(f.fd, identity, size, ph, ts, seen, false);
+            if hooked.is_some() {
+                self.counts.libs_hooked.fetch_add(1, Ordering::Relaxed);
+            }
+            if hooked.is_some() || note.is_some() {
+                out.push(Done {
+                    pid,
+                    ts,
+                    hooked,
+                    note,
+                    lib: Some(f.path),
+                });
+            }
+        }
+        out
+    }
+
+    /// Hook file `fd` (identity `ident`: the inode uprobes land on) from its plan, or, for
+    /// a program (`analyse`), from the lane's own Go analysis. Takes `fd`: closed unless
+    /// hooked (then it is in the result, the caller's).
+    #[allow(clippy::too_many_arguments)]
+    fn hook_file(
+        &self,
+        fd: i32,
+        ident: (u64, u64),
+        size: u64,
+        ph: Option<Phdrs>,
+        ts: u64,
+        seen: u64,
+        analyse: bool,
+    ) -> (Option<Hooked>, Option<String>) {
+        let (dev, ino) = ident;
+        if *self.live.lock().unwrap() >= MAX_LIVE || self.claimed.lock().unwrap().contains(&ident) {
+            close(fd); // over the bound, or hooked already (the system libssl, at most execs)
+            return (None, None);
+        }
+        let found = ph.and_then(|ph| {
             let key = content_key(fd, size, &ph)?;
             let plan = self.plans.lock().unwrap().get(&key).cloned();
             Some((ph, key, plan))
         });
-        let Some((ph, key, plan)) = found else {
-            self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
+        let Some((ph, key, plan)) = found.filter(|f| analyse || f.2.is_some()) else {
+            if analyse {
+                self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
+            }
             close(fd);
-            return done;
+            return (None, None);
         };
         if !self.claimed.lock().unwrap().insert((dev, ino)) {
             close(fd); // hooked already, or the Python path has it
-            return done;
+            return (None, None);
         }
+        let unclaim = |fd: i32| {
+            self.claimed.lock().unwrap().remove(&(dev, ino));
+            close(fd);
+        };
         let mut analysis = None;
         let plan = match plan {
             Some(plan) => {
                 if site_digest(fd, &ph, &plan).as_deref() != Some(plan.digest.as_str()) {
                     self.counts.mismatched.fetch_add(1, Ordering::Relaxed);
-                    self.claimed.lock().unwrap().remove(&(dev, ino));
-                    close(fd);
-                    return done;
+                    unclaim(fd);
+                    return (None, None);
                 }
                 plan
             }
@@ -394,16 +511,14 @@ impl Shared {
                 }
                 None => {
                     self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
-                    self.claimed.lock().unwrap().remove(&(dev, ino));
-                    close(fd);
-                    return done;
+                    unclaim(fd);
+                    return (None, None);
                 }
             },
         };
         let Ok(via) = CString::new(format!("/proc/self/fd/{fd}")) else {
-            self.claimed.lock().unwrap().remove(&(dev, ino));
-            close(fd);
-            return done;
+            unclaim(fd);
+            return (None, None);
         };
         let checked = ring::monotonic_ns();
         let mut links = Vec::with_capacity(plan.links.len());
@@ -417,14 +532,13 @@ impl Shared {
                     if let (Some(a), Some(go)) = (&analysis, self.go.as_ref()) {
                         go.slots.lock().unwrap().push(a.6);
                     }
-                    self.claimed.lock().unwrap().remove(&(dev, ino));
-                    close(fd);
+                    unclaim(fd);
                     self.counts.failed.fetch_add(1, Ordering::Relaxed);
-                    done.note = Some(format!(
+                    let note = format!(
                         "attaching at its exec failed ({}); hooked by the scan instead",
                         std::io::Error::from_raw_os_error(e)
-                    ));
-                    return done;
+                    );
+                    return (None, Some(note));
                 }
             }
         }
@@ -437,8 +551,7 @@ impl Shared {
             checked - seen,
             now - checked,
         );
-        done.hooked = Some((dev, ino, fd, links, key, timing, analysis));
-        done
+        (Some((dev, ino, fd, links, key, timing, analysis)), None)
     }
 
     /// A plan for a Go binary nobody planned for: analysed here (goelf), given one of the
@@ -494,6 +607,7 @@ impl Shared {
             },
         ];
         let plan = Plan {
+            library: false,
             digest: String::new(),
             ranges_json: Vec::new(),
             sites: Vec::new(),
@@ -568,9 +682,11 @@ fn run(sh: Arc<Shared>, ring: ring::Ring) {
             ring.consume(step);
             if let Some((EV_PROC_EXEC, pid, ts)) = parsed {
                 sh.counts.execs.fetch_add(1, Ordering::Relaxed);
-                let d = sh.hook(pid, ts);
-                let hooked = d.hooked.is_some();
-                sh.push(d);
+                let mut hooked = false;
+                for d in sh.on_exec(pid, ts) {
+                    hooked |= d.hooked.is_some();
+                    sh.push(d);
+                }
                 any = true;
                 if hooked {
                     sh.wake(); // at once: the TLS thread logs it and runs the exec's scans
@@ -669,6 +785,8 @@ impl ExecLane {
         }
         let sh = Arc::new(Shared {
             plans: Mutex::new(HashMap::new()),
+            lib_plans: AtomicU64::new(0),
+            layer_ids: Mutex::new(HashMap::new()),
             claimed: Mutex::new(HashSet::new()),
             live: Mutex::new(0),
             done: Mutex::new(VecDeque::new()),
@@ -701,6 +819,8 @@ impl ExecLane {
     /// Register what to attach for files of content key `key`: `links` is a list of
     /// (program fd, offsets, cookies, retprobe); `digest` the file's site digest computed
     /// over `ranges_json` and `sites` (tls_cache.site_digest). Replaces an earlier plan.
+    /// `library`: a TLS library (libssl), looked for among every exec's DT_NEEDED.
+    #[pyo3(signature = (key, digest, ranges_json, sites, links, library = false))]
     fn add_plan(
         &self,
         key: String,
@@ -708,6 +828,7 @@ impl ExecLane {
         ranges_json: Vec<u8>,
         sites: Vec<u64>,
         links: Vec<(i32, Vec<u64>, Vec<u64>, bool)>,
+        library: bool,
     ) -> PyResult<()> {
         if links.is_empty()
             || links.len() > MAX_LINKS_PER_PLAN
@@ -721,6 +842,7 @@ impl ExecLane {
             ));
         }
         let plan = Plan {
+            library,
             digest,
             ranges_json,
             sites,
@@ -740,7 +862,14 @@ impl ExecLane {
                 "too many exec-lane plans",
             ));
         }
-        plans.insert(key, Arc::new(plan));
+        if let Some(old) = plans.insert(key, Arc::new(plan)) {
+            if old.library {
+                self.sh.lib_plans.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if library {
+            self.sh.lib_plans.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -770,7 +899,11 @@ impl ExecLane {
     }
 
     fn remove_plan(&self, key: &str) {
-        self.sh.plans.lock().unwrap().remove(key);
+        if let Some(old) = self.sh.plans.lock().unwrap().remove(key) {
+            if old.library {
+                self.sh.lib_plans.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     #[getter]
@@ -795,22 +928,25 @@ impl ExecLane {
         }
     }
 
-    /// The execs seen since the last call: (pid, exec ts, hooked, note) where hooked is
+    /// The execs seen since the last call: (pid, exec ts, hooked, note, library) where hooked is
     /// (dev, ino, fd, link fds, content key, timing (ns: exec -> hooked, -> seen by the
     /// lane, checks or analysis, attach), analysis) or None,
     /// analysis being (Go version, executable ranges, Read entry, Write entry, Read RETs,
     /// Write RETs, slot) for a binary analysed here. The caller owns the fds and slots it
-    /// receives.
-    fn take(&self) -> Vec<(u32, u64, Option<Hooked>, Option<String>)> {
+    /// receives. `library` is None for the exec itself; an entry with a library's path (in
+    /// the program's root) follows its exec's for each TLS library hooked at that exec.
+    #[allow(clippy::type_complexity)]
+    fn take(&self) -> Vec<(u32, u64, Option<Hooked>, Option<String>, Option<String>)> {
         let mut q = self.sh.done.lock().unwrap();
         q.drain(..)
-            .map(|d| (d.pid, d.ts, d.hooked, d.note))
+            .map(|d| (d.pid, d.ts, d.hooked, d.note, d.lib))
             .collect()
     }
 
     /// (execs seen, hooked here, of those analysed here, no plan for the file, digest
-    /// mismatches, attach failures, seconds it left real-time priority over its budget)
-    fn stats(&self) -> (u64, u64, u64, u64, u64, u64, u64) {
+    /// mismatches, attach failures, seconds it left real-time priority over its budget,
+    /// libraries hooked at their program's exec (counted in "hooked" too))
+    fn stats(&self) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
         let c = &self.sh.counts;
         (
             c.execs.load(Ordering::Relaxed),
@@ -820,6 +956,7 @@ impl ExecLane {
             c.mismatched.load(Ordering::Relaxed),
             c.failed.load(Ordering::Relaxed),
             c.demoted.load(Ordering::Relaxed),
+            c.libs_hooked.load(Ordering::Relaxed),
         )
     }
 
@@ -955,6 +1092,7 @@ mod tests {
         let (_f, fd) = file_with(&bytes);
         let ph = program_headers(fd, bytes.len() as u64).unwrap();
         let plan = |sites: Vec<u64>| Plan {
+            library: false,
             digest: String::new(),
             ranges_json: b"[[0,4096]]".to_vec(),
             sites,

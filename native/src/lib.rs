@@ -27,6 +27,7 @@ pub mod http2;
 pub mod input;
 pub mod jsonline;
 pub mod model;
+pub mod needed;
 pub mod pipeline;
 pub mod py_parser;
 pub mod reassembly;

@@ -184,8 +184,10 @@ def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start
     runs) whose layer carries its own libssl file: a copy of the base image's (content
     the agent analysed, "same"), or a build never seen ("new": bytes appended). Its first
     container's first program, curl with no wait, makes its first request through that
-    file: hooked at the exec's survey of the container's root, before curl's first TLS
-    write. Each of three containers is checked byte for byte."""
+    file: "same" is hooked by the exec lane before the loader maps it (curl's DT_NEEDED,
+    resolved in the container's root), "new" at the exec's survey of the container's root
+    and an analysis, before curl's first TLS write. Each of three containers is checked
+    byte for byte."""
     from conftest import ALL_LOOPBACK
     from tlsenv import SNI, Nginx
 
@@ -226,3 +228,8 @@ def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start
     attached = [ln for ln in log.splitlines() if "TLS hooks attached: openssl" in ln and "libssl.so.3" in ln
                 and "after its exec" in ln]
     assert attached, log[-3000:]
+    if content == "same":
+        # known content in a new layer file: hooked by the exec lane at the first container's
+        # exec of curl, found through curl's DT_NEEDED in the container's root, and under the
+        # layer file's identity (one hook for every container of the image: no event twice)
+        assert "before the loader mapped it" in attached[0] and len(attached) == 1, log[-3000:]

@@ -264,6 +264,37 @@ def test_client_in_other_mount_namespace_with_its_own_libssl(start_agent, nginx,
         "the private libssl was not hooked through the process's own root"
 
 
+def test_a_private_libssl_copy_is_hooked_before_the_loader_maps_it(start_agent, nginx, tmp_path):
+    # Issue 11 item 7: curl started, with no delay, in a new mount namespace where a fresh
+    # copy of the system libssl (a new inode; content the agent hooked at its start) is
+    # bind-mounted over the system's. At curl's exec the exec lane walks its DT_NEEDED
+    # inside the process's root (curl -> libcurl.so.4 -> libssl.so.3), finds the copy, and
+    # hooks it before the loader maps it. Three runs, a new copy each, checked byte for byte.
+    libdir = "/usr/lib/x86_64-linux-gnu"
+    real = os.path.realpath(f"{libdir}/libssl.so.3")
+    agent = start_agent(ALL_LOOPBACK)
+    runs = []
+    for i in range(3):
+        copy = tmp_path / f"libssl-copy{i}.so.3"
+        shutil.copy2(real, copy)
+        wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                f'mount --bind "{copy}" "{real}" && exec "$0" "$@"']
+        runs.append((copy, *run_client("curl", nginx, tmp_path, wrap=wrap)))
+    assert_no_losses(agent)
+    agent.stop()
+    log = agent.stderr()
+    by_lane = 0
+    for copy, pid, token, body in runs:
+        check_exchange(agent, nginx, pid, token, body, CURL)
+        line = next((ln for ln in log.splitlines() if f"opened as /proc/{pid}/root{real}" in ln), "")
+        assert "TLS hooks attached: openssl" in line, log[-3000:]
+        by_lane += "before the loader mapped it" in line
+    # The scan may claim a copy first: the exec look-ahead of `sh` (before curl's exec) can
+    # run after sh's bind mount and find the copy in the new root; it then hooks it (~1-3
+    # ms), and the lane, finding it claimed, leaves it (seen in 2 of 60 runs, first copy).
+    assert by_lane >= 2, log[-3000:]
+
+
 def test_unhooked_library_reports_tls_facts_not_plaintext(start_agent, nginx, tmp_path):
     agent = start_agent(ALL_LOOPBACK, "--tls-probes", "gotls")
     pid, token, body = run_client("curl", nginx, tmp_path)

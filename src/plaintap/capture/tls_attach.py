@@ -147,7 +147,9 @@ INLINE_SCANS_PER_S, INLINE_SCANS_BURST = 50, 10
 INLINE_WAIT_S = 0.003      # for the TLS thread to finish its step (a rescan, an attach)
 MAX_SAME_CONTENT_WAITERS = 64
 # The native exec lane (native/src/exec_lane.rs) hooks copies of known Go binaries at their
-# exec: plans for at most LANE_PLANS contents (each holds a Go slot), the most recently used.
+# exec, and copies of known libssl builds a new program will load (its DT_NEEDED, resolved
+# in its root) before the loader maps them: plans for at most LANE_PLANS contents (each Go
+# plan holds a Go slot), the most recently used.
 # PLAINTAP_EXEC_LANE=0 turns it off (every exec then goes the Python way).
 LANE_PLANS = 32
 # Go slots kept with the lane for never-seen Go binaries it analyses itself (goelf.rs).
@@ -197,6 +199,7 @@ class _Hooked:
     slot: int = -1          # Go offsets slot (owned)
     plan_slot: int = -1     # Go offsets slot of the exec lane's plan it was hooked by (not owned)
     fd: int = -1            # Go: kept open to notice the file's deletion (st_nlink 0)
+    lane: bool = False      # hooked by the exec lane (counted under its live-hook bound)
 
 
 def refuse(reason: str, what: str, detail: str = "") -> None:
@@ -376,15 +379,17 @@ class TlsAttacher:
 
     def _start_lane(self) -> None:
         """Start the native exec lane (uprobe_multi kernels) and give it plans for the Go
-        binaries the analysis cache knows, most recently used first."""
+        binaries and libssl builds the analysis cache knows, most recently used first."""
         wake_map = getattr(self.kernel, "exec_wake_map", None)
-        if (not EXEC_LANE or "gotls" not in self.families or wake_map is None
+        if (not EXEC_LANE or not {"gotls", "openssl"} & self.families or wake_map is None
                 or not getattr(self.kernel, "uprobe_multi", False)):
             return
         found = wake_map()
         if found is None:
             return
         try:
+            if "gotls" not in self.families:
+                raise BpfError("Go TLS probes are off")
             go = (self.kernel.go_offsets_map_fd(),
                   tuple(self.kernel.program_fd(p) for p in ("go_write_enter", "go_read_enter", "go_read_return")),
                   _lane_layouts())
@@ -395,7 +400,8 @@ class TlsAttacher:
             from .._core import ExecLane
             self._lane = ExecLane(found[0], found[1], self._wake, go)
         except (ImportError, OSError) as e:
-            log.warning("exec lane unavailable (%s): copies of known Go programs are hooked by the scan", e)
+            log.warning("exec lane unavailable (%s): copies of known Go programs and libssl builds are hooked by "
+                        "the scan", e)
             return
         self._top_up_lane_slots()
         for key, _sites, result in self.content.recent(LANE_PLANS * 4):
@@ -404,31 +410,39 @@ class TlsAttacher:
             self._plan(key, result)
 
     def _plan(self, ckey: str | None, result: dict) -> None:
-        """Give the exec lane a plan for Go content `ckey` (analysis `result`, in the
-        content cache): its own Go slot and the links _attach_go would make."""
-        if self._lane is None or ckey is None or not result.get("go"):
+        """Give the exec lane a plan for content `ckey` (analysis `result`, in the content
+        cache): the links _attach_go or _attach_openssl would make. A Go plan holds a Go
+        slot of its own; a libssl plan makes the lane look for that library among what each
+        new program will load (DT_NEEDED) and hook it before the loader maps it."""
+        if self._lane is None or ckey is None:
             return
         if ckey in self._plans:
             self._plans.move_to_end(ckey)
             return
         entry = self.content.entry(ckey)
         t = target_from_result(result, self.families, path="", ident=(0, 0), pid_seen=0, maps_path="")
-        if entry is None or not isinstance(t, GoTlsTarget) or _go_unusable(t) is not None:
+        go = isinstance(t, GoTlsTarget)
+        if entry is None or t is None or (go and _go_unusable(t) is not None) \
+                or (isinstance(t, OpenSSLTarget) and t.family != "openssl"):
             return
-        while len(self._plans) >= LANE_PLANS or (not self._free_slots and self._plans):
+        while len(self._plans) >= LANE_PLANS or (go and not self._free_slots and self._plans):
             self._drop_plan(next(iter(self._plans)))
-        if not self._free_slots:
+        if go and not self._free_slots:
             return
-        slot = self._free_slots.pop()
+        slot = self._free_slots.pop() if go else -1
         try:
-            fo = t.fd_offsets
-            self.kernel.set_go_offsets(slot, fo["conn_data"], fo["fd_ptr"], fo["sysfd"])
-            links = [(self.kernel.program_fd(prog), offs, cookies, False) for prog, offs, cookies in _go_links(t, slot)]
+            if go:
+                fo = t.fd_offsets
+                self.kernel.set_go_offsets(slot, fo["conn_data"], fo["fd_ptr"], fo["sysfd"])
+                links = [(self.kernel.program_fd(prog), offs, cookies, False) for prog, offs, cookies in _go_links(t, slot)]
+            else:
+                links = [(self.kernel.program_fd(prog), offs, cookies, ret) for prog, offs, cookies, ret in _openssl_links(t)]
             self._lane.add_plan(ckey, entry[0], json.dumps(result.get("exec_ranges"), separators=(",", ":")).encode(),
-                                result_offsets(result), links)
+                                result_offsets(result), links, library=not go)
         except (BpfError, ValueError, KeyError) as e:
             log.debug("no exec-lane plan for %s: %s", ckey, e)
-            self._free_slots.append(slot)
+            if go:
+                self._free_slots.append(slot)
             return
         self._plans[ckey] = (slot, result)
         self._update_gauges()
@@ -436,6 +450,8 @@ class TlsAttacher:
     def _drop_plan(self, ckey: str) -> None:
         slot, _ = self._plans.pop(ckey)
         self._lane.remove_plan(ckey)
+        if slot < 0:
+            return                            # a library's plan: no slot
         if any(h.plan_slot == slot for h in self.attached.values()):
             self._orphan_slots.add(slot)      # freed when its last hook goes (_detach)
         else:
@@ -444,14 +460,14 @@ class TlsAttacher:
     def _take_lane(self) -> None:
         """Execs from the exec lane: note each (its scans), adopt the hooks it made."""
         now = None
-        for pid, ts, hooked, note in self._lane.take():
-            if self._note_exec(pid, ts):
+        for pid, ts, hooked, note, library in self._lane.take():
+            if library is None and self._note_exec(pid, ts):
                 now = now or time.monotonic_ns()
             if note:
-                log.info("pid %d: %s", pid, note)
+                log.info("pid %d: %s%s", pid, f"{library}: " if library else "", note)
             if hooked is not None:
                 try:
-                    self._adopt(pid, *hooked)
+                    self._adopt(pid, *hooked, library=library)
                 except Exception:    # never leak the links: undo them, the scan hooks the file
                     log.exception("adopting the exec lane's hooks for pid %d failed", pid)
                     dev, ino, fd, links = hooked[:4]
@@ -462,10 +478,12 @@ class TlsAttacher:
             self._warm(now)
 
     def _adopt(self, pid: int, dev: int, ino: int, fd: int, links: list[int], ckey: str,
-               timing: tuple[int, int, int, int], analysis: tuple | None = None) -> None:
-        """Book the hooks the exec lane attached to `pid`'s executable (opened as `fd`):
-        from a plan (a copy of known content), or from its own `analysis` of a Go binary
-        nobody had seen (then cached and planned here like the worker's result)."""
+               timing: tuple[int, int, int, int], analysis: tuple | None = None,
+               library: str | None = None) -> None:
+        """Book the hooks the exec lane attached to `pid`'s executable (opened as `fd`), or
+        to `library` (its path in the process's root) that the program will load: from a
+        plan (a copy of known content), or from its own `analysis` of a Go binary nobody
+        had seen (then cached and planned here like the worker's result)."""
         ident = (dev, ino)
         plan = self._plans.get(ckey)
         slot = analysis[6] if analysis is not None else -1
@@ -483,18 +501,18 @@ class TlsAttacher:
             self._undo_lane_hook(dev, ino, fd, links, slot)
             return
         try:
-            name = os.readlink(f"/proc/{pid}/exe")
+            name = library or os.readlink(f"/proc/{pid}/exe")
         except OSError:
             name = f"/proc/self/fd/{fd}"
         t = target_from_result(result, self.families, path=f"/proc/self/fd/{fd}", ident=ident, pid_seen=pid,
                                maps_path=name)
         if analysis is not None:
-            hooked = _Hooked(t, links=self.kernel.adopt_links(links), slot=slot, fd=fd)
+            hooked = _Hooked(t, links=self.kernel.adopt_links(links), slot=slot, fd=fd, lane=True)
         else:
-            hooked = _Hooked(t, links=self.kernel.adopt_links(links), plan_slot=plan[0], fd=fd)
+            hooked = _Hooked(t, links=self.kernel.adopt_links(links), plan_slot=plan[0], fd=fd, lane=True)
         self.attached[ident] = hooked
         st = os.fstat(fd)
-        self._remember(ident, ident, st)
+        self._remember((st.st_dev, st.st_ino), ident, st)    # as maps will show it (overlay: its view)
         self._results[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = result
         self._last_seen[ident] = self._now_ns
         took_ns, seen_ns, work_ns, attach_ns = timing
@@ -506,11 +524,14 @@ class TlsAttacher:
         else:
             metrics.tls_analysis_cache_hits.inc()
             how = "hooked at its exec by the exec lane, analysis cached"
+        if library is not None:
+            how = how.replace("at its exec", "at its program's exec, before the loader mapped it,")
         how += f", seen {seen_ns / 1e6:.1f} ms after its exec, {attach_ns / 1e6:.1f} ms to attach"
         self._update_gauges()
-        n = len(t.read_returns) + 2
-        log.info("TLS hooks attached: %s %s (%d probes in %d links, opened as /proc/%d/exe, seen in pid %d, %s, "
-                 "%.1f ms after its exec)", t.family, name, n, len(links), pid, pid, how, took_ns / 1e6)
+        n = len(t.read_returns) + 2 if isinstance(t, GoTlsTarget) else sum(len(x[1]) for x in _openssl_links(t))
+        opened = f"/proc/{pid}/root{library}" if library else f"/proc/{pid}/exe"
+        log.info("TLS hooks attached: %s %s (%d probes in %d links, opened as %s, seen in pid %d, %s, "
+                 "%.1f ms after its exec)", t.family, name, n, len(links), opened, pid, how, took_ns / 1e6)
 
     def _undo_lane_hook(self, dev: int, ino: int, fd: int, links: list[int], slot: int) -> None:
         """Close hooks the lane made that are not booked, release the file's claim and take
@@ -615,10 +636,11 @@ class TlsAttacher:
         if self._lane is not None:
             self._lane.stop()
             self._free_slots += self._lane.take_slots()
-            execs, hooked, analysed, no_plan, mismatched, failed, demoted = self._lane.stats()
-            log.info("exec lane: %d execs, %d hooked at their exec (%d of them analysed there; %d left to the scan "
-                     "with no plan, %d whose bytes differed, %d attach failures; %d times over its real-time budget)",
-                     execs, hooked, analysed, no_plan, mismatched, failed, demoted)
+            execs, hooked, analysed, no_plan, mismatched, failed, demoted, libs = self._lane.stats()
+            log.info("exec lane: %d execs, %d files hooked at their exec (%d libraries before the loader mapped "
+                     "them; %d analysed there; %d programs left to the scan with no plan, %d files whose bytes "
+                     "differed, %d attach failures; %d times over its real-time budget)",
+                     execs, hooked, libs, analysed, no_plan, mismatched, failed, demoted)
         self.content.save(force=True)
         self.analysis.close()
         wakes, wait_ns, max_ns = _gil_wait_stats()
@@ -1071,25 +1093,10 @@ class TlsAttacher:
         return len(offsets)
 
     def _attach_openssl(self, t: OpenSSLTarget, hooked: _Hooked) -> int:
-        internal = all(sym in t.symbols for sym, _, _ in OPENSSL_INTERNAL_HOOKS)
-        entries: dict[str, tuple[list[int], list[int]]] = {}
-        exits: tuple[list[int], list[int]] = ([], [])
-        for sym, prog, cookie in OPENSSL_INTERNAL_HOOKS if internal else OPENSSL_HOOKS:
-            off = t.symbols.get(sym)
-            if off is None:
-                continue
-            offs, cookies = entries.setdefault(prog, ([], []))
-            offs.append(off)
-            cookies.append(cookie)
-            exits[0].append(off)
-            exits[1].append(cookie)
-        if not exits[0]:
+        links = _openssl_links(t)
+        if not links:
             raise BpfError("no SSL_read/SSL_write symbols")
-        n = 0
-        for prog, (offs, cookies) in entries.items():
-            n += self._uprobes(hooked, prog, t, offs, cookies)
-        n += self._uprobes(hooked, "ssl_exit_probe", t, exits[0], exits[1], retprobe=True)
-        return n
+        return sum(self._uprobes(hooked, prog, t, offs, cookies, retprobe=ret) for prog, offs, cookies, ret in links)
 
     def _attach_go(self, t: GoTlsTarget, hooked: _Hooked) -> int:
         why = _go_unusable(t)
@@ -1137,7 +1144,7 @@ class TlsAttacher:
             self._free_slots.append(h.slot)
         del self.attached[ident]
         if self._lane is not None:
-            self._lane.release(ident[0], ident[1], h.plan_slot >= 0)
+            self._lane.release(ident[0], ident[1], h.lane)
         if h.plan_slot in self._orphan_slots and not any(o.plan_slot == h.plan_slot for o in self.attached.values()):
             self._orphan_slots.discard(h.plan_slot)
             self._free_slots.append(h.plan_slot)
@@ -1189,6 +1196,28 @@ def _lane_result(analysis: tuple) -> dict | None:
             "go": {"go_version": version, "regabi": gotls.uses_register_abi(parsed, gotls.EM_X86_64),
                    "read_entry": read_entry, "write_entry": write_entry, "read_returns": list(read_returns),
                    "write_returns": list(write_returns), "fd_offsets": gotls._with_derived(*entry)}}
+
+
+def _openssl_links(t: OpenSSLTarget) -> list[tuple[str, list[int], list[int], bool]]:
+    """(program, offsets, cookies, return probe) for an OpenSSL-family file: its internal
+    read/write functions when all are known, else the exported SSL_read/SSL_write family;
+    a return probe on each. Empty when it has none of them."""
+    internal = all(sym in t.symbols for sym, _, _ in OPENSSL_INTERNAL_HOOKS)
+    entries: dict[str, tuple[list[int], list[int]]] = {}
+    exits: tuple[list[int], list[int]] = ([], [])
+    for sym, prog, cookie in OPENSSL_INTERNAL_HOOKS if internal else OPENSSL_HOOKS:
+        off = t.symbols.get(sym)
+        if off is None:
+            continue
+        offs, cookies = entries.setdefault(prog, ([], []))
+        offs.append(off)
+        cookies.append(cookie)
+        exits[0].append(off)
+        exits[1].append(cookie)
+    if not exits[0]:
+        return []
+    return [(prog, offs, cookies, False) for prog, (offs, cookies) in entries.items()] + \
+        [("ssl_exit_probe", exits[0], exits[1], True)]
 
 
 def _go_links(t: GoTlsTarget, slot: int) -> list[tuple[str, list[int], list[int]]]:

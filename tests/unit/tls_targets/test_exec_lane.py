@@ -17,7 +17,8 @@ class LaneKernel(MultiKernel):
     uprobe_multi = True
 
     def program_fd(self, name):
-        return {"go_write_enter": 101, "go_read_enter": 102, "go_read_return": 103}[name]
+        return {"go_write_enter": 101, "go_read_enter": 102, "go_read_return": 103, "ssl_write_enter": 111,
+                "ssl_read_enter": 112, "ssl_exit_probe": 113}[name]
 
     def adopt_links(self, fds):
         for fd in fds:
@@ -37,8 +38,9 @@ class FakeLane:
         self.released = []
         self.queue = []
 
-    def add_plan(self, key, digest, ranges_json, sites, links):
+    def add_plan(self, key, digest, ranges_json, sites, links, library=False):
         self.plans[key] = (digest, ranges_json, sites, links)
+        self.libraries = getattr(self, "libraries", set()) | ({key} if library else set())
 
     def remove_plan(self, key):
         del self.plans[key]
@@ -69,7 +71,7 @@ class FakeLane:
         pass
 
     def stats(self):
-        return (0, 0, 0, 0, 0, 0, 0)
+        return (0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def elf(path, size=4096):
@@ -82,8 +84,8 @@ def elf(path, size=4096):
     path.write_bytes(bytes(head) + ph + bytes(size - 64 - len(ph)))
 
 
-def attacher():
-    att = TlsAttacher(LaneKernel(), ("gotls",), analysis=NoAnalysis())
+def attacher(families=("gotls",)):
+    att = TlsAttacher(LaneKernel(), families, analysis=NoAnalysis())
     att._lane = FakeLane()
     return att
 
@@ -138,7 +140,7 @@ def test_adopted_hooks_are_booked_and_released_when_detached(tmp_path):
     fd, st, links = lane_hooked(tmp_path / "copy", 3, 1000)
     att._lane.claimed.add((st.st_dev, st.st_ino))
     att._lane.queue.append((os.getpid(), 123, (st.st_dev, st.st_ino, fd, links, "4096:go:aa", (400_000, 100_000, 100_000, 200_000), None),
-                            None))
+                            None, None))
     att._take_lane()
     h = att.attached[(st.st_dev, st.st_ino)]
     slot, _ = att._plans["4096:go:aa"]
@@ -220,7 +222,7 @@ def test_a_binary_the_lane_analysed_is_cached_planned_and_owns_its_slot(tmp_path
     analysis = ("go1.22.10", [(0, 4096)], 16, 32, [48, 64], [80], slot)
     att._lane.claimed.add((st.st_dev, st.st_ino))
     att._lane.queue.append((os.getpid(), 7, (st.st_dev, st.st_ino, fd, links, "4096:go:bb",
-                                             (900_000, 50_000, 600_000, 250_000), analysis), None))
+                                             (900_000, 50_000, 600_000, 250_000), analysis), None, None))
     att._take_lane()
     h = att.attached[(st.st_dev, st.st_ino)]
     assert h.slot == slot and h.plan_slot == -1 and h.links == links
@@ -239,7 +241,7 @@ def test_a_lane_analysis_of_an_unknown_release_is_undone(tmp_path):
     slot = att._free_slots.pop()
     free = len(att._free_slots)
     att._lane.queue.append((os.getpid(), 8, (st.st_dev, st.st_ino, fd, links, "4096:go:cc", (1, 1, 1, 1),
-                                             ("go1.99.1", [(0, 4096)], 16, 32, [48], [80], slot)), None))
+                                             ("go1.99.1", [(0, 4096)], 16, 32, [48], [80], slot)), None, None))
     att._take_lane()
     assert (st.st_dev, st.st_ino) not in att.attached
     assert ((st.st_dev, st.st_ino), True) in att._lane.released and len(att._free_slots) == free + 1 and slot in att._free_slots
@@ -249,4 +251,59 @@ def test_a_lane_analysis_of_an_unknown_release_is_undone(tmp_path):
             raise AssertionError(f"fd {f} left open")
         except OSError:
             pass
+    att.close()
+
+
+SSL_RESULT = {"exec_ranges": [[0, 4096]], "go": None, "go_error": None,
+              "openssl": {"symbols": {"SSL_read": 0x100, "SSL_write": 0x200, "SSL_read_ex": 0x300,
+                                      "ssl_write_internal": 0x400, "ssl_read_internal": 0x500},
+                          "flavour": "openssl-3", "node_exports": False}}
+
+
+def test_a_libssl_plan_mirrors_the_python_attach_and_holds_no_slot(tmp_path):
+    att = attacher(("gotls", "openssl"))
+    p = tmp_path / "libssl.so.3"
+    elf(p)
+    of, mf = opened(p)
+    att.content.store("4096:gnu:ee", of.fd, 4096, SSL_RESULT)
+    att._apply(1, mf, of, None, SSL_RESULT)
+    free = len(att._free_slots)
+    att._plan("4096:gnu:ee", SSL_RESULT)
+    assert att._plans["4096:gnu:ee"][0] == -1 and len(att._free_slots) == free
+    digest, ranges, sites, links = att._lane.plans["4096:gnu:ee"]
+    assert "4096:gnu:ee" in att._lane.libraries               # looked for among execs' DT_NEEDED
+    # the internal functions (all known) replace the exports, as the Python attach does
+    assert links == [(111, [0x400], [1], False), (112, [0x500], [1], False), (113, [0x400, 0x500], [1, 1], True)]
+    fds = {"ssl_write_enter": 111, "ssl_read_enter": 112, "ssl_exit_probe": 113}
+    assert [(fds[prog], list(o), list(c), r) for prog, o, c, r in att.kernel.calls] == links
+    att._drop_plan("4096:gnu:ee")
+    assert len(att._free_slots) == free and "4096:gnu:ee" not in att._lane.plans
+    att.close()
+
+
+def test_a_library_the_lane_hooked_at_its_programs_exec_is_adopted_under_its_path(tmp_path, caplog):
+    att = attacher(("gotls", "openssl"))
+    p = tmp_path / "libssl.so.3"
+    elf(p)
+    of, mf = opened(p)
+    att.content.store("4096:gnu:ee", of.fd, 4096, SSL_RESULT)
+    att._plan("4096:gnu:ee", SSL_RESULT)
+    os.close(of.fd)
+    fd, st, links = lane_hooked(tmp_path / "copy.so", 3, 1030)
+    ident = (st.st_dev, st.st_ino)
+    att._lane.claimed.add(ident)
+    att._lane.queue.append((os.getpid(), 9, None, None, None))          # the exec itself: nothing hooked
+    att._lane.queue.append((os.getpid(), 9, (*ident, fd, links, "4096:gnu:ee", (700_000, 100_000, 400_000, 200_000),
+                                             None), None, "/usr/lib/x86_64-linux-gnu/libssl.so.3"))
+    with caplog.at_level("INFO", logger="plaintap.tls"):
+        att._take_lane()
+    h = att.attached[ident]
+    assert h.lane and h.fd == fd and h.links == links and h.plan_slot == -1 and h.slot == -1
+    assert h.target.maps_path == "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    line = next(r.getMessage() for r in caplog.records if "TLS hooks attached" in r.getMessage())
+    assert line.startswith("TLS hooks attached: openssl /usr/lib/x86_64-linux-gnu/libssl.so.3 (4 probes in 3 links, "
+                           f"opened as /proc/{os.getpid()}/root/usr/lib/x86_64-linux-gnu/libssl.so.3"), line
+    assert "before the loader mapped it" in line and "0.7 ms after its exec" in line
+    att._detach(ident, h)
+    assert (ident, True) in att._lane.released                  # a place under the lane's live bound again
     att.close()
