@@ -29,10 +29,10 @@ const DT_STRSZ: u64 = 10;
 const DT_RPATH: u64 = 15;
 const DT_RUNPATH: u64 = 29;
 const MAX_DYNAMIC: u64 = 64 << 10;
-const MAX_STRTAB: u64 = 512 << 10;
 const MAX_NAME: usize = 255;
 const MAX_NEEDED: usize = 64;
 const MAX_RUNPATH: usize = 8;
+const MAX_RUNPATH_BYTES: usize = 4096;
 /// Files opened per exec while walking (programs, libraries): the exec's budget.
 pub const MAX_OPENS: usize = 32;
 /// Levels below the program: curl → libcurl → libssl is two.
@@ -139,7 +139,7 @@ pub(crate) fn dynamic(fd: i32, size: u64, ph: &Phdrs) -> Option<Dynamic> {
             _ => {}
         }
     }
-    let (strtab, strsz) = (strtab?, strsz?.min(MAX_STRTAB));
+    let (strtab, strsz) = (strtab?, strsz?);
     // DT_STRTAB is an address: the file offset is where a PT_LOAD segment puts it
     let str_off = (0..ph.count).map(|i| fields(entry(i))).find_map(|f| {
         (f.0 == PT_LOAD && strtab >= f.2 && strtab - f.2 < f.3).then(|| strtab - f.2 + f.1)
@@ -147,15 +147,19 @@ pub(crate) fn dynamic(fd: i32, size: u64, ph: &Phdrs) -> Option<Dynamic> {
     if strsz == 0 || str_off.checked_add(strsz)? > size {
         return None;
     }
-    let strings = pread_exact(fd, strsz as usize, str_off)?;
-    let name_at = |off: u64| -> Option<String> {
-        let rest = strings.get(off as usize..)?;
-        let end = rest.iter().take(MAX_NAME + 1).position(|&b| b == 0)?;
-        std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+    // each name read on its own (a library's string table can be megabytes)
+    let string_at = |off: u64, max: usize| -> Option<String> {
+        if off >= strsz {
+            return None;
+        }
+        let want = (max as u64 + 1).min(strsz - off) as usize;
+        let bytes = pread_exact(fd, want, str_off + off)?;
+        let end = bytes.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&bytes[..end]).ok().map(str::to_owned)
     };
     let runpath = runpath
         .or(rpath)
-        .and_then(name_at)
+        .and_then(|off| string_at(off, MAX_RUNPATH_BYTES))
         .map(|p| {
             p.split(':')
                 .filter(|d| d.starts_with('/') && !d.contains('$'))
@@ -166,7 +170,7 @@ pub(crate) fn dynamic(fd: i32, size: u64, ph: &Phdrs) -> Option<Dynamic> {
         .unwrap_or_default();
     let needed = needed
         .into_iter()
-        .filter_map(name_at)
+        .filter_map(|off| string_at(off, MAX_NAME))
         .filter(|n| !n.is_empty() && !n.contains('/') && n != "." && n != "..")
         .collect();
     Some(Dynamic { needed, runpath })
@@ -530,7 +534,9 @@ mod tests {
 
     fn tempfile() -> (std::fs::File, i32) {
         use std::os::fd::AsRawFd;
-        let path = std::env::temp_dir().join(format!("needed-test-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("needed-test-{}-{n}", std::process::id()));
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -541,6 +547,82 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let fd = f.as_raw_fd();
         (f, fd)
+    }
+
+    /// An ELF64 file: a PT_LOAD over the whole file at address 0x400000, a PT_DYNAMIC with
+    /// `tags` (a DT_STRTAB/DT_STRSZ for `strings` added), the strings at the end.
+    fn dynamic_elf(tags: &[(u64, u64)], strings: &[u8]) -> Vec<u8> {
+        let base = 0x40_0000u64;
+        let dyn_at = 64 + 2 * 56;
+        let entries = tags.len() + 3;
+        let str_at = dyn_at + entries * 16;
+        let total = str_at + strings.len();
+        let mut f = vec![0u8; total];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let ph = |f: &mut Vec<u8>, at: usize, ty: u32, off: u64, vaddr: u64, size: u64| {
+            f[at..at + 4].copy_from_slice(&ty.to_le_bytes());
+            f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+            f[at + 16..at + 24].copy_from_slice(&vaddr.to_le_bytes());
+            f[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+        };
+        ph(&mut f, 64, PT_LOAD as u32, 0, base, total as u64);
+        ph(
+            &mut f,
+            120,
+            PT_DYNAMIC as u32,
+            dyn_at as u64,
+            base + dyn_at as u64,
+            (entries * 16) as u64,
+        );
+        let all: Vec<(u64, u64)> = tags
+            .iter()
+            .copied()
+            .chain([
+                (DT_STRTAB, base + str_at as u64),
+                (DT_STRSZ, strings.len() as u64),
+                (0, 0),
+            ])
+            .collect();
+        for (i, (t, v)) in all.iter().enumerate() {
+            f[dyn_at + i * 16..dyn_at + i * 16 + 8].copy_from_slice(&t.to_le_bytes());
+            f[dyn_at + i * 16 + 8..dyn_at + i * 16 + 16].copy_from_slice(&v.to_le_bytes());
+        }
+        f[str_at..].copy_from_slice(strings);
+        f
+    }
+
+    #[test]
+    fn needed_names_and_the_run_path_are_read() {
+        // strings: "\0libssl.so.3\0libc.so.6\0/opt/app/lib:$ORIGIN/../lib:rel\0../evil.so\0"
+        let strings = b"\0libssl.so.3\0libc.so.6\0/opt/app/lib:$ORIGIN/../lib:rel\0../evil.so\0";
+        let tags = [
+            (DT_NEEDED, 1),
+            (DT_NEEDED, 13),
+            (DT_RPATH, 999),
+            (DT_RUNPATH, 23),
+            (DT_NEEDED, 55),
+            (DT_NEEDED, 4000),
+        ];
+        let f = dynamic_elf(&tags, strings);
+        let mut t = tempfile();
+        std::io::Write::write_all(&mut t.0, &f).unwrap();
+        let ph = program_headers(t.1, f.len() as u64).unwrap();
+        let d = dynamic(t.1, f.len() as u64, &ph).unwrap();
+        // a name with a slash and one past the table are dropped; RUNPATH wins over RPATH,
+        // and only its absolute, token-free directories are kept
+        assert_eq!(
+            d.needed,
+            vec!["libssl.so.3".to_string(), "libc.so.6".to_string()]
+        );
+        assert_eq!(d.runpath, vec!["/opt/app/lib".to_string()]);
+        // cut short: the string table past the file's end
+        let mut t2 = tempfile();
+        std::io::Write::write_all(&mut t2.0, &f[..f.len() - 10]).unwrap();
+        let ph2 = program_headers(t2.1, (f.len() - 10) as u64).unwrap();
+        assert_eq!(dynamic(t2.1, (f.len() - 10) as u64, &ph2), None);
     }
 
     #[test]
