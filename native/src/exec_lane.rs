@@ -18,6 +18,10 @@
 //!    attaches anything, so a file is never hooked twice — and attaches one uprobe_multi
 //!    link per plan entry through `/proc/self/fd/N`.
 //!
+//! 4. while the agent has plans for TLS libraries (libssl builds), walks the program's
+//!    DT_NEEDED inside its root (needed.rs) and hooks each copy of a planned build the same
+//!    way, before the loader maps it; a file on overlayfs under its layer file's identity.
+//!
 //! Every exec is then handed to the TLS thread (`take`, its eventfd written) with the
 //! opened file and links when it was hooked here; the TLS thread adopts them (bookkeeping,
 //! log, metrics) and still runs the exec's scans for libraries. Anything unusual — no

@@ -36,11 +36,13 @@ so attaching waits for no RCU grace period. The traced program is never
 stopped or slowed: the race is only between our attach and its first TLS call, and
 bench/bench_exec_attach.py measures it.
 
-Go programs skip that race through the native exec lane (native/src/exec_lane.rs, started
-here on uprobe_multi kernels): a thread of its own reads the kernel's exec wake-up ring and
-hooks, at the exec, a copy of content with a *plan* (registered here for each Go result
-in the content cache, with a Go slot of its own: `_plan`) or a never-seen Go binary it can
-analyse itself (goelf.rs, with spare slots handed over by `_top_up_lane_slots`). The lane
+Go programs and copies of known libssl builds skip that race through the native exec lane
+(native/src/exec_lane.rs, started here on uprobe_multi kernels): a thread of its own reads
+the kernel's exec wake-up ring and hooks, at the exec, a copy of content with a *plan*
+(registered here for each Go or libssl result in the content cache, a Go plan with a Go
+slot of its own: `_plan`), a never-seen Go binary it can analyse itself (goelf.rs, with
+spare slots handed over by `_top_up_lane_slots`), and the planned libssl copies the
+program will load (its DT_NEEDED, resolved in its root: needed.rs). The lane
 and `_apply` both claim a file's (dev, inode) before attaching, so one file is never hooked
 twice; the TLS thread adopts the lane's hooks (`_take_lane`, `_adopt`). Without the lane,
 the TLS thread reads the wake-up ring itself (`_take_exec_wakes`).
