@@ -375,16 +375,10 @@ impl Shared {
         if fd < 0 {
             return out;
         }
-        // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fd is open, st is valid for writes.
-        if unsafe { libc::fstat(fd, &mut st) } != 0
-            || st.st_mode & libc::S_IFMT != libc::S_IFREG
-            || st.st_size <= 0
-        {
+        let Some(st) = needed::regular_file(fd) else {
             close(fd);
             return out;
-        }
+        };
         let size = st.st_size as u64;
         let ph = program_headers(fd, size);
         let wants_libs = self.lib_plans.load(Ordering::Relaxed) > 0;

@@ -200,18 +200,25 @@ pub fn open_in_root(root: i32, path: &str) -> Option<(i32, libc::stat)> {
     if fd < 0 {
         return None;
     }
+    match regular_file(fd) {
+        Some(st) => Some((fd, st)),
+        None => {
+            // SAFETY: fd was opened above and is ours.
+            unsafe { libc::close(fd) };
+            None
+        }
+    }
+}
+
+/// The stat of open file `fd` when it is a non-empty regular file.
+pub(crate) fn regular_file(fd: i32) -> Option<libc::stat> {
     // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open, st valid for writes.
-    if unsafe { libc::fstat(fd, &mut st) } != 0
-        || st.st_mode & libc::S_IFMT != libc::S_IFREG
-        || st.st_size <= 0
-    {
-        // SAFETY: fd was opened above and is ours.
-        unsafe { libc::close(fd) };
-        return None;
-    }
-    Some((fd, st))
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_size > 0;
+    ok.then_some(st)
 }
 
 /// One library found: its path in the program's root, the open fd (the caller's) and stat.

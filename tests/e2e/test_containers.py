@@ -142,7 +142,7 @@ def test_new_containers_https_through_their_own_libssl_is_plaintext(start_agent,
     already hooked file (the uprobe is on the layer's inode, which the overlay maps).
     Four new containers, each checked byte for byte in the captured stream."""
     from conftest import ALL_LOOPBACK
-    from tlsenv import SNI, Nginx
+    from tlsenv import Nginx
 
     ensure_curl_image()
     nginx = Nginx(tmp_path / "nginx")
@@ -150,32 +150,11 @@ def test_new_containers_https_through_their_own_libssl_is_plaintext(start_agent,
         agent = start_agent(ALL_LOOPBACK)
         assert re.search(r"TLS hooks attached: openssl /var/lib/containers/storage/overlay/\S+/diff/\S*libssl\.so",
                          agent.stderr()), agent.stderr()[-3000:]
-        tokens = []
-        for i in range(4):
-            token = os.urandom(6).hex()
-            out = podman("run", "--rm", "--network", "host", CURL_IMAGE, "curl", "-sk", "--http1.1", "--resolve",
-                         f"{SNI}:{nginx.port}:127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}",
-                         f"https://{SNI}:{nginx.port}/file.bin?run={token}").stdout
-            assert out == "200"
-            tokens.append(token)
+        tokens = curl_in_new_containers(CURL_IMAGE, nginx, 4)
         agent.stop()
     finally:
         nginx.stop()
-    for i, token in enumerate(tokens):
-        found = []
-        for c in agent.connections(**{"server.port": nginx.port, "process.executable.name": "curl"}):
-            if not c["connection.finalized"]:
-                continue
-            sent = agent.dump / f"{c['connection.id']}.tls.send"
-            if sent.exists() and sent.read_bytes().startswith(f"GET /file.bin?run={token} HTTP/1.1\r\n".encode()):
-                found.append(c)
-        mine = [c for c in agent.connections(**{"server.port": nginx.port}) if token in c["process.command_line"]]
-        assert len(found) == 1, f"request {i} not captured as plaintext: {mine} {agent.stderr()[-3000:]}"
-        c = found[0]
-        assert c["tls.inspected"] is True and c["container.runtime"] == "podman"
-        recv = (agent.dump / f"{c['connection.id']}.tls.recv").read_bytes()
-        head, _, body = recv.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200") and body == nginx.file
+    assert_captured_as_plaintext(agent, nginx, tokens)
 
 
 @pytest.mark.parametrize("content", ["same", "new"])
@@ -189,7 +168,7 @@ def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start
     and an analysis, before curl's first TLS write. Each of three containers is checked
     byte for byte."""
     from conftest import ALL_LOOPBACK
-    from tlsenv import SNI, Nginx
+    from tlsenv import Nginx
 
     ensure_curl_image()
     lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
@@ -201,30 +180,13 @@ def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start
         agent = start_agent(ALL_LOOPBACK)
         podman("build", "-q", "--pull=never", "--network", "none", "-t", tag, "-f", "-", ".",
                input=f"FROM {CURL_IMAGE}\nRUN {change}\n", cwd=str(tmp_path), timeout=300)
-        tokens = []
-        for _ in range(3):
-            token = os.urandom(6).hex()
-            out = podman("run", "--rm", "--network", "host", tag, "curl", "-sk", "--http1.1", "--resolve",
-                         f"{SNI}:{nginx.port}:127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}",
-                         f"https://{SNI}:{nginx.port}/file.bin?run={token}").stdout
-            assert out == "200"
-            tokens.append(token)
+        tokens = curl_in_new_containers(tag, nginx, 3)
         agent.stop()
     finally:
         nginx.stop()
         podman("rmi", "-f", tag, check=False)
+    assert_captured_as_plaintext(agent, nginx, tokens)
     log = agent.stderr()
-    for i, token in enumerate(tokens):
-        found = []
-        for c in agent.connections(**{"server.port": nginx.port, "process.executable.name": "curl"}):
-            sent = agent.dump / f"{c['connection.id']}.tls.send"
-            if c["connection.finalized"] and sent.exists() and \
-                    sent.read_bytes().startswith(f"GET /file.bin?run={token} HTTP/1.1\r\n".encode()):
-                found.append(c)
-        assert len(found) == 1, f"request {i} not captured as plaintext: {log[-3000:]}"
-        recv = (agent.dump / f"{found[0]['connection.id']}.tls.recv").read_bytes()
-        head, _, body = recv.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200") and body == nginx.file
     attached = [ln for ln in log.splitlines() if "TLS hooks attached: openssl" in ln and "libssl.so.3" in ln
                 and "after its exec" in ln]
     assert attached, log[-3000:]
@@ -233,3 +195,38 @@ def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start
         # exec of curl, found through curl's DT_NEEDED in the container's root, and under the
         # layer file's identity (one hook for every container of the image: no event twice)
         assert "before the loader mapped it" in attached[0] and len(attached) == 1, log[-3000:]
+
+
+def curl_in_new_containers(image: str, nginx, n: int) -> list[str]:
+    """Run `n` containers of `image` whose first program is curl, one HTTPS request each
+    to `nginx` (no wait); returns each request's token."""
+    from tlsenv import SNI
+
+    tokens = []
+    for _ in range(n):
+        token = os.urandom(6).hex()
+        out = podman("run", "--rm", "--network", "host", image, "curl", "-sk", "--http1.1", "--resolve",
+                     f"{SNI}:{nginx.port}:127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}",
+                     f"https://{SNI}:{nginx.port}/file.bin?run={token}").stdout
+        assert out == "200"
+        tokens.append(token)
+    return tokens
+
+
+def assert_captured_as_plaintext(agent, nginx, tokens: list[str]) -> None:
+    """Each token's request was captured from curl in a podman container as plaintext:
+    request line first in what it sent, nginx's file byte for byte in what it received."""
+    for i, token in enumerate(tokens):
+        found = []
+        for c in agent.connections(**{"server.port": nginx.port, "process.executable.name": "curl"}):
+            sent = agent.dump / f"{c['connection.id']}.tls.send"
+            if c["connection.finalized"] and sent.exists() and \
+                    sent.read_bytes().startswith(f"GET /file.bin?run={token} HTTP/1.1\r\n".encode()):
+                found.append(c)
+        mine = [c for c in agent.connections(**{"server.port": nginx.port}) if token in c["process.command_line"]]
+        assert len(found) == 1, f"request {i} not captured as plaintext: {mine} {agent.stderr()[-3000:]}"
+        c = found[0]
+        assert c["tls.inspected"] is True and c["container.runtime"] == "podman"
+        recv = (agent.dump / f"{c['connection.id']}.tls.recv").read_bytes()
+        head, _, body = recv.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == nginx.file

@@ -548,7 +548,7 @@ class TlsAttacher:
     def _top_up_lane_slots(self) -> None:
         """Keep LANE_SPARE_SLOTS Go slots with the lane for binaries it analyses itself,
         while a quarter of all slots is still free."""
-        if self._lane is None:
+        if self._lane is None or "gotls" not in self.families:
             return
         want = LANE_SPARE_SLOTS - self._lane.spare_slots
         give = []
