@@ -101,6 +101,14 @@ def is_final_tcp(pid: int, port: int):
                       and a.get("client.port") == port and a.get("connection.finalized") is True)
 
 
+def metric_reaching(agent, name: str, labels: str, n: float, timeout: float = 10) -> float:
+    """The metric's value once it is at least `n`, or its value after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (v := agent.metric(name, labels)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return v
+
+
 def dns_events(agent) -> list[dict]:
     return [a for a in agent.connections() if a.get("connection.protocol") == "dns"]
 
@@ -119,8 +127,10 @@ def test_dns_exchange_reported_and_names_the_next_connection(start_agent, dns_se
     wait_records(agent, is_dns(got["pid"]), 1)
     wait_records(agent, is_final_tcp(got["pid"], got["local_port"]), 1)
     wait_records(agent, lambda a: a.get("dns.question.name") == OTHER, 2)
-    learned = agent.metric("plaintap_dns_total", 'counter="names_learned"')
-    parse_errors = agent.metric("plaintap_dns_parse_errors_total")
+    # counters reach Prometheus a little after the records (the data plane copies them at
+    # most every METRICS_EVERY_NS): wait for them as for the records
+    learned = metric_reaching(agent, "plaintap_dns_total", 'counter="names_learned"', 2)
+    parse_errors = metric_reaching(agent, "plaintap_dns_parse_errors_total", "", 1)
     dns_protocol_errors = agent.metric("plaintap_parse_errors_total", 'protocol="dns"')
     agent.stop()
 
