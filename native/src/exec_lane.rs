@@ -60,9 +60,9 @@ const MAX_LAYER_IDS: usize = 1024;
 const MAX_LINKS_PER_PLAN: usize = 8;
 const MAX_OFFSETS: usize = 256;
 const LANE_NICE: libc::c_int = -10;
-/// O_NOATIME: reading a file just written would otherwise update its access time, an
-/// ext4 journal transaction that can wait milliseconds for a commit in progress (measured:
-/// the lane's first read of a fresh copy stalled ~5 ms now and then). Root may set it.
+/// O_NOATIME: the lane's reads never update a file's access time (a filesystem write on
+/// the lane's path for nothing). Root may set it. (The ~5 ms stalls once blamed on this
+/// were the agent's fd table doubling and a huge-page fault: instance.prepare_process.)
 const LANE_OPEN_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOATIME;
 /// Real-time CPU the lane may use per second before it drops to LANE_NICE.
 const RT_BUDGET_NS: u64 = 50_000_000;
