@@ -58,6 +58,27 @@ def one(conns: list[dict], what: str) -> dict:
     return fin[0]
 
 
+def pair_by_port_and_message(agent, records: list[dict], conns: list[dict]) -> list[tuple[dict, dict]]:
+    """Each of many-client's connections with the one finalized record that is its own.
+
+    A local port alone does not name a connection: with ``net.ipv4.tcp_tw_reuse = 2`` (the
+    default) loopback connects reuse ports still in TIME_WAIT, so a run of a thousand can
+    hold two connections on one port. Each message names its connection's index, so the
+    record whose captured bytes are that message is the one."""
+    by_port: dict[int, list[dict]] = {}
+    for a in records:
+        by_port.setdefault(a["client.port"], []).append(a)
+    pairs, used = [], set()
+    for c in conns:
+        mine = [a for a in by_port.get(c["local_port"], [])
+                if (agent.dump / f"{a['connection.id']}.send").read_text() == c["msg"]]
+        assert len(mine) == 1, f"connection {c} has {len(mine)} records carrying its bytes: {mine}"
+        assert mine[0]["connection.id"] not in used, f"two connections claim one record: {mine[0]}"
+        used.add(mine[0]["connection.id"])
+        pairs.append((c, mine[0]))
+    return pairs
+
+
 def sha_file(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else hashlib.sha256(b"").hexdigest()
 
@@ -149,12 +170,10 @@ def test_many_sequential_and_concurrent_connections(start_agent):
     assert len(set(ids)) == len(ids), "a connection was finalized twice"
     parts = [(a["connection.id"], a["connection.part"]) for a in conns]
     assert len(set(parts)) == len(parts), "a report part was emitted twice"
-    by_port = {a["client.port"]: a for a in fin}
-    for c in cl["conns"]:
-        a = by_port[c["local_port"]]
+    # The bytes captured on each connection name its own index and port: no mix-up after
+    # fd (or port) reuse.
+    for c, a in pair_by_port_and_message(agent, fin, cl["conns"]):
         assert a["connection.bytes_sent"] == c["sent"] and a["connection.bytes_received"] == c["recv"]
-        # The bytes captured on this connection name its own port: no mix-up after fd reuse.
-        assert (agent.dump / f"{a['connection.id']}.send").read_text() == c["msg"]
     srv_fin = finalized(agent.connections(**{"process.pid": res["pid"]}))
     assert len(srv_fin) == seq + conc
     assert {a["client.port"] for a in srv_fin} == {c["local_port"] for c in cl["conns"]}

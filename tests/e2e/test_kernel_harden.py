@@ -19,7 +19,7 @@ import pytest
 
 from backends import OtlpReceiver, Rotel, rotel_binary
 from conftest import ALL_LOOPBACK, PLAINTAP, ROOT, compile_c, free_port
-from test_capture_core import CURL, Server, client, finalized, one
+from test_capture_core import CURL, Server, client, finalized, one, pair_by_port_and_message
 
 pytestmark = pytest.mark.kernel
 
@@ -194,10 +194,7 @@ def test_flooding_process_is_shed_alone(start_agent, tmp_path):
 
     conns = finalized(agent.connections(**{"process.pid": cl["pid"]}))
     assert len(conns) == seq, f"{len(conns)} of {seq} exchanges of the other process were reported"
-    by_port = {a["client.port"]: a for a in conns}
-    for x in cl["conns"]:
-        a = by_port[x["local_port"]]
-        assert (agent.dump / f"{a['connection.id']}.send").read_text() == x["msg"]
+    pair_by_port_and_message(agent, conns, cl["conns"])   # each exchange's own bytes, whole
     assert len(finalized(agent.connections(**{"process.pid": echo_res["pid"]}))) == seq
     curl_conns = [a for a in finalized(agent.connections(**{"process.executable.path": CURL}))
                   if a["server.port"] == web.port]
