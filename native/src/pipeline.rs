@@ -248,7 +248,11 @@ impl DataPlane {
     /// the reader at the first record after it caught up, and handling a handful of records
     /// per turn of the agent's loop costs more in the loop than in the records. Under
     /// saturation the rings are never empty and this never applies.
-    #[pyo3(signature = (rings, timeout_ms = 100, max_records = 4096, max_ns = 20_000_000, batch_wait_us = 0))]
+    ///
+    /// `until_ns` (0: none) lowers W to that kernel time: the stop drains what was captured
+    /// before its signal, not what keeps coming while it drains.
+    #[pyo3(signature = (rings, timeout_ms = 100, max_records = 4096, max_ns = 20_000_000, batch_wait_us = 0, until_ns = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn drain(
         &mut self,
         py: Python<'_>,
@@ -257,6 +261,7 @@ impl DataPlane {
         max_records: usize,
         max_ns: u64,
         batch_wait_us: u64,
+        until_ns: u64,
     ) -> usize {
         if let Some(y) = &self.yielder {
             y.leave(); // normal priority while waiting: prompt when records come
@@ -311,7 +316,8 @@ impl DataPlane {
             y.enter(); // this turn at idle priority, for up to the grace
         }
         let control = control_ring(&rings);
-        let watermark = ring::monotonic_ns();
+        let now = ring::monotonic_ns();
+        let watermark = if until_ns > 0 { now.min(until_ns) } else { now };
         let start = Instant::now();
         let mut n = 0;
         // TLS discovery, racing a new program's first TLS call, gets the GIL when it needs it
@@ -602,6 +608,25 @@ impl DataPlane {
             self.yielder = cpu_yield::Yielder::start(Duration::from_micros(grace_us), control_fd);
         }
         self.yielder.is_some()
+    }
+
+    /// The records `drain(until_ns=...)` still has to read: in each ring, those before the
+    /// first one stamped at or after `until_ns` (the drain reads no further either):
+    /// (records, bytes). What a stop that ran out of time leaves unread is said, not lost
+    /// silently. Looks at most 1 << 22 records per ring.
+    fn unread_before(&self, rings: Vec<PyRef<'_, PyRing>>, until_ns: u64) -> (u64, u64) {
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for r in &rings {
+            let mut open = true;
+            r.ring.look_ahead(0, 1 << 22, |rec| {
+                open &= ring::record_ts(rec) < until_ns;
+                if open {
+                    records += 1;
+                    bytes += rec.len() as u64;
+                }
+            });
+        }
+        (records, bytes)
     }
 
     /// Measurement only: consume the data rings' records (every ring but the control ring)

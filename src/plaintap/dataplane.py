@@ -151,13 +151,14 @@ class Pipeline:
         return self._collect()
 
     def drain(self, rings, timeout_ms: int = 100, max_records: int = 4096, max_ns: int = 20_000_000,
-              batch_wait_us: int = 0) -> Emitted:
+              batch_wait_us: int = 0, until_ns: int = 0) -> Emitted:
         """Handle what the kernel's ring buffers hold (waiting up to timeout_ms when empty,
         then `batch_wait_us` more to gather a batch), in bounded slices so the caller can
-        check its stop flag between calls."""
+        check its stop flag between calls. `until_ns`: only records stamped before that
+        kernel time (the stop's drain)."""
         if self._metrics_pending and not 0 <= timeout_ms <= METRICS_EVERY_NS // 1_000_000:
             timeout_ms = METRICS_EVERY_NS // 1_000_000     # counters not copied yet: come back soon
-        n = self.core.drain(rings, timeout_ms, max_records, max_ns, batch_wait_us)
+        n = self.core.drain(rings, timeout_ms, max_records, max_ns, batch_wait_us, until_ns)
         if n or self.core.busy:
             out = self._collect(metrics_every=METRICS_EVERY_NS)
         else:
@@ -168,6 +169,10 @@ class Pipeline:
         if n:
             out.newest_ts = self.core.last_ts
         return out
+
+    def unread_before(self, rings, until_ns: int) -> tuple[int, int]:
+        """(records, bytes) in `rings` stamped before kernel time `until_ns`, not read yet."""
+        return self.core.unread_before(rings, until_ns)
 
     def settle(self) -> Emitted:
         """With `workers` > 1: wait until they handled what they were sent, and take what

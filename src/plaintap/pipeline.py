@@ -10,7 +10,8 @@ their own bounded queues. Everything from decode to record building runs on the 
 thread, driven by kernel timestamps, in bounded slices (the loop sees its stop flag at
 least every slice). Stages that are not configured are not wired.
 Start order: status server, sinks, BPF load, attach, ready. Stop order (first SIGINT/SIGTERM):
-not ready, drain the ring (at most RING_DRAIN_SECONDS), finalise connections, deliver what
+not ready, drain what the rings held at the signal (for at most RING_DRAIN_SHARE of
+--shutdown-timeout, RING_DRAIN_SECONDS at least; what is left is said), finalise connections, deliver what
 the sinks hold for at most --shutdown-timeout with a progress line (the rest is spooled or
 counted as dropped{reason="shutdown"}), log the record accounting, detach. A second signal
 exits at once (what is still held counted as dropped{reason="interrupted"}); a watchdog
@@ -64,7 +65,8 @@ DIRECTION_MASKS = {
 
 
 DROP_CHECK_NS = 5_000_000_000
-RING_DRAIN_SECONDS = 1.0        # at stop: how long to keep reading what the kernel already produced
+RING_DRAIN_SECONDS = 1.0        # at stop: reading what the kernel produced before the signal, at least this long
+RING_DRAIN_SHARE = 0.4          # ... and up to this share of --shutdown-timeout while it is not all read
 PROGRESS_EVERY = 2.0            # at stop: a progress line this often while sinks drain
 FINALISE_SECONDS = 2.0          # at stop: parsing what open connections hold, at most (then final reports only)
 FINALISE_SLICE = 512            # connections finalised per step
@@ -315,6 +317,7 @@ class Agent:
         self._retired: list[tuple[QueuedSink, threading.Thread]] = []   # sinks replaced by a reload
         self._stopping = False
         self._stop_at: float | None = None    # when the stop was asked for (the drain deadline counts from it)
+        self._stop_ns = 0                     # the same, kernel time: the ring drain reads what came before it
         self._force_lock = threading.Lock()
         self._drops_seen = 0
         self._kernel_seen: dict[str, int] = {}
@@ -386,6 +389,7 @@ class Agent:
             return
         self._stopping = True
         self._stop_at = time.monotonic()
+        self._stop_ns = monotonic_ns()
         self.health.stopping = True
         self._stop.set()
         if signum is not None:
@@ -666,15 +670,10 @@ class Agent:
         self._stopping = True
         self.health.stopping = True
         self.pipeline.core.set_yield(0)     # the stop is bounded in time: no yielding now
-        # Drain what the kernel already produced (bounded: capture stops now), then finalise.
+        # Read what the kernel produced before the signal (not what keeps coming meanwhile),
+        # bounded in time; a data plane that was behind can need seconds of it. Then finalise.
         try:
-            until = time.monotonic() + RING_DRAIN_SECONDS
-            while time.monotonic() < until:
-                if not any(r.backlog for r in self.rings):
-                    break
-                out = self.pipeline.drain(self.rings, 0, SLICE_RECORDS, SLICE_NS)
-                self._take(out)
-                self.health.beat(out.newest_ts)
+            self._drain_rings_at_stop(self._stop_ns or monotonic_ns())
             self._take(self.pipeline.settle())     # --workers: what they still hold
         except Exception as e:
             log.debug("drain at shutdown: %s", e)
@@ -697,7 +696,8 @@ class Agent:
         log.info("stopping: capture stopped; %d open connections finalised in %.1fs%s", open_conns,
                  time.monotonic() - t0, f" ({abandoned} of them out of time: final reports only, their held "
                  "bytes counted in plaintap_shed_bytes_total{reason=\"shutdown\"})" if abandoned else "")
-        lost = {k: v for k, v in (self._safe_counters()).items() if k.startswith("ringbuf") and v}
+        lost = {k: v for k, v in (self._safe_counters()).items()
+                if k.startswith(("ringbuf", "control_ring")) and v}
         if lost:
             log.warning("kernel ring buffer lost %s during this run (raise --ring-buffer-size)", lost)
         self._drain_sinks(self.opts.shutdown_timeout)
@@ -712,6 +712,28 @@ class Agent:
         self.status.stop()
         # The BPF links are not released here: the kernel takes seconds to release them one
         # by one; `exit_now` leaves that to a short-lived child (the CLI calls it).
+
+    def _drain_rings_at_stop(self, stop_ns: int) -> None:
+        """Handle the records stamped before `stop_ns` for at most RING_DRAIN_SHARE of
+        --shutdown-timeout (RING_DRAIN_SECONDS at least). What is still unread then is
+        logged with its size: those events never become records."""
+        budget = max(RING_DRAIN_SECONDS, RING_DRAIN_SHARE * self.opts.shutdown_timeout)
+        t0 = time.monotonic()
+        until = t0 + budget
+        while time.monotonic() < until:
+            out = self.pipeline.drain(self.rings, 0, SLICE_RECORDS, SLICE_NS, until_ns=stop_ns)
+            self._take(out)
+            if out.newest_ts is None and not self.pipeline.unread_before(self.rings, stop_ns)[0]:
+                break
+            self.health.beat(out.newest_ts)
+        records, size = self.pipeline.unread_before(self.rings, stop_ns)
+        if records:
+            log.warning("stopping: %d kernel records (%d bytes) captured before the signal were still unread "
+                        "after %.1fs and are dropped: the data plane was behind; a longer --shutdown-timeout "
+                        "gives the stop more time to read them", records, size, time.monotonic() - t0)
+        elif time.monotonic() - t0 > RING_DRAIN_SECONDS:
+            log.info("stopping: read what the kernel captured before the signal in %.1fs (the data plane was "
+                     "behind)", time.monotonic() - t0)
 
     def _drain_sinks(self, timeout: float) -> None:
         """Deliver what the sinks hold for at most `timeout` seconds, saying how it goes."""

@@ -72,7 +72,13 @@ def pair_by_port_and_message(agent, records: list[dict], conns: list[dict]) -> l
     for c in conns:
         mine = [a for a in by_port.get(c["local_port"], [])
                 if (agent.dump / f"{a['connection.id']}.send").read_text() == c["msg"]]
-        assert len(mine) == 1, f"connection {c} has {len(mine)} records carrying its bytes: {mine}"
+        if len(mine) != 1:
+            same_port = [(a, (agent.dump / f"{a['connection.id']}.send").read_text())
+                         for a in by_port.get(c["local_port"], [])]
+            clients_on_port = [x for x in conns if x["local_port"] == c["local_port"]]
+            raise AssertionError(f"connection {c} has {len(mine)} records carrying its bytes; the client's "
+                                 f"connections on its port: {clients_on_port}; the records on it and their "
+                                 f"bytes: {same_port}")
         assert mine[0]["connection.id"] not in used, f"two connections claim one record: {mine[0]}"
         used.add(mine[0]["connection.id"])
         pairs.append((c, mine[0]))
@@ -159,9 +165,10 @@ def test_many_sequential_and_concurrent_connections(start_agent):
     srv = Server("echo", conns=seq + conc)
     cl = client("many-client", "--port", str(srv.port), "--sequential", str(seq), "--concurrent", str(conc))
     res = srv.result()
-    drops = agent.metric("plaintap_kernel_total", 'counter="ringbuf_drops"')
     agent.stop()
-    assert drops == 0, f"ring buffer lost {drops} events"
+    # Said at the stop from the kernel's own counters (a metric read before it can be one
+    # copy behind): a lost open, close or data event would explain any mismatch below.
+    assert "kernel ring buffer lost" not in agent.stderr(), agent.stderr()[-2000:]
 
     conns = agent.connections(**{"process.pid": cl["pid"]})
     fin = finalized(conns)
@@ -173,7 +180,7 @@ def test_many_sequential_and_concurrent_connections(start_agent):
     # The bytes captured on each connection name its own index and port: no mix-up after
     # fd (or port) reuse.
     for c, a in pair_by_port_and_message(agent, fin, cl["conns"]):
-        assert a["connection.bytes_sent"] == c["sent"] and a["connection.bytes_received"] == c["recv"]
+        assert (a["connection.bytes_sent"], a["connection.bytes_received"]) == (c["sent"], c["recv"]), (c, a)
     srv_fin = finalized(agent.connections(**{"process.pid": res["pid"]}))
     assert len(srv_fin) == seq + conc
     assert {a["client.port"] for a in srv_fin} == {c["local_port"] for c in cl["conns"]}
