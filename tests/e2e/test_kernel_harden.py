@@ -168,7 +168,6 @@ def test_flooding_process_is_shed_alone(start_agent, tmp_path):
     echo = Server("echo", conns=seq)
     web = Server("http", conns=20, body=3000)
     cl = client("many-client", "--port", str(echo.port), "--sequential", str(seq))
-    curls = []
     for i in range(20):   # 20 execs, each one connection: control events during the flood
         c = subprocess.run([CURL, "-s", "-o", "/dev/null", "-w", "%{size_download}",
                             f"http://127.0.0.1:{web.port}/c{i}"], capture_output=True, text=True, timeout=30)
