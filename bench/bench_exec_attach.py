@@ -16,8 +16,8 @@ never hooked (each a new inode), and reads from the agent's log the time from th
                (bind-mounted over it, as a container carries its own copy), running curl:
                content the agent knows, hooked by the exec lane at curl's exec before the
                loader maps it (curl's DT_NEEDED walked in its root)
-  libssl-new   the same with random bytes appended to the copy (new content): found by the
-               survey of the new root at its exec, analysed in the worker
+  libssl-new   the same with random bytes appended to the copy (new content): analysed and
+               hooked by the exec lane at curl's exec (sslelf.rs), before the loader maps it
 
 With --load, wrk drives nginx over TLS on loopback (1 KiB responses) all the while, and
 the agent captures it (loopback on, http_capture summary, stores disabled): exec → hooked
@@ -26,7 +26,7 @@ agent's line on how long the TLS thread waited for the GIL is printed at the end
 --cases picks cases (comma-separated). BENCH_GOCACHE reuses a Go build cache.
 
 Printed per case: p50, p99 and max in ms, runs where no attach was seen within 5 s, and
-how many were hooked at their exec by the native exec lane (known content).
+how many were hooked at their exec by the native exec lane.
 Target: p99 ≤ 20 ms. Figures are printed, never asserted: a benchmark, not a test.
 Only loopback is used: the clients connect to a local port that never answers and give
 up after 0.5 s (so each lives long enough to be scanned).
@@ -122,7 +122,7 @@ ATTACHED = re.compile(r"TLS hooks attached: \S+ (\S+) .* ([0-9.]+) ms after its 
 PARTS = {"scan": re.compile(r"scanned ([0-9.]+) ms after its exec"), "analysis": re.compile(r"analysed in ([0-9.]+) ms"), "worker": re.compile(r"([0-9.]+) in the worker"),
          "attach": re.compile(r"([0-9.]+) ms to attach"),
          "lane-seen": re.compile(r"exec lane.*, seen ([0-9.]+) ms after its exec"),
-         "lane-analysis": re.compile(r"analysed at its exec by the exec lane in ([0-9.]+) ms")}
+         "lane-analysis": re.compile(r"analysed at its (?:program.s )?exec(?:, before the loader mapped it,)? by the exec lane in ([0-9.]+) ms")}
 
 
 def free_port() -> int:

@@ -18,9 +18,11 @@
 //!    attaches anything, so a file is never hooked twice — and attaches one uprobe_multi
 //!    link per plan entry through `/proc/self/fd/N`.
 //!
-//! 4. while the agent has plans for TLS libraries (libssl builds), walks the program's
-//!    DT_NEEDED inside its root (needed.rs) and hooks each copy of a planned build the same
-//!    way, before the loader maps it; a file on overlayfs under its layer file's identity.
+//! 4. while the agent has plans for TLS libraries (libssl builds) or lets the lane analyse
+//!    them, walks the program's DT_NEEDED inside its root (needed.rs) and hooks each copy of
+//!    a planned build the same way, before the loader maps it; a file on overlayfs under its
+//!    layer file's identity. A libssl build nobody planned for (a container image's own) is
+//!    analysed here (sslelf.rs) and hooked from that, also before the loader maps it.
 //!
 //! Every exec is then handed to the TLS thread (`take`, its eventfd written) with the
 //! opened file and links when it was hooked here; the TLS thread adopts them (bookkeeping,
@@ -94,8 +96,26 @@ pub type Analysis = (String, Vec<(u64, u64)>, u64, u64, Vec<u64>, Vec<u64>, u32)
 /// analysis, the attach calls).
 pub type Timing = (u64, u64, u64, u64);
 /// What the TLS thread adopts: (dev, ino, fd, link fds, content key, timing, the analysis
-/// when there was no plan).
-pub type Hooked = (u64, u64, i32, Vec<i32>, String, Timing, Option<Analysis>);
+/// of a Go binary when there was no plan, the worker-shaped analysis result (JSON) of a
+/// library when there was no plan).
+pub type Hooked = (
+    u64,
+    u64,
+    i32,
+    Vec<i32>,
+    String,
+    Timing,
+    Option<Analysis>,
+    Option<String>,
+);
+
+/// What a file is to the lane: the exec's program (Go analysis when no plan) or a library
+/// it will load (libssl analysis when no plan).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Program,
+    Library,
+}
 
 /// One exec handed to the TLS thread, or one library hooked at an exec.
 struct Done {
@@ -119,6 +139,32 @@ struct Counts {
     analysed: AtomicU64,
     demoted: AtomicU64,
     libs_hooked: AtomicU64,
+}
+
+/// What the lane needs to hook a libssl build it analyses itself (no plan yet).
+struct SslHooks {
+    /// program fds: ssl_write_enter, ssl_read_enter, ssl_exit_probe
+    progs: (i32, i32, i32),
+    /// analyses allowed now (token bucket: ANALYSES_BURST, ANALYSES_PER_S)
+    bucket: Mutex<(f64, Instant)>,
+    /// content keys the analysis left to the worker: not tried again at every exec
+    refused: Mutex<HashSet<String>>,
+}
+
+/// Content keys remembered as refused by the libssl analysis, at most.
+const MAX_REFUSED: usize = 1024;
+
+/// Take one analysis from token bucket `b` (ANALYSES_BURST, ANALYSES_PER_S); false: over it.
+fn take_token(b: &Mutex<(f64, Instant)>) -> bool {
+    let mut b = b.lock().unwrap();
+    let now = Instant::now();
+    b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * ANALYSES_PER_S).min(ANALYSES_BURST);
+    b.1 = now;
+    if b.0 < 1.0 {
+        return false;
+    }
+    b.0 -= 1.0;
+    true
 }
 
 /// What the lane needs to hook a Go binary it analyses itself (no plan yet).
@@ -148,6 +194,33 @@ struct Shared {
     wake_fd: i32,
     counts: Counts,
     go: Option<GoHooks>,
+    ssl: Option<SslHooks>,
+    /// pid -> its /proc/<pid>/cgroup read at its exec (the latest exec of each pid), oldest
+    /// first out past MAX_CGROUPS: which container a program that is gone before the agent
+    /// reads /proc ran in (a container's first program can be done in milliseconds)
+    cgroups: Mutex<(HashMap<u32, String>, VecDeque<u32>)>,
+}
+
+const MAX_CGROUPS: usize = 4096;
+const MAX_CGROUP_TEXT: usize = 4096;
+
+/// The text of small file `path` (at most `max` bytes), or None.
+fn read_small(path: &str, max: usize) -> Option<String> {
+    let c = CString::new(path).ok()?;
+    // SAFETY: a valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; max];
+    // SAFETY: buf is valid for max bytes of writes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), max) };
+    close(fd);
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).ok()
 }
 
 pub(crate) fn pread_exact(fd: i32, n: usize, off: u64) -> Option<Vec<u8>> {
@@ -362,7 +435,7 @@ impl Shared {
             .go
             .as_ref()
             .is_some_and(|g| !g.slots.lock().unwrap().is_empty());
-        if (!can_analyse && self.plans.lock().unwrap().is_empty())
+        if (!can_analyse && self.ssl.is_none() && self.plans.lock().unwrap().is_empty())
             || *self.live.lock().unwrap() >= MAX_LIVE
         {
             return out;
@@ -381,12 +454,20 @@ impl Shared {
         };
         let size = st.st_size as u64;
         let ph = program_headers(fd, size);
-        let wants_libs = self.lib_plans.load(Ordering::Relaxed) > 0;
+        let wants_libs = self.lib_plans.load(Ordering::Relaxed) > 0 || self.ssl.is_some();
         let dynamic = ph
             .as_ref()
             .filter(|_| wants_libs)
             .and_then(|ph| needed::dynamic(fd, size, ph));
-        let (hooked, note) = self.hook_file(fd, (st.st_dev, st.st_ino), size, ph, ts, seen, true);
+        let (hooked, note) = self.hook_file(
+            fd,
+            (st.st_dev, st.st_ino),
+            size,
+            ph,
+            ts,
+            seen,
+            Kind::Program,
+        );
         out[0].hooked = hooked;
         out[0].note = note;
         if let Some(d) = dynamic.filter(|d| !d.needed.is_empty()) {
@@ -436,7 +517,7 @@ impl Shared {
             };
             let size = f.st.st_size as u64;
             let ph = program_headers(f.fd, size);
-            let (hooked, note) = self.hook_file(f.fd, identity, size, ph, ts, seen, false);
+            let (hooked, note) = self.hook_file(f.fd, identity, size, ph, ts, seen, Kind::Library);
             if hooked.is_some() {
                 self.counts.libs_hooked.fetch_add(1, Ordering::Relaxed);
             }
@@ -453,9 +534,9 @@ impl Shared {
         out
     }
 
-    /// Hook file `fd` (identity `ident`: the inode uprobes land on) from its plan, or, for
-    /// a program (`analyse`), from the lane's own Go analysis. Takes `fd`: closed unless
-    /// hooked (then it is in the result, the caller's).
+    /// Hook file `fd` (identity `ident`: the inode uprobes land on) from its plan, or from
+    /// the lane's own analysis: Go for a program, libssl for a library. Takes `fd`: closed
+    /// unless hooked (then it is in the result, the caller's).
     #[allow(clippy::too_many_arguments)]
     fn hook_file(
         &self,
@@ -465,7 +546,7 @@ impl Shared {
         ph: Option<Phdrs>,
         ts: u64,
         seen: u64,
-        analyse: bool,
+        kind: Kind,
     ) -> (Option<Hooked>, Option<String>) {
         let (dev, ino) = ident;
         if *self.live.lock().unwrap() >= MAX_LIVE || self.claimed.lock().unwrap().contains(&ident) {
@@ -477,8 +558,12 @@ impl Shared {
             let plan = self.plans.lock().unwrap().get(&key).cloned();
             Some((ph, key, plan))
         });
-        let Some((ph, key, plan)) = found.filter(|f| analyse || f.2.is_some()) else {
-            if analyse {
+        let can_analyse = match kind {
+            Kind::Program => true,
+            Kind::Library => self.ssl.is_some(),
+        };
+        let Some((ph, key, plan)) = found.filter(|f| can_analyse || f.2.is_some()) else {
+            if kind == Kind::Program {
                 self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
             }
             close(fd);
@@ -493,6 +578,7 @@ impl Shared {
             close(fd);
         };
         let mut analysis = None;
+        let mut lib_result = None;
         let plan = match plan {
             Some(plan) => {
                 if site_digest(fd, &ph, &plan).as_deref() != Some(plan.digest.as_str()) {
@@ -502,6 +588,17 @@ impl Shared {
                 }
                 plan
             }
+            None if kind == Kind::Library => match self.analyse_library(fd, size, &key) {
+                Some((plan, json)) => {
+                    lib_result = Some(json);
+                    Arc::new(plan)
+                }
+                None => {
+                    self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
+                    unclaim(fd);
+                    return (None, None);
+                }
+            },
             None => match self.analyse(fd, size, &key) {
                 Some((plan, a)) => {
                     analysis = Some(a);
@@ -549,7 +646,56 @@ impl Shared {
             checked - seen,
             now - checked,
         );
-        (Some((dev, ino, fd, links, key, timing, analysis)), None)
+        (
+            Some((dev, ino, fd, links, key, timing, analysis, lib_result)),
+            None,
+        )
+    }
+
+    /// A plan for a libssl build nobody planned for: analysed here (sslelf), with the
+    /// links tls_attach._openssl_links makes, and the worker-shaped result for the agent's
+    /// cache. None: not the common case (remembered, not tried again), or over the
+    /// analysis budget.
+    fn analyse_library(&self, fd: i32, size: u64, key: &str) -> Option<(Plan, String)> {
+        let ssl = self.ssl.as_ref()?;
+        if ssl.refused.lock().unwrap().contains(key) || !take_token(&ssl.bucket) {
+            return None;
+        }
+        let Some(a) = crate::sslelf::analyze(fd, size) else {
+            let mut refused = ssl.refused.lock().unwrap();
+            if refused.len() >= MAX_REFUSED {
+                refused.clear();
+            }
+            refused.insert(key.to_string());
+            return None;
+        };
+        self.counts.analysed.fetch_add(1, Ordering::Relaxed);
+        let (write, read, exit) = ssl.progs;
+        let links = a
+            .links()
+            .into_iter()
+            .map(|(prog, offsets, cookies, retprobe)| LinkSpec {
+                prog_fd: match prog {
+                    crate::sslelf::Prog::WriteEnter => write,
+                    crate::sslelf::Prog::ReadEnter => read,
+                    crate::sslelf::Prog::Exit => exit,
+                },
+                offsets,
+                cookies,
+                retprobe,
+            })
+            .collect::<Vec<_>>();
+        if links.is_empty() {
+            return None;
+        }
+        let plan = Plan {
+            library: true,
+            digest: String::new(),
+            ranges_json: Vec::new(),
+            sites: Vec::new(),
+            links,
+        };
+        Some((plan, a.result_json()))
     }
 
     /// A plan for a Go binary nobody planned for: analysed here (goelf), given one of the
@@ -560,16 +706,8 @@ impl Shared {
         if !key.contains(":go:") || go.slots.lock().unwrap().is_empty() {
             return None; // not a Go binary by its build ID, or no slot to give it
         }
-        {
-            let mut b = go.bucket.lock().unwrap();
-            let now = Instant::now();
-            b.0 =
-                (b.0 + now.duration_since(b.1).as_secs_f64() * ANALYSES_PER_S).min(ANALYSES_BURST);
-            b.1 = now;
-            if b.0 < 1.0 {
-                return None;
-            }
-            b.0 -= 1.0;
+        if !take_token(&go.bucket) {
+            return None;
         }
         let t = crate::goelf::analyze(fd, size)?;
         let &(conn_data, fd_ptr, sysfd) = go.layouts.get(&t.minor)?;
@@ -621,6 +759,26 @@ impl Shared {
             slot,
         );
         Some((plan, a))
+    }
+
+    /// Keep `pid`'s cgroup as it is at its exec (see `cgroups`).
+    fn note_cgroup(&self, pid: u32) {
+        let Some(text) = read_small(&format!("/proc/{pid}/cgroup"), MAX_CGROUP_TEXT) else {
+            return;
+        };
+        let mut g = self.cgroups.lock().unwrap();
+        let (map, order) = &mut *g;
+        if map.insert(pid, text).is_none() {
+            order.push_back(pid);
+        }
+        while map.len() > MAX_CGROUPS {
+            match order.pop_front() {
+                Some(old) => {
+                    map.remove(&old);
+                }
+                None => break,
+            }
+        }
     }
 
     fn push(&self, d: Done) {
@@ -690,6 +848,7 @@ fn run(sh: Arc<Shared>, ring: ring::Ring) {
                     sh.wake(); // at once: the TLS thread logs it and runs the exec's scans
                     any = false;
                 }
+                sh.note_cgroup(pid);
             }
         }
         if any {
@@ -749,6 +908,34 @@ pub fn go_analyze(fd: i32) -> Option<(String, Vec<(u64, u64)>, u64, u64, Vec<u64
     ))
 }
 
+/// The lane's own analysis of libssl `fd` (sslelf::analyze), for tests that hold it
+/// against the worker's: (the worker-shaped result as JSON, the links as (program name,
+/// offsets, cookies, return probe)), or None when it leaves the file to the worker.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn openssl_analyze(fd: i32) -> Option<(String, Vec<(&'static str, Vec<u64>, Vec<u64>, bool)>)> {
+    // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for writes.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_size <= 0 {
+        return None;
+    }
+    let a = crate::sslelf::analyze(fd, st.st_size as u64)?;
+    let links = a
+        .links()
+        .into_iter()
+        .map(|(p, o, c, r)| {
+            let name = match p {
+                crate::sslelf::Prog::WriteEnter => "ssl_write_enter",
+                crate::sslelf::Prog::ReadEnter => "ssl_read_enter",
+                crate::sslelf::Prog::Exit => "ssl_exit_probe",
+            };
+            (name, o, c, r)
+        })
+        .collect();
+    Some((a.result_json(), links))
+}
+
 /// The exec lane (see the module doc). Python side: capture/tls_attach.py.
 #[pyclass(module = "plaintap._core")]
 pub struct ExecLane {
@@ -765,14 +952,18 @@ impl ExecLane {
     /// `go`: (go_offsets map fd, (Write entry, Read entry, Read RET) program fds, [(Go 1.x
     /// minor, conn_data, fd_ptr, sysfd)]) lets the lane analyse and hook never-seen Go
     /// binaries too, with slots given by `give_slots`; None: plans only.
+    ///
+    /// `openssl`: (ssl_write_enter, ssl_read_enter, ssl_exit_probe) program fds lets the lane
+    /// analyse and hook never-seen libssl builds among what new programs load (sslelf.rs).
     #[new]
-    #[pyo3(signature = (ring_fd, ring_size, wake_fd, go = None))]
+    #[pyo3(signature = (ring_fd, ring_size, wake_fd, go = None, openssl = None))]
     #[allow(clippy::type_complexity)]
     fn new(
         ring_fd: i32,
         ring_size: usize,
         wake_fd: i32,
         go: Option<(i32, (i32, i32, i32), Vec<(u32, u32, u32, u32)>)>,
+        openssl: Option<(i32, i32, i32)>,
     ) -> PyResult<Self> {
         let ring = ring::Ring::open(ring_fd, ring_size)
             .map_err(|e| PyOSError::new_err(format!("cannot map the exec wake-up ring: {e}")))?;
@@ -802,6 +993,12 @@ impl ExecLane {
                 slots: Mutex::new(Vec::new()),
                 bucket: Mutex::new((ANALYSES_BURST, Instant::now())),
             }),
+            ssl: openssl.map(|progs| SslHooks {
+                progs,
+                bucket: Mutex::new((ANALYSES_BURST, Instant::now())),
+                refused: Mutex::new(HashSet::new()),
+            }),
+            cgroups: Mutex::new((HashMap::new(), VecDeque::new())),
         });
         let s2 = sh.clone();
         let thread = std::thread::Builder::new()
@@ -896,6 +1093,16 @@ impl ExecLane {
             .map_or_else(Vec::new, |g| std::mem::take(&mut *g.slots.lock().unwrap()))
     }
 
+    /// `pid`'s /proc/<pid>/cgroup as the lane read it at its latest exec, taken (None: not
+    /// read, or taken already): the container of a program gone before the agent read /proc.
+    fn cgroup_at_exec(&self, pid: u32) -> Option<String> {
+        let mut g = self.sh.cgroups.lock().unwrap();
+        let (map, order) = &mut *g;
+        let text = map.remove(&pid)?;
+        order.retain(|p| *p != pid);
+        Some(text)
+    }
+
     fn remove_plan(&self, key: &str) {
         if let Some(old) = self.sh.plans.lock().unwrap().remove(key) {
             if old.library {
@@ -928,9 +1135,10 @@ impl ExecLane {
 
     /// The execs seen since the last call: (pid, exec ts, hooked, note, library) where hooked is
     /// (dev, ino, fd, link fds, content key, timing (ns: exec -> hooked, -> seen by the
-    /// lane, checks or analysis, attach), analysis) or None,
+    /// lane, checks or analysis, attach), analysis, library result) or None,
     /// analysis being (Go version, executable ranges, Read entry, Write entry, Read RETs,
-    /// Write RETs, slot) for a binary analysed here. The caller owns the fds and slots it
+    /// Write RETs, slot) for a binary analysed here, library result the worker-shaped
+    /// analysis result (JSON) of a libssl build analysed here. The caller owns the fds and slots it
     /// receives. `library` is None for the exec itself; an entry with a library's path (in
     /// the program's root) follows its exec's for each TLS library hooked at that exec.
     #[allow(clippy::type_complexity)]
@@ -978,7 +1186,7 @@ impl ExecLane {
             });
         }
         for d in self.sh.done.lock().unwrap().drain(..) {
-            if let Some((_, _, fd, links, _, _, _)) = d.hooked {
+            if let Some((_, _, fd, links, _, _, _, _)) = d.hooked {
                 for l in links {
                     close(l);
                 }

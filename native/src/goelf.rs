@@ -51,7 +51,7 @@ pub struct GoTls {
     pub write_returns: Vec<u64>,
 }
 
-fn pread(fd: i32, n: u64, off: u64) -> Option<Vec<u8>> {
+pub(crate) fn pread(fd: i32, n: u64, off: u64) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     pread_into(fd, &mut buf, n, off)?;
     Some(buf)
@@ -90,30 +90,34 @@ fn u64le(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-struct Seg {
-    vaddr: u64,
-    offset: u64,
-    filesz: u64,
-    flags: u32,
+pub(crate) struct Seg {
+    pub vaddr: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub flags: u32,
 }
 
-struct Sec {
-    name: Vec<u8>,
-    typ: u32,
-    addr: u64,
-    offset: u64,
-    size: u64,
+pub(crate) struct Sec {
+    pub name: Vec<u8>,
+    pub typ: u32,
+    pub addr: u64,
+    pub offset: u64,
+    pub size: u64,
+    /// sh_link: the index of the section it refers to (a symbol table's strings)
+    pub link: u32,
+    pub entsize: u64,
 }
 
-struct Elf {
-    fd: i32,
-    size: u64,
-    segs: Vec<Seg>,
-    secs: Vec<Sec>,
+/// An x86-64 little-endian ELF64 with section headers, read through bounded preads.
+pub(crate) struct Elf {
+    pub fd: i32,
+    pub size: u64,
+    pub segs: Vec<Seg>,
+    pub secs: Vec<Sec>,
 }
 
 impl Elf {
-    fn open(fd: i32, size: u64) -> Option<Elf> {
+    pub(crate) fn open(fd: i32, size: u64) -> Option<Elf> {
         let h = pread(fd, 64, 0)?;
         if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 || u16le(&h, 18)? as u16 != EM_X86_64 {
             return None;
@@ -166,6 +170,8 @@ impl Elf {
                 addr: u64le(e, 16)?,
                 offset: u64le(e, 24)?,
                 size: u64le(e, 32)?,
+                link: u32le(e, 40)? as u32,
+                entsize: u64le(e, 56)?,
             });
         }
         Some(Elf {
@@ -176,13 +182,13 @@ impl Elf {
         })
     }
 
-    fn section(&self, name: &[u8]) -> Option<&Sec> {
+    pub(crate) fn section(&self, name: &[u8]) -> Option<&Sec> {
         self.secs
             .iter()
             .find(|s| s.name == name && s.typ != SHT_NOBITS)
     }
 
-    fn read_section_into(&self, s: &Sec, max: u64, buf: &mut Vec<u8>) -> Option<()> {
+    pub(crate) fn read_section_into(&self, s: &Sec, max: u64, buf: &mut Vec<u8>) -> Option<()> {
         if s.size > max || s.offset.checked_add(s.size)? > self.size {
             return None;
         }
@@ -211,21 +217,21 @@ impl Elf {
     }
 
     /// As ElfImage.vaddr_to_offset: only file-backed bytes of a PT_LOAD segment.
-    fn offset_of(&self, vaddr: u64) -> Option<u64> {
+    pub(crate) fn offset_of(&self, vaddr: u64) -> Option<u64> {
         self.segs
             .iter()
             .find(|s| s.vaddr <= vaddr && vaddr < s.vaddr.saturating_add(s.filesz))
             .map(|s| vaddr - s.vaddr + s.offset)
     }
 
-    fn executable_vaddr(&self, vaddr: u64) -> bool {
+    pub(crate) fn executable_vaddr(&self, vaddr: u64) -> bool {
         self.segs.iter().any(|s| {
             s.flags & PF_X != 0 && s.vaddr <= vaddr && vaddr < s.vaddr.saturating_add(s.filesz)
         })
     }
 
     /// Bytes [vaddr, vaddr + len) when one segment backs them all with file bytes.
-    fn read_vaddr(&self, vaddr: u64, len: u64) -> Option<Vec<u8>> {
+    pub(crate) fn read_vaddr(&self, vaddr: u64, len: u64) -> Option<Vec<u8>> {
         let s = self.segs.iter().find(|s| {
             s.vaddr <= vaddr
                 && vaddr

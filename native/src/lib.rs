@@ -33,6 +33,7 @@ pub mod py_parser;
 pub mod reassembly;
 pub mod ring;
 pub mod shard;
+pub mod sslelf;
 pub mod summary;
 pub mod uprobe_warm;
 
@@ -57,6 +58,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<uprobe_warm::UprobeWarmer>()?;
     m.add_class::<exec_lane::ExecLane>()?;
     m.add_function(wrap_pyfunction!(exec_lane::go_analyze, m)?)?;
+    m.add_function(wrap_pyfunction!(exec_lane::openssl_analyze, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::wait_readable, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::gil_urgent, m)?)?;
     m.add_function(wrap_pyfunction!(gilshare::gil_urgent_count, m)?)?;

@@ -299,6 +299,8 @@ class Agent:
         # analyses by content, kept across restarts beside the spool (the agent's state directory)
         self.tls = TlsAttacher(self.kernel, opts.tls_probes, cache_path=os.path.join(
             os.path.dirname(os.path.abspath(opts.spool_dir)), "tls-analysis-cache.json"), layer_stores=LAYER_STORES)
+        # a program gone before its /proc was read: its cgroup as the exec lane read it at its exec
+        self.procs.exec_cgroup = self.tls.cgroup_at_exec
         self.pipeline = Pipeline(
             self.stacks, self.clock, procs=self.procs, body_limit=opts.http_buffer_size,
             dumper=StreamDumper(opts.dump_streams) if opts.dump_streams else None,

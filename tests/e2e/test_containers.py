@@ -163,10 +163,10 @@ def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start
     runs) whose layer carries its own libssl file: a copy of the base image's (content
     the agent analysed, "same"), or a build never seen ("new": bytes appended). Its first
     container's first program, curl with no wait, makes its first request through that
-    file: "same" is hooked by the exec lane before the loader maps it (curl's DT_NEEDED,
-    resolved in the container's root), "new" at the exec's survey of the container's root
-    and an analysis, before curl's first TLS write. Each of three containers is checked
-    byte for byte."""
+    file. Both are hooked by the exec lane before the loader maps them (curl's DT_NEEDED,
+    resolved in the container's root): "same" from the plan of the content it knows, "new"
+    from the lane's own analysis of that libssl (sslelf.rs). Each of three containers is
+    checked byte for byte."""
     from conftest import ALL_LOOPBACK
     from tlsenv import Nginx
 
@@ -189,12 +189,12 @@ def test_a_container_of_an_image_made_after_the_agent_started_is_plaintext(start
     log = agent.stderr()
     attached = [ln for ln in log.splitlines() if "TLS hooks attached: openssl" in ln and "libssl.so.3" in ln
                 and "after its exec" in ln]
-    assert attached, log[-3000:]
-    if content == "same":
-        # known content in a new layer file: hooked by the exec lane at the first container's
-        # exec of curl, found through curl's DT_NEEDED in the container's root, and under the
-        # layer file's identity (one hook for every container of the image: no event twice)
-        assert "before the loader mapped it" in attached[0] and len(attached) == 1, log[-3000:]
+    # hooked by the exec lane at the first container's exec of curl, found through curl's
+    # DT_NEEDED in the container's root, and under the layer file's identity (one hook for
+    # every container of the image: no event twice)
+    assert "before the loader mapped it" in attached[0] and len(attached) == 1, log[-3000:]
+    how = "analysed at its program's exec" if content == "new" else "analysis cached"
+    assert how in attached[0], attached[0]
 
 
 def curl_in_new_containers(image: str, nginx, n: int) -> list[str]:

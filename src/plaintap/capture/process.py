@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .containers import MAX_CGROUP_TEXT, ContainerInfo, container_from_cgroup
 
@@ -100,6 +101,9 @@ class ProcessTable:
         self.containers = containers
         self.flags_for = flags_for
         self.on_flags = on_flags
+        # pid -> /proc/<pid>/cgroup as read at its exec by someone faster (the exec lane), or
+        # None; asked for a process already gone when its exec is handled
+        self.exec_cgroup: Callable[[int], str | None] | None = None
         self._live: dict[int, ProcessInfo] = {}
         self._exited: OrderedDict[int, ProcessInfo] = OrderedDict()
         self.keep_exited = keep_exited
@@ -131,11 +135,19 @@ class ProcessTable:
                 self._exited.pop(pid, None)
                 return seen
             info = ProcessInfo(pid, uid=uid)
-            # An exec keeps the cgroup, and a child starts in its parent's: a process that
-            # exited before its exec was handled is still placed in its container.
-            known = self._live.get(pid) or self._live.get(ppid) or self._exited.get(ppid)
-            if known is not None and known.container is not None:
-                info.container_id, info.container = known.container_id, known.container
+            text = self.exec_cgroup(pid) if self.exec_cgroup is not None else None
+            ref = container_from_cgroup(text) if text else None
+            if ref is not None:
+                # its cgroup as the exec lane read it at the exec (a container's first
+                # program, done before the agent got to it)
+                info.container_id = ref.id
+                info.container = self.containers.lookup(ref) if self.containers is not None else ContainerInfo(ref)
+            else:
+                # An exec keeps the cgroup, and a child starts in its parent's: a process that
+                # exited before its exec was handled is still placed in its container.
+                known = self._live.get(pid) or self._live.get(ppid) or self._exited.get(ppid)
+                if known is not None and known.container is not None:
+                    info.container_id, info.container = known.container_id, known.container
         # /proc/<pid>/exe is the resolved path (and right inside containers); the exec
         # event's filename is the fallback for a process already gone.
         if not info.exe:

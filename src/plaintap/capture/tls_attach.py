@@ -399,8 +399,15 @@ class TlsAttacher:
             log.debug("exec lane: no Go analysis of its own (%s)", e)
             go = None
         try:
+            if "openssl" not in self.families:
+                raise BpfError("OpenSSL probes are off")
+            openssl = tuple(self.kernel.program_fd(p) for p in ("ssl_write_enter", "ssl_read_enter", "ssl_exit_probe"))
+        except (AttributeError, BpfError) as e:
+            log.debug("exec lane: no libssl analysis of its own (%s)", e)
+            openssl = None
+        try:
             from .._core import ExecLane
-            self._lane = ExecLane(found[0], found[1], self._wake, go)
+            self._lane = ExecLane(found[0], found[1], self._wake, go, openssl)
         except (ImportError, OSError) as e:
             log.warning("exec lane unavailable (%s): copies of known Go programs and libssl builds are hooked by "
                         "the scan", e)
@@ -449,6 +456,14 @@ class TlsAttacher:
         self._plans[ckey] = (slot, result)
         self._update_gauges()
 
+    def cgroup_at_exec(self, pid: int) -> str | None:
+        """`pid`'s /proc/<pid>/cgroup as the exec lane read it at its latest exec (taken:
+        asked once), or None: for a program that was gone before the agent read /proc (a
+        container's first program can be). Any thread may ask."""
+        lane = self._lane
+        take = getattr(lane, "cgroup_at_exec", None)
+        return take(pid) if take is not None else None
+
     def _drop_plan(self, ckey: str) -> None:
         slot, _ = self._plans.pop(ckey)
         self._lane.remove_plan(ckey)
@@ -481,21 +496,23 @@ class TlsAttacher:
 
     def _adopt(self, pid: int, dev: int, ino: int, fd: int, links: list[int], ckey: str,
                timing: tuple[int, int, int, int], analysis: tuple | None = None,
-               library: str | None = None) -> None:
+               lib_result: str | None = None, library: str | None = None) -> None:
         """Book the hooks the exec lane attached to `pid`'s executable (opened as `fd`), or
         to `library` (its path in the process's root) that the program will load: from a
-        plan (a copy of known content), or from its own `analysis` of a Go binary nobody
-        had seen (then cached and planned here like the worker's result)."""
+        plan (a copy of known content), or from its own analysis of a file nobody had seen —
+        `analysis` of a Go binary, `lib_result` (the worker-shaped result, JSON) of a libssl
+        build — then cached and planned here like the worker's result."""
         ident = (dev, ino)
         plan = self._plans.get(ckey)
         slot = analysis[6] if analysis is not None else -1
         result = None
-        if analysis is not None:
-            result = _lane_result(analysis)
+        analysed = analysis is not None or lib_result is not None
+        if analysed:
             try:
+                result = _lane_result(analysis) if analysis is not None else json.loads(lib_result)
                 result = validate_result(result, os.fstat(fd).st_size) if result is not None else None
-            except AnalysisError as e:
-                log.warning("exec lane analysis of pid %d's program rejected: %s", pid, e)
+            except (AnalysisError, ValueError) as e:
+                log.warning("exec lane analysis of pid %d's %s rejected: %s", pid, library or "program", e)
                 result = None
         elif plan is not None:
             result = plan[1]
@@ -508,7 +525,10 @@ class TlsAttacher:
             name = f"/proc/self/fd/{fd}"
         t = target_from_result(result, self.families, path=f"/proc/self/fd/{fd}", ident=ident, pid_seen=pid,
                                maps_path=name)
-        if analysis is not None:
+        if t is None:                                  # not a family that is on (cannot happen): undo
+            self._undo_lane_hook(dev, ino, fd, links, slot)
+            return
+        if analysed:
             hooked = _Hooked(t, links=self.kernel.adopt_links(links), slot=slot, fd=fd, lane=True)
         else:
             hooked = _Hooked(t, links=self.kernel.adopt_links(links), plan_slot=plan[0], fd=fd, lane=True)
@@ -519,7 +539,7 @@ class TlsAttacher:
         self._last_seen[ident] = self._now_ns
         took_ns, seen_ns, work_ns, attach_ns = timing
         metrics.tls_exec_to_hooked.observe(took_ns / 1e9)
-        if analysis is not None:
+        if analysed:
             self.content.store(ckey, fd, st.st_size, result)
             self._plan(ckey, result)        # its copies from now on
             how = f"analysed at its exec by the exec lane in {work_ns / 1e6:.1f} ms"

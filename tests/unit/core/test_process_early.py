@@ -35,3 +35,23 @@ def test_an_exec_read_early_keeps_its_facts_after_the_process_is_gone(tmp_path):
     d.rmdir()
     info = table.on_exec(4343, "/usr/bin/true", ["true"], 0, ppid=1)
     assert info.exe == "/usr/bin/true" and not info.container_id
+
+
+def test_a_process_gone_before_anyone_read_proc_gets_the_cgroup_read_at_its_exec(tmp_path):
+    # nothing in /proc for it (neither prefetch nor on_exec saw it); the exec lane read its
+    # cgroup at the exec; its parent (conmon) is in no container
+    table = ProcessTable(proc_root=str(tmp_path / "proc"))
+    asked = []
+    texts = {4444: "0::/machine.slice/libpod-" + "ef" * 32 + ".scope/container\n"}
+
+    def at_exec(pid):
+        asked.append(pid)
+        return texts.pop(pid, None)
+
+    table.exec_cgroup = at_exec
+    info = table.on_exec(4444, "/usr/bin/curl", ["curl", "https://x/"], 0, ppid=1)
+    assert info.container_id == "ef" * 32 and info.container.ref.runtime == "podman"
+    assert info.exe == "/usr/bin/curl" and asked == [4444]
+    # none read at its exec: the parent's container, as before (none here)
+    info = table.on_exec(4545, "/usr/bin/true", ["true"], 0, ppid=1)
+    assert not info.container_id and asked == [4444, 4545]

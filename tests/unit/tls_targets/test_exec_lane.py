@@ -307,3 +307,124 @@ def test_a_library_the_lane_hooked_at_its_programs_exec_is_adopted_under_its_pat
     att._detach(ident, h)
     assert (ident, True) in att._lane.released                  # a place under the lane's live bound again
     att.close()
+
+
+LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+
+
+def worker_libssl(path):
+    """The worker's analysis result of `path` and the links the Python attach makes from it
+    (None, None when it holds no OpenSSL target)."""
+    from plaintap.capture.elfsyms import ElfImage
+    from plaintap.capture.tls_targets import analyze_image, target_from_result
+
+    with ElfImage(str(path)) as e:
+        r = analyze_image(e)
+    t = target_from_result(r, frozenset({"openssl"}), path=str(path), ident=(0, 0), pid_seen=0,
+                           maps_path=str(path))
+    if t is None:
+        return None, None
+    return r, [(prog, list(o), list(c), ret) for prog, o, c, ret in tls_attach._openssl_links(t)]
+
+
+def lane_libssl(path):
+    import json
+
+    from plaintap import _core
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        native = _core.openssl_analyze(fd)
+    finally:
+        os.close(fd)
+    if native is None:
+        return None, None
+    return json.loads(native[0]), [(p, list(o), list(c), r) for p, o, c, r in native[1]]
+
+
+def test_the_lanes_own_libssl_analysis_is_the_workers(tmp_path):
+    import glob
+    import shutil
+
+    from .crafted import sparse_dynsym
+
+    # the system's libssl, a never-seen build of it (bytes appended), and container
+    # images' own copies where this machine has some
+    shutil.copy(LIBSSL, tmp_path / "appended.so")
+    with open(tmp_path / "appended.so", "ab") as f:
+        f.write(os.urandom(24))
+    files = [LIBSSL, tmp_path / "appended.so",
+             *sorted(glob.glob("/var/lib/containers/storage/overlay/*/diff/usr/lib/*/libssl.so.*"))[:4]]
+    for path in files:
+        native, links = lane_libssl(path)
+        assert native is not None, path
+        worker, worker_links = worker_libssl(path)
+        assert native == worker, path
+        assert links == worker_links, path
+        assert "ssl_read_internal" in native["openssl"]["symbols"], path
+    # SSL_read_ex made to call nothing SSL_read calls: no internal functions, the exports
+    # hooked instead, on both sides alike
+    p = tmp_path / "no-internal.so"
+    shutil.copy(LIBSSL, p)
+    native, _ = lane_libssl(p)
+    read_ex = native["openssl"]["symbols"]["SSL_read_ex"]
+    with open(p, "r+b") as f:
+        f.seek(read_ex)
+        f.write(b"\xf3\x0f\x1e\xfa\xc3")          # endbr64; ret
+    native, links = lane_libssl(p)
+    worker, worker_links = worker_libssl(p)
+    assert native == worker and links == worker_links
+    assert "ssl_read_internal" not in native["openssl"]["symbols"]
+    assert [prog for prog, *_ in links] == ["ssl_write_enter", "ssl_read_enter", "ssl_exit_probe"]
+    # files that are no libssl, and one whose symbol table is out of bounds: the worker's
+    for path in ("/bin/true", "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                 sparse_dynsym(LIBSSL, tmp_path / "sparse.so"), tmp_path / "missing-tail.so"):
+        if str(path).endswith("missing-tail.so"):
+            path.write_bytes(open(LIBSSL, "rb").read()[:200_000])
+        assert lane_libssl(path) == (None, None), path
+
+
+def test_a_libssl_build_the_lane_analysed_is_cached_and_planned(tmp_path, caplog):
+    import json
+
+    att = attacher(("gotls", "openssl"))
+    fd, st, links = lane_hooked(tmp_path / "libssl.so.3", 3, 1040)
+    ident = (st.st_dev, st.st_ino)
+    att._lane.claimed.add(ident)
+    att._lane.queue.append((os.getpid(), 11, (*ident, fd, links, "4096:gnu:ff", (600_000, 90_000, 300_000, 200_000),
+                                              None, json.dumps(SSL_RESULT)), None, "/usr/lib/libssl.so.3"))
+    with caplog.at_level("INFO", logger="plaintap.tls"):
+        att._take_lane()
+    h = att.attached[ident]
+    assert h.lane and h.slot == -1 and h.plan_slot == -1 and h.links == links
+    assert h.target.family == "openssl" and h.target.symbols["ssl_read_internal"] == 0x500
+    sites, result = att.content.entry("4096:gnu:ff")
+    assert result == SSL_RESULT                                       # cached like the worker's result
+    assert "4096:gnu:ff" in att._lane.libraries and att._lane.plans["4096:gnu:ff"][0] == sites   # its copies
+    line = next(r.getMessage() for r in caplog.records if "TLS hooks attached" in r.getMessage())
+    assert "analysed at its program's exec, before the loader mapped it, by the exec lane in 0.3 ms" in line, line
+    att._detach(ident, h)
+    assert (ident, True) in att._lane.released
+    att.close()
+
+
+def test_a_libssl_analysis_with_offsets_outside_the_file_is_undone(tmp_path):
+    import json
+
+    att = attacher(("gotls", "openssl"))
+    fd, st, links = lane_hooked(tmp_path / "libssl.so.3", 2, 1050)
+    ident = (st.st_dev, st.st_ino)
+    bad = json.loads(json.dumps(SSL_RESULT))
+    bad["openssl"]["symbols"]["SSL_read"] = 1 << 40
+    att._lane.queue.append((os.getpid(), 12, (*ident, fd, links, "4096:gnu:01", (1, 1, 1, 1), None,
+                                              json.dumps(bad)), None, "/usr/lib/libssl.so.3"))
+    att._take_lane()
+    assert ident not in att.attached and att.content.entry("4096:gnu:01") is None
+    assert (ident, True) in att._lane.released
+    for f in (fd, 1050, 1051):
+        try:
+            os.fstat(f)
+            raise AssertionError(f"fd {f} left open")
+        except OSError:
+            pass
+    att.close()
