@@ -588,28 +588,24 @@ impl Shared {
                 }
                 plan
             }
-            None if kind == Kind::Library => match self.analyse_library(fd, size, &key) {
-                Some((plan, json)) => {
-                    lib_result = Some(json);
-                    Arc::new(plan)
-                }
-                None => {
+            None => {
+                let own = match kind {
+                    Kind::Library => self.analyse_library(fd, size, &key).map(|(plan, json)| {
+                        lib_result = Some(json);
+                        plan
+                    }),
+                    Kind::Program => self.analyse(fd, size, &key).map(|(plan, a)| {
+                        analysis = Some(a);
+                        plan
+                    }),
+                };
+                let Some(plan) = own else {
                     self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
                     unclaim(fd);
                     return (None, None);
-                }
-            },
-            None => match self.analyse(fd, size, &key) {
-                Some((plan, a)) => {
-                    analysis = Some(a);
-                    Arc::new(plan)
-                }
-                None => {
-                    self.counts.no_plan.fetch_add(1, Ordering::Relaxed);
-                    unclaim(fd);
-                    return (None, None);
-                }
-            },
+                };
+                Arc::new(plan)
+            }
         };
         let Ok(via) = CString::new(format!("/proc/self/fd/{fd}")) else {
             unclaim(fd);

@@ -97,6 +97,16 @@ def lane_hooked(path, n_links: int, first_fd: int):
     return fd, os.fstat(fd), [os.dup2(fd, first_fd + i) for i in range(n_links)]
 
 
+def assert_closed(*fds):
+    """Each of `fds` is closed (an undone lane hook leaks none)."""
+    for f in fds:
+        try:
+            os.fstat(f)
+        except OSError:
+            continue
+        raise AssertionError(f"fd {f} left open")
+
+
 def learn(att, path, key):
     """The agent attached Go file `path` from analysis: cached under `key`, and planned."""
     elf(path)
@@ -245,12 +255,7 @@ def test_a_lane_analysis_of_an_unknown_release_is_undone(tmp_path):
     att._take_lane()
     assert (st.st_dev, st.st_ino) not in att.attached
     assert ((st.st_dev, st.st_ino), True) in att._lane.released and len(att._free_slots) == free + 1 and slot in att._free_slots
-    for f in (fd, 1020):
-        try:
-            os.fstat(f)
-            raise AssertionError(f"fd {f} left open")
-        except OSError:
-            pass
+    assert_closed(fd, 1020)
     att.close()
 
 
@@ -421,10 +426,5 @@ def test_a_libssl_analysis_with_offsets_outside_the_file_is_undone(tmp_path):
     att._take_lane()
     assert ident not in att.attached and att.content.entry("4096:gnu:01") is None
     assert (ident, True) in att._lane.released
-    for f in (fd, 1050, 1051):
-        try:
-            os.fstat(f)
-            raise AssertionError(f"fd {f} left open")
-        except OSError:
-            pass
+    assert_closed(fd, 1050, 1051)
     att.close()
