@@ -881,19 +881,21 @@ fn os_err(what: &str) -> PyErr {
     PyOSError::new_err(format!("{what}: {}", std::io::Error::last_os_error()))
 }
 
+/// The size of open file `fd`, when fstat works and it is not empty (the test entry points).
+fn nonempty_size(fd: i32) -> Option<u64> {
+    // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is valid for writes.
+    (unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size > 0).then_some(st.st_size as u64)
+}
+
 /// The lane's own analysis of Go binary `fd` (goelf::analyze), for tests that hold it
 /// against the worker's: (Go version, executable ranges, Read entry, Write entry, Read
 /// RETs, Write RETs), or None when it leaves the file to the worker.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 pub fn go_analyze(fd: i32) -> Option<(String, Vec<(u64, u64)>, u64, u64, Vec<u64>, Vec<u64>)> {
-    // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: st is valid for writes.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_size <= 0 {
-        return None;
-    }
-    let t = crate::goelf::analyze(fd, st.st_size as u64)?;
+    let t = crate::goelf::analyze(fd, nonempty_size(fd)?)?;
     Some((
         t.go_version,
         t.exec_ranges,
@@ -910,13 +912,7 @@ pub fn go_analyze(fd: i32) -> Option<(String, Vec<(u64, u64)>, u64, u64, Vec<u64
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 pub fn openssl_analyze(fd: i32) -> Option<(String, Vec<(&'static str, Vec<u64>, Vec<u64>, bool)>)> {
-    // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: st is valid for writes.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_size <= 0 {
-        return None;
-    }
-    let a = crate::sslelf::analyze(fd, st.st_size as u64)?;
+    let a = crate::sslelf::analyze(fd, nonempty_size(fd)?)?;
     let links = a
         .links()
         .into_iter()

@@ -216,6 +216,16 @@ impl Elf {
         Some(false)
     }
 
+    /// As ElfImage.executable_ranges: [start, end) file offsets of the executable PT_LOAD
+    /// segments with file bytes.
+    pub(crate) fn exec_ranges(&self) -> Vec<(u64, u64)> {
+        self.segs
+            .iter()
+            .filter(|s| s.flags & PF_X != 0 && s.filesz > 0)
+            .map(|s| (s.offset, s.offset + s.filesz))
+            .collect()
+    }
+
     /// As ElfImage.vaddr_to_offset: only file-backed bytes of a PT_LOAD segment.
     pub(crate) fn offset_of(&self, vaddr: u64) -> Option<u64> {
         self.segs
@@ -407,12 +417,7 @@ fn analyze_with(fd: i32, size: u64, table: &mut Vec<u8>, chunk: &mut Vec<u8>) ->
     }
     let f = pclntab_functions(&elf, &[TLS_READ, TLS_WRITE], table)?;
     let ((r0, r1), (w0, w1)) = (f[0], f[1]);
-    let ranges: Vec<(u64, u64)> = elf
-        .segs
-        .iter()
-        .filter(|s| s.flags & PF_X != 0 && s.filesz > 0)
-        .map(|s| (s.offset, s.offset + s.filesz))
-        .collect();
+    let ranges = elf.exec_ranges();
     let off = |v: u64| elf.offset_of(v);
     let read_returns = return_sites(&elf, r0, r1)?
         .into_iter()

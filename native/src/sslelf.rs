@@ -354,21 +354,15 @@ pub fn analyze(fd: i32, size: u64) -> Option<OpenSsl> {
         internal.clear();
     }
 
-    let exec_ranges: Vec<(u64, u64)> = elf
-        .segs
-        .iter()
-        .filter(|s| s.flags & 1 != 0 && s.filesz > 0)
-        .map(|s| (s.offset, s.offset + s.filesz))
-        .collect();
+    let exec_ranges = elf.exec_ranges();
     let ok =
         |off: u64| exec_ranges.iter().any(|&(a, b)| a <= off && off < b) && decodes_at(&elf, off);
-    let mut symbols: Vec<(&'static str, u64)> = SYMBOLS
+    let symbols: Vec<(&'static str, u64)> = SYMBOLS
         .iter()
         .filter_map(|n| has(n).map(|f| (*n, f.2)))
         .chain(internal)
         .filter(|&(_, off)| ok(off))
         .collect();
-    symbols.dedup_by_key(|s| s.0);
     let out = OpenSsl {
         exec_ranges,
         symbols,

@@ -171,7 +171,8 @@ class Pipeline:
         return out
 
     def unread_before(self, rings, until_ns: int) -> tuple[int, int]:
-        """(records, bytes) in `rings` stamped before kernel time `until_ns`, not read yet."""
+        """(records, bytes) that `drain(until_ns=until_ns)` has still to read: in each ring,
+        those before its first record stamped at or after `until_ns`."""
         return self.core.unread_before(rings, until_ns)
 
     def settle(self) -> Emitted:

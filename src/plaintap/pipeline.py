@@ -318,8 +318,9 @@ class Agent:
         self._reload_results: queue.SimpleQueue = queue.SimpleQueue()
         self._retired: list[tuple[QueuedSink, threading.Thread]] = []   # sinks replaced by a reload
         self._stopping = False
-        self._stop_at: float | None = None    # when the stop was asked for (the drain deadline counts from it)
-        self._stop_ns = 0                     # the same, kernel time: the ring drain reads what came before it
+        # when the stop was asked for (CLOCK_MONOTONIC, the kernel's clock; 0: not yet): the ring
+        # drain reads what came before it, the sinks' deadline counts from it
+        self._stop_ns = 0
         self._force_lock = threading.Lock()
         self._drops_seen = 0
         self._kernel_seen: dict[str, int] = {}
@@ -390,7 +391,6 @@ class Agent:
             self.force_exit(f"second {_signal_name(signum)}")
             return
         self._stopping = True
-        self._stop_at = time.monotonic()
         self._stop_ns = monotonic_ns()
         self.health.stopping = True
         self._stop.set()
@@ -742,7 +742,7 @@ class Agent:
         sinks = self._sinks()
         # The deadline counts from the signal, not from here (finalising connections took some
         # of it), but every sink gets at least a second.
-        start = self._stop_at if self._stop_at is not None else time.monotonic()
+        start = self._stop_ns / 1e9 if self._stop_ns else time.monotonic()
         deadline = max(start + timeout, time.monotonic() + min(1.0, timeout))
         for s in sinks:
             s.begin_shutdown()

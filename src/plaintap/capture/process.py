@@ -82,11 +82,19 @@ def read_proc(pid: int, proc_root: str = "/proc", containers=None) -> ProcessInf
             info.uid = int(line.split()[1])
         elif line.startswith("Name:"):
             info.comm = line.split(None, 1)[1] if len(line.split()) > 1 else ""
-    ref = container_from_cgroup(_read(f"{base}/cgroup", MAX_CGROUP_TEXT) or "")
-    if ref is not None:
-        info.container_id = ref.id
-        info.container = containers.lookup(ref) if containers is not None else ContainerInfo(ref)
+    _place(info, _read(f"{base}/cgroup", MAX_CGROUP_TEXT), containers)
     return info
+
+
+def _place(info: ProcessInfo, cgroup_text: str | None, containers) -> bool:
+    """Put `info` in the container its /proc/<pid>/cgroup text names (named through
+    `containers`, a ContainerResolver, when there is one); False when it names none."""
+    ref = container_from_cgroup(cgroup_text or "")
+    if ref is None:
+        return False
+    info.container_id = ref.id
+    info.container = containers.lookup(ref) if containers is not None else ContainerInfo(ref)
+    return True
 
 
 class ProcessTable:
@@ -135,14 +143,10 @@ class ProcessTable:
                 self._exited.pop(pid, None)
                 return seen
             info = ProcessInfo(pid, uid=uid)
+            # its cgroup as the exec lane read it at the exec (a container's first program,
+            # done before the agent got to it)
             text = self.exec_cgroup(pid) if self.exec_cgroup is not None else None
-            ref = container_from_cgroup(text) if text else None
-            if ref is not None:
-                # its cgroup as the exec lane read it at the exec (a container's first
-                # program, done before the agent got to it)
-                info.container_id = ref.id
-                info.container = self.containers.lookup(ref) if self.containers is not None else ContainerInfo(ref)
-            else:
+            if not _place(info, text, self.containers):
                 # An exec keeps the cgroup, and a child starts in its parent's: a process that
                 # exited before its exec was handled is still placed in its container.
                 known = self._live.get(pid) or self._live.get(ppid) or self._exited.get(ppid)
