@@ -195,10 +195,45 @@ struct Shared {
     counts: Counts,
     go: Option<GoHooks>,
     ssl: Option<SslHooks>,
-    /// pid -> its /proc/<pid>/cgroup read at its exec (the latest exec of each pid), oldest
-    /// first out past MAX_CGROUPS: which container a program that is gone before the agent
-    /// reads /proc ran in (a container's first program can be done in milliseconds)
-    cgroups: Mutex<(HashMap<u32, String>, VecDeque<u32>)>,
+    /// which container a program that is gone before the agent reads /proc ran in (a
+    /// container's first program can be done in milliseconds)
+    cgroups: Mutex<ExecCgroups>,
+}
+
+/// pid -> its /proc/<pid>/cgroup as read at its latest exec, oldest first out past
+/// MAX_CGROUPS. Only ever the latest exec's: a pid reused by a process whose cgroup could
+/// not be read (gone already) has no entry, never its predecessor's.
+#[derive(Default)]
+struct ExecCgroups {
+    map: HashMap<u32, String>,
+    order: VecDeque<u32>,
+}
+
+impl ExecCgroups {
+    /// `pid` exec'd; `text`: its cgroup then, None when it could not be read.
+    fn put(&mut self, pid: u32, text: Option<String>) {
+        let Some(text) = text else {
+            self.take(pid);
+            return;
+        };
+        if self.map.insert(pid, text).is_none() {
+            self.order.push_back(pid);
+        }
+        while self.map.len() > MAX_CGROUPS {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn take(&mut self, pid: u32) -> Option<String> {
+        let text = self.map.remove(&pid)?;
+        self.order.retain(|p| *p != pid);
+        Some(text)
+    }
 }
 
 const MAX_CGROUPS: usize = 4096;
@@ -759,22 +794,8 @@ impl Shared {
 
     /// Keep `pid`'s cgroup as it is at its exec (see `cgroups`).
     fn note_cgroup(&self, pid: u32) {
-        let Some(text) = read_small(&format!("/proc/{pid}/cgroup"), MAX_CGROUP_TEXT) else {
-            return;
-        };
-        let mut g = self.cgroups.lock().unwrap();
-        let (map, order) = &mut *g;
-        if map.insert(pid, text).is_none() {
-            order.push_back(pid);
-        }
-        while map.len() > MAX_CGROUPS {
-            match order.pop_front() {
-                Some(old) => {
-                    map.remove(&old);
-                }
-                None => break,
-            }
-        }
+        let text = read_small(&format!("/proc/{pid}/cgroup"), MAX_CGROUP_TEXT);
+        self.cgroups.lock().unwrap().put(pid, text);
     }
 
     fn push(&self, d: Done) {
@@ -990,7 +1011,7 @@ impl ExecLane {
                 bucket: Mutex::new((ANALYSES_BURST, Instant::now())),
                 refused: Mutex::new(HashSet::new()),
             }),
-            cgroups: Mutex::new((HashMap::new(), VecDeque::new())),
+            cgroups: Mutex::new(ExecCgroups::default()),
         });
         let s2 = sh.clone();
         let thread = std::thread::Builder::new()
@@ -1088,11 +1109,7 @@ impl ExecLane {
     /// `pid`'s /proc/<pid>/cgroup as the lane read it at its latest exec, taken (None: not
     /// read, or taken already): the container of a program gone before the agent read /proc.
     fn cgroup_at_exec(&self, pid: u32) -> Option<String> {
-        let mut g = self.sh.cgroups.lock().unwrap();
-        let (map, order) = &mut *g;
-        let text = map.remove(&pid)?;
-        order.retain(|p| *p != pid);
-        Some(text)
+        self.sh.cgroups.lock().unwrap().take(pid)
     }
 
     fn remove_plan(&self, key: &str) {
@@ -1207,6 +1224,26 @@ impl Drop for Shared {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cgroup_is_only_ever_the_latest_exec_s_and_bounded() {
+        let mut c = super::ExecCgroups::default();
+        c.put(7, Some("0::/a\n".into()));
+        // pid 7 reused by a process gone before the lane read it: not the old one's text
+        c.put(7, None);
+        assert_eq!(c.take(7), None);
+        c.put(8, Some("0::/b\n".into()));
+        c.put(8, Some("0::/c\n".into()));
+        assert_eq!(c.take(8).as_deref(), Some("0::/c\n"));
+        assert_eq!(c.take(8), None, "taken once");
+        for pid in 0..(super::MAX_CGROUPS as u32 + 10) {
+            c.put(pid, Some(format!("0::/{pid}\n")));
+        }
+        assert_eq!(c.map.len(), super::MAX_CGROUPS);
+        assert_eq!(c.order.len(), super::MAX_CGROUPS);
+        assert_eq!(c.take(0), None, "the oldest went first");
+        assert!(c.take(super::MAX_CGROUPS as u32 + 9).is_some());
+    }
+
     use super::*;
     use std::io::Write;
 
